@@ -1,0 +1,353 @@
+"""The token store: the only thing the training hot path reads.
+
+Layout of a store folder::
+
+    STORE/
+      manifest.json                 format, version, dtype, tokenizer, per-component counts
+      <component>/train.bin         all training documents' token ids, concatenated (no EOS)
+      <component>/train.idx         int64 document offsets into train.bin, length docs + 1
+      <component>/train.meta.parquet  one row per document: its metadata (cluster_id, ...)
+      <component>/validation.*      the same for the held-out slice (never trained on)
+
+Token ids are stored little-endian as ``uint16`` when the vocabulary fits, else
+``uint32``.  Documents are stored *without* an EOS token: the manifest records
+``eos_token_id`` and the sampler inserts it between documents when it packs
+sequences, so the store's token counts equal the corpus' ``token_count`` sums.
+
+A store is written once, into a temporary folder that is renamed into place
+when complete (:class:`TokenStoreWriter`), and read through memory maps
+(:class:`TokenStore`).
+
+>>> import numpy as np, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "store")
+>>> with TokenStoreWriter(path, vocab_size=100, eos_token_id=0, tokenizer_name="toy") as w:
+...     w.add("cluster_0", "train", [5, 6, 7], {"cluster_id": 0})
+>>> TokenStore(path).num_tokens("cluster_0")
+3
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .._io import _tmp_sibling
+from ..errors import HFMixtureError
+
+FORMAT = "hf_mixture.token_store"
+VERSION = 1
+SPLITS = ("train", "validation")
+MANIFEST = "manifest.json"
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every id of a ``vocab_size`` vocabulary."""
+    if vocab_size <= 0:
+        raise HFMixtureError(f"vocab_size must be positive, got {vocab_size}.")
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TokenStoreWriter:
+    """Write a token store atomically.
+
+    Documents are appended per ``(component, split)``; :meth:`close` writes the
+    offsets, the per-document metadata and the manifest, then renames the
+    temporary folder to ``path``.  Leaving the ``with`` block by an exception
+    removes the temporary folder and leaves ``path`` untouched.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        vocab_size: int,
+        eos_token_id: int | None,
+        tokenizer_name: str,
+        tokenizer_hash: str | None = None,
+        extra: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise HFMixtureError(
+                f"Token store output '{self.path}' already exists; pass overwrite=True "
+                "(CLI: --overwrite) to replace it."
+            )
+        if eos_token_id is not None and not 0 <= eos_token_id < vocab_size:
+            raise HFMixtureError(
+                f"eos_token_id {eos_token_id} is outside the vocabulary of size {vocab_size}."
+            )
+        self.vocab_size = int(vocab_size)
+        self.dtype = dtype_for_vocab(self.vocab_size)
+        self.eos_token_id = eos_token_id
+        self.tokenizer = {"name": tokenizer_name, "sha256": tokenizer_hash,
+                          "vocab_size": self.vocab_size, "eos_token_id": eos_token_id}
+        self.extra = dict(extra or {})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _tmp_sibling(self.path)
+        self._tmp.mkdir()
+        self._files: dict[tuple[str, str], Any] = {}
+        self._offsets: dict[tuple[str, str], list[int]] = {}
+        self._meta: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._info: dict[str, dict[str, Any]] = {}
+        self._closed = False
+
+    # -- writing -----------------------------------------------------------------
+    def _open(self, component: str, split: str):
+        key = (component, split)
+        if key not in self._files:
+            if split not in SPLITS:
+                raise HFMixtureError(f"split must be one of {SPLITS}, got {split!r}.")
+            _check_component_name(component)
+            (self._tmp / component).mkdir(exist_ok=True)
+            self._files[key] = open(self._tmp / component / f"{split}.bin", "wb")
+            self._offsets[key] = [0]
+            self._meta[key] = []
+            self._info.setdefault(component, {})
+        return key
+
+    def add(self, component: str, split: str, tokens: Sequence[int] | np.ndarray,
+            metadata: dict[str, Any] | None = None, *, where: str | None = None) -> None:
+        """Append one document.  ``where`` names it in error messages (file, row)."""
+        key = self._open(component, split)
+        arr = np.asarray(tokens)
+        if arr.ndim != 1:
+            raise HFMixtureError(f"{where or component}: tokens must be a flat list of ints.")
+        if arr.size:
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise HFMixtureError(
+                    f"{where or component}: field 'tokens' holds non-integer values ({arr.dtype})."
+                )
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise HFMixtureError(
+                    f"{where or component}: field 'tokens' holds id {bad}, outside the "
+                    f"tokenizer's vocabulary of size {self.vocab_size}."
+                )
+        self._files[key].write(arr.astype(self.dtype, copy=False).tobytes())
+        self._offsets[key].append(self._offsets[key][-1] + int(arr.size))
+        self._meta[key].append(dict(metadata or {}))
+
+    def set_info(self, component: str, **info: Any) -> None:
+        """Attach JSON-able facts to a component (cluster_id, description, ...)."""
+        _check_component_name(component)
+        self._info.setdefault(component, {}).update(info)
+
+    # -- finishing -----------------------------------------------------------------
+    def close(self) -> Path:
+        if self._closed:
+            return self.path
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        components: dict[str, Any] = {}
+        for component in sorted(self._info):
+            entry: dict[str, Any] = dict(self._info[component])
+            for split in SPLITS:
+                key = (component, split)
+                if key not in self._files:  # an absent split is written empty
+                    self._open(component, split)
+                self._files[key].close()
+                offsets = np.asarray(self._offsets[key], dtype=np.int64)
+                offsets.tofile(self._tmp / component / f"{split}.idx")
+                rows = self._meta[key]
+                table = pa.Table.from_pylist(rows) if rows and rows[0] else pa.table(
+                    {"doc": pa.array(np.arange(len(rows)), type=pa.int64())})
+                pq.write_table(table, self._tmp / component / f"{split}.meta.parquet")
+                entry[split] = {"docs": len(rows), "tokens": int(offsets[-1])}
+            if entry["train"]["docs"] == 0:
+                self.abort()
+                raise HFMixtureError(
+                    f"Component '{component}' has no training documents; a token store "
+                    "cannot hold an empty component."
+                )
+            components[component] = entry
+        if not components:
+            self.abort()
+            raise HFMixtureError("The token store would be empty: no documents were added.")
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "dtype": self.dtype.str.lstrip("<"),
+            "eos": "inserted between documents by the sampler; not stored",
+            "tokenizer": self.tokenizer,
+            "components": components,
+            **self.extra,
+        }
+        (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if self.path.exists():
+            old = _tmp_sibling(self.path)
+            os.replace(self.path, old)
+            os.replace(self._tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self._tmp, self.path)
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._closed = True
+
+    def __enter__(self) -> "TokenStoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _check_component_name(name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or name != name.strip():
+        raise HFMixtureError(f"Component name {name!r} is not a valid folder name.")
+
+
+class TokenStore:
+    """Read a token store through memory maps.
+
+    >>> store = TokenStore("path/to/store")            # doctest: +SKIP
+    >>> store.components                               # doctest: +SKIP
+    ['cluster_0', 'cluster_1']
+    >>> store.document("cluster_0", 0)                 # doctest: +SKIP
+    memmap([ 17, 803, ...], dtype=uint16)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not self.path.exists():
+            raise HFMixtureError(f"Token store '{self.path}' does not exist.")
+        if not manifest_path.is_file():
+            raise HFMixtureError(
+                f"'{self.path}' is not a token store: it has no {MANIFEST} "
+                "(make one with `hf-mixture tokenize`)."
+            )
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HFMixtureError(f"{manifest_path} is not valid JSON ({err}).") from None
+        if self.manifest.get("format") != FORMAT:
+            raise HFMixtureError(
+                f"{manifest_path}: field 'format' is {self.manifest.get('format')!r}, "
+                f"expected {FORMAT!r}."
+            )
+        if self.manifest.get("version") != VERSION:
+            raise HFMixtureError(
+                f"{manifest_path}: field 'version' is {self.manifest.get('version')!r}; "
+                f"this hf_mixture reads version {VERSION}."
+            )
+        self.dtype = np.dtype("<" + self.manifest["dtype"])
+        tok = self.manifest["tokenizer"]
+        self.vocab_size: int = tok["vocab_size"]
+        self.eos_token_id: int | None = tok.get("eos_token_id")
+        self.tokenizer_name: str = tok.get("name")
+        self._cache: dict[tuple[str, str, str], Any] = {}
+        for component, entry in self.manifest["components"].items():
+            for split in SPLITS:
+                self._check_files(component, split, entry[split])
+
+    def _check_files(self, component: str, split: str, counts: dict[str, int]) -> None:
+        base = self.path / component
+        bin_path, idx_path = base / f"{split}.bin", base / f"{split}.idx"
+        for f in (bin_path, idx_path, base / f"{split}.meta.parquet"):
+            if not f.is_file():
+                raise HFMixtureError(f"Token store file '{f}' is missing.")
+        want = counts["tokens"] * self.dtype.itemsize
+        if bin_path.stat().st_size != want:
+            raise HFMixtureError(
+                f"Token store file '{bin_path}' has {bin_path.stat().st_size} bytes; the "
+                f"manifest says {counts['tokens']} tokens ({want} bytes): the store is corrupt."
+            )
+        if idx_path.stat().st_size != (counts["docs"] + 1) * 8:
+            raise HFMixtureError(
+                f"Token store file '{idx_path}' does not hold {counts['docs'] + 1} offsets: "
+                "the store is corrupt."
+            )
+
+    # -- facts -------------------------------------------------------------------
+    @property
+    def components(self) -> list[str]:
+        return list(self.manifest["components"])
+
+    def info(self, component: str) -> dict[str, Any]:
+        self._require(component)
+        return self.manifest["components"][component]
+
+    def num_docs(self, component: str, split: str = "train") -> int:
+        return int(self.info(component)[split]["docs"])
+
+    def num_tokens(self, component: str, split: str = "train") -> int:
+        return int(self.info(component)[split]["tokens"])
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the manifest: changes whenever the store's content does."""
+        blob = json.dumps(self.manifest, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # -- data --------------------------------------------------------------------
+    def tokens(self, component: str, split: str = "train") -> np.ndarray:
+        """All token ids of ``component``/``split``, flat, as a read-only memmap."""
+        key = (component, split, "bin")
+        if key not in self._cache:
+            n = self.num_tokens(component, split)
+            path = self.path / component / f"{split}.bin"
+            self._cache[key] = (np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
+                                if n else np.empty(0, dtype=self.dtype))
+        return self._cache[key]
+
+    def offsets(self, component: str, split: str = "train") -> np.ndarray:
+        """int64 offsets of each document into :meth:`tokens`, length docs + 1."""
+        key = (component, split, "idx")
+        if key not in self._cache:
+            path = self.path / component / f"{split}.idx"
+            self._cache[key] = np.fromfile(path, dtype=np.int64)
+        return self._cache[key]
+
+    def metadata(self, component: str, split: str = "train"):
+        """Per-document metadata as a ``pyarrow.Table`` (row i is document i)."""
+        import pyarrow.parquet as pq
+
+        key = (component, split, "meta")
+        if key not in self._cache:
+            self._require(component)
+            self._cache[key] = pq.read_table(self.path / component / f"{split}.meta.parquet")
+        return self._cache[key]
+
+    def document(self, component: str, index: int, split: str = "train") -> np.ndarray:
+        off = self.offsets(component, split)
+        return self.tokens(component, split)[off[index]:off[index + 1]]
+
+    def iter_documents(self, component: str, split: str = "train") -> Iterable[np.ndarray]:
+        off, toks = self.offsets(component, split), self.tokens(component, split)
+        for i in range(len(off) - 1):
+            yield toks[off[i]:off[i + 1]]
+
+    def _require(self, component: str) -> None:
+        if component not in self.manifest["components"]:
+            raise HFMixtureError(
+                f"Token store '{self.path}' has no component {component!r}; it has "
+                f"{', '.join(self.components)}."
+            )
+
+    def __repr__(self) -> str:
+        return f"TokenStore({str(self.path)!r}, components={len(self.components)}, dtype={self.dtype})"

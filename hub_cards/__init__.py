@@ -1,0 +1,1 @@
+"""Card templates (installed as package data hf_mixture.hub_cards)."""
