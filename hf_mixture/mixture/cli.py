@@ -1,0 +1,113 @@
+"""``hf-mixture plan`` and ``hf-mixture validate``: check a mixture file before training.
+
+    hf-mixture validate mixture.yaml [--store STORE]
+    hf-mixture plan mixture.yaml --store STORE --tokens 2B [--json]
+
+``validate`` loads the file (every check of :class:`~hf_mixture.mixture.mixture.Mixture`)
+and, given a store, resolves every component's query against it.  ``plan``
+prints the MPT-style table of proportions, effective tokens and epochs; warnings
+(a component over its ``max_epochs``) go to stderr and do not change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+from ..errors import HFMixtureError
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_tokens(text: str) -> int:
+    """A token count: ``1000000``, ``1_000_000``, ``1e6``, ``500M``, ``2.5B``, ``1T``.
+
+    >>> parse_tokens("2.5B")
+    2500000000
+    """
+    raw = str(text).strip().replace("_", "").replace(",", "")
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+]?[0-9]+)?)\s*([kKmMbBgGtT]?)", raw)
+    if not match:
+        raise HFMixtureError(f"--tokens {text!r} is not a token count (e.g. 1000000, 1e9, "
+                             "500M, 2B).")
+    value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if value != int(value) or value <= 0:
+        raise HFMixtureError(f"--tokens {text!r} must be a whole number of tokens > 0.")
+    return int(value)
+
+
+def add_parser(subparsers) -> None:
+    plan = subparsers.add_parser(
+        "plan", help="Print a mixture's table of proportions, effective tokens and epochs.",
+        description="Print, for a run of --tokens tokens over a token store, each component's "
+                    "available tokens, proportion, effective tokens and epochs (per stage and "
+                    "overall), and warn when a component exceeds its max_epochs.",
+    )
+    plan.add_argument("mixture", help="Mixture file (.yaml, .yml or .json).")
+    plan.add_argument("--store", required=True, help="Token store folder (hf-mixture tokenize).")
+    plan.add_argument("--tokens", required=True, type=str,
+                      help="Tokens in the run: 1000000, 1e9, 500M, 2B ...")
+    plan.add_argument("--json", action="store_true", help="Print the plan as JSON.")
+    plan.add_argument("--markdown", action="store_true", help="Print markdown tables.")
+    plan.set_defaults(func=run_plan)
+
+    validate = subparsers.add_parser(
+        "validate", help="Check a mixture file (and, with --store, resolve its queries).",
+        description="Load a mixture file with every check; with --store also resolve each "
+                    "component's query against the token store's train split.",
+    )
+    validate.add_argument("mixture", help="Mixture file (.yaml, .yml or .json).")
+    validate.add_argument("--store", help="Token store folder to resolve the queries against.")
+    validate.set_defaults(func=run_validate)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    import warnings
+
+    from ..formats.token_store import TokenStore
+    from .mixture import Mixture
+    from .plan import MixturePlanWarning
+
+    total = parse_tokens(args.tokens)
+    mixture = Mixture.load(args.mixture)
+    store = TokenStore(args.store)
+    with warnings.catch_warnings():
+        # The plan carries its warnings; print them once, on stderr, below.
+        warnings.simplefilter("ignore", MixturePlanWarning)
+        plan = mixture.plan(total, store)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    elif args.markdown:
+        print(plan.to_markdown(), end="")
+    else:
+        print(plan)
+    for note in plan.warnings:
+        print(f"hf-mixture plan: warning: {note}", file=sys.stderr)
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from .mixture import Mixture
+
+    mixture = Mixture.load(args.mixture)
+    weights = mixture.weights()
+    title = f" {mixture.name!r}" if mixture.name else ""
+    print(f"{args.mixture}: mixture{title} is valid: {len(mixture.components)} components, "
+          f"{len(mixture.stages)} stages, temperature {mixture.temperature:g}, seed "
+          f"{mixture.seed}, fingerprint {mixture.fingerprint}")
+    resolved = {}
+    if args.store:
+        from ..formats.token_store import TokenStore
+
+        resolved = {r.name: r for r in mixture.resolve(TokenStore(args.store), "train")}
+    for c in mixture.components:
+        line = f"  {c.name}: weight {weights[c.name]:.4f}"
+        line += f", query {c.query!r}" if c.query else ", store component of that name"
+        if c.name in resolved:
+            r = resolved[c.name]
+            line += (f" -> {r.num_docs:,} docs, {r.num_tokens:,} tokens in "
+                     f"{len(r.parts)} store component{'s' if len(r.parts) != 1 else ''}")
+        print(line)
+    return 0
