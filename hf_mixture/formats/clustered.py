@@ -1,0 +1,888 @@
+"""The clustered corpus: one folder of parquet files per cluster, readable with no custom code.
+
+Layout (the released ``nvidia/ClimbLab`` uses the same folders, file names and
+columns; it has no ``clusters.json`` and no ``configs:`` block)::
+
+    CORPUS/
+      README.md                        YAML ``configs:`` (one per cluster + ``default``) and a card
+      clusters.json                    per cluster: id, config_name, docs, tokens, description, ...
+      cluster_<k>/cluster_<k>_000.tokenized.parquet   columns tokens, token_count, cluster_id,
+      cluster_<k>/cluster_<k>_001.tokenized.parquet   text (when present), every input column
+
+Because the README carries ``configs:``, ``datasets.load_dataset(CORPUS, "cluster_3")``
+and ``get_dataset_config_names(CORPUS)`` work on a folder or a Hub repo with no
+custom code.  From Python, :class:`ClusteredCorpus` validates and reads either
+layout (ours or ClimbLab's, local or on the Hub), and
+:class:`ClusteredCorpusBuilder` is a ``datasets`` builder over it that can also
+decode token ids back to text.
+
+>>> import datasets, tempfile, os
+>>> ds = datasets.Dataset.from_dict({"tokens": [[1, 2], [3], [4, 5, 6]], "cluster_id": [0, 1, 0]})
+>>> out = write_clustered_corpus(ds, os.path.join(tempfile.mkdtemp(), "corpus"))
+>>> corpus = ClusteredCorpus(out)
+>>> corpus.cluster_ids, corpus.num_tokens(0)
+([0, 1], 5)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .._io import atomic_path
+from ..errors import HFMixtureError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "hf_mixture.clustered_corpus"
+VERSION = 1
+CLUSTERS_JSON = "clusters.json"
+CARD_TEMPLATE = "clustered_corpus_card.md"
+# ClimbLab names its shards cluster_<k>/cluster_<k>_<NNN>.tokenized.parquet; we match it so
+# tools written for ClimbLab (and its detokenize script) find our files too.
+FILE_PATTERN = "cluster_{k}_{i:03d}.tokenized.parquet"
+DEFAULT_MAX_ROWS_PER_FILE = 100_000
+_CLUSTER_DIR = re.compile(r"^cluster_(\d+)$")
+_HUB_ID = re.compile(r"^(?:hf://datasets/)?([A-Za-z0-9][\w.-]*/[\w.-]+)$")
+# Manifest keys the writer owns; descriptions / extra_manifest may not override them.
+_RESERVED_CLUSTER_KEYS = {"id", "config_name", "docs", "tokens"}
+_RESERVED_MANIFEST_KEYS = {"format", "version", "tokenizer", "clusters", "docs", "tokens", "columns"}
+
+
+def cluster_config_name(cluster_id: int) -> str:
+    """The folder and ``datasets`` config name of a cluster: ``cluster_<k>``."""
+    return f"cluster_{int(cluster_id)}"
+
+
+# ----------------------------------------------------------------------------- tokenizers
+def load_tokenizer(tokenizer: Any):
+    """A fast tokenizer from an object, a local folder or a Hub id (never remote code).
+
+    >>> load_tokenizer("path/to/tokenizer_folder")      # doctest: +SKIP
+    """
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        if not hasattr(tokenizer, "backend_tokenizer"):
+            raise HFMixtureError(
+                f"tokenizer must be a fast (Rust-backed) transformers tokenizer or its name/path, "
+                f"got {type(tokenizer).__name__}."
+            )
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HFMixtureError(f"Tokenizer '{tokenizer}' could not be loaded: {first}") from None
+    if not getattr(tok, "is_fast", False) or not hasattr(tok, "backend_tokenizer"):
+        raise HFMixtureError(f"Tokenizer '{tokenizer}' is not a fast (tokenizer.json) tokenizer.")
+    return tok
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """``{name, sha256, vocab_size}`` of a fast tokenizer.
+
+    ``sha256`` hashes tokenizer.json as ``tokenizers`` serializes it, so a tokenizer
+    object and the folder it was saved to (or loaded from) hash alike.
+    """
+    blob = tokenizer.backend_tokenizer.to_str().encode("utf-8")
+    return {
+        "name": str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "vocab_size": len(tokenizer),
+    }
+
+
+def check_texts(texts: list, where: str, start: int = 0) -> None:
+    """Raise naming the row when a value of field 'text' is not a string (e.g. null)."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise HFMixtureError(f"{where} row {start + i}: field 'text' is {text!r}, not a string.")
+
+
+def encode_texts(backend, texts: list, *, where: str = "text", start: int = 0) -> list[list[int]]:
+    """Token ids of ``texts`` without special tokens, through the Rust tokenizer (batched)."""
+    check_texts(texts, where, start)
+    return [enc.ids for enc in backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+# ----------------------------------------------------------------------------- schema checks
+def _type_name(t: pa.DataType) -> str:
+    return str(t)
+
+
+def _is_int_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
+
+
+def check_schema(schema: pa.Schema, where: str) -> None:
+    """Raise one sentence naming ``where`` and the field when ``schema`` is not a cluster file's."""
+    names = set(schema.names)
+    if "tokens" in names:
+        if not _is_int_list(schema.field("tokens").type):
+            raise HFMixtureError(
+                f"{where}: field 'tokens' has type {_type_name(schema.field('tokens').type)}, "
+                "expected a list of integer token ids."
+            )
+        if "token_count" not in names:
+            raise HFMixtureError(f"{where}: field 'token_count' is missing (it is required beside 'tokens').")
+    elif "text" not in names:
+        raise HFMixtureError(
+            f"{where}: field 'tokens' is missing (and there is no 'text' field to tokenize); "
+            f"the file has fields {', '.join(schema.names) or 'none'}."
+        )
+    if "token_count" in names and not pa.types.is_integer(schema.field("token_count").type):
+        raise HFMixtureError(
+            f"{where}: field 'token_count' has type {_type_name(schema.field('token_count').type)}, "
+            "expected an integer."
+        )
+    if "cluster_id" not in names:
+        raise HFMixtureError(f"{where}: field 'cluster_id' is missing.")
+    if not pa.types.is_integer(schema.field("cluster_id").type):
+        raise HFMixtureError(
+            f"{where}: field 'cluster_id' has type {_type_name(schema.field('cluster_id').type)}, "
+            "expected an integer."
+        )
+    if "text" in names:
+        t = schema.field("text").type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise HFMixtureError(f"{where}: field 'text' has type {_type_name(t)}, expected a string.")
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# ----------------------------------------------------------------------------- file sources
+class _Source:
+    """Where a corpus' files live: a local folder, or a Hub dataset repo pinned to one commit."""
+
+    def __init__(self, path: str | os.PathLike, revision: str | None):
+        self.given = str(path)
+        self.root: Path | None = None
+        self.repo_id: str | None = None
+        self.revision: str | None = None
+        local = Path(path).expanduser()
+        match = _HUB_ID.match(self.given)
+        if local.exists():
+            if not local.is_dir():
+                raise HFMixtureError(f"Clustered corpus path '{self.given}' is a file, not a folder.")
+            self.root = local
+            self.files = sorted(
+                p.relative_to(local).as_posix()
+                for p in local.glob("*/*.parquet")
+                if _CLUSTER_DIR.match(p.parent.name)
+            )
+            self.dirs = sorted(p.name for p in local.iterdir() if p.is_dir() and _CLUSTER_DIR.match(p.name))
+        elif match and not self.given.startswith((".", "/", "~")):
+            self._resolve_hub(match.group(1), revision)
+        else:
+            raise HFMixtureError(f"Clustered corpus path '{self.given}' does not exist.")
+
+    def _resolve_hub(self, repo_id: str, revision: str | None) -> None:
+        from huggingface_hub import HfApi
+
+        try:
+            info = HfApi().dataset_info(repo_id, revision=revision)
+        except Exception as err:  # network, offline mode, missing repo: all one answer for the user
+            raise HFMixtureError(
+                f"Clustered corpus '{self.given}' is not a local folder and could not be resolved as a "
+                f"Hub dataset ({type(err).__name__}: {_short(err)})."
+            ) from None
+        self.repo_id, self.revision = repo_id, info.sha
+        names = [s.rfilename for s in (info.siblings or [])]
+        self.files = sorted(
+            n for n in names
+            if n.endswith(".parquet") and n.count("/") == 1 and _CLUSTER_DIR.match(n.split("/")[0])
+        )
+        self.dirs = sorted({n.split("/")[0] for n in self.files})
+        self._hub_names = set(names)
+
+    @property
+    def is_local(self) -> bool:
+        return self.root is not None
+
+    def display(self, rel: str) -> str:
+        if self.root is not None:
+            return str(self.root / rel)
+        return f"hf://datasets/{self.repo_id}@{self.revision}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        if self.root is not None:
+            return (self.root / rel).is_file()
+        return rel in self._hub_names
+
+    def read_bytes(self, rel: str) -> bytes:
+        with open(self.local_path(rel), "rb") as fh:
+            return fh.read()
+
+    def local_path(self, rel: str) -> str:
+        """A local path to ``rel``; Hub files are downloaded once into the Hugging Face cache."""
+        if self.root is not None:
+            return str(self.root / rel)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return hf_hub_download(self.repo_id, rel, repo_type="dataset", revision=self.revision)
+        except Exception as err:  # network errors name the file for the user
+            raise HFMixtureError(f"Could not download '{self.display(rel)}' ({_short(err)}).") from None
+
+    def open_for_footer(self, rel: str):
+        """A binary file object; on the Hub only the parquet footer is fetched (range requests)."""
+        if self.root is not None:
+            return open(self.root / rel, "rb")
+        from huggingface_hub import HfFileSystem
+
+        return HfFileSystem().open(f"datasets/{self.repo_id}@{self.revision}/{rel}", "rb")
+
+    def fingerprint(self) -> str:
+        """Content identity: the Hub commit, or every local file's name, size and mtime."""
+        h = hashlib.sha256()
+        if self.root is None:
+            h.update(f"hub:{self.repo_id}@{self.revision}".encode())
+            return h.hexdigest()[:16]
+        for rel in [CLUSTERS_JSON, *self.files]:
+            p = self.root / rel
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class _FileMeta:
+    schema: pa.Schema
+    num_rows: int
+
+
+# ----------------------------------------------------------------------------- reader
+class ClusteredCorpus:
+    """A validated clustered corpus: ours (with ``clusters.json``) or ClimbLab's layout.
+
+    ``path`` is a local folder or a Hub dataset id (``owner/name``, optionally
+    ``revision=``).  Local corpora are checked completely on open (every parquet
+    footer: schema and row count); on the Hub each file is checked when first read,
+    so opening a 1T-token corpus does not fetch a thousand footers.
+
+    >>> corpus = ClusteredCorpus("path/to/corpus")           # doctest: +SKIP
+    >>> corpus.cluster_ids, corpus.clusters[0]["docs"]        # doctest: +SKIP
+    ([0, 1, 2], 1250)
+    >>> ds = corpus.load(cluster_id=2)                        # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike, *, revision: str | None = None,
+                 validate: bool | None = None):
+        self._src = _Source(path, revision)
+        self.path = self._src.given
+        self._meta: dict[str, _FileMeta] = {}
+        self._tokens: dict[int, int | None] = {}
+        self.manifest = self._read_manifest()
+        by_cluster: dict[int, list[str]] = {}
+        for rel in self._src.files:
+            k = int(_CLUSTER_DIR.match(rel.split("/")[0]).group(1))
+            by_cluster.setdefault(k, []).append(rel)
+        for name in self._src.dirs:
+            k = int(_CLUSTER_DIR.match(name).group(1))
+            if k not in by_cluster:
+                raise HFMixtureError(
+                    f"Cluster folder '{self._src.display(name)}' holds no parquet files: "
+                    f"cluster {name} is empty."
+                )
+        if not by_cluster:
+            raise HFMixtureError(
+                f"'{self.path}' is not a clustered corpus: it has no cluster_<k>/ folders of parquet files."
+            )
+        self._files = {k: by_cluster[k] for k in sorted(by_cluster)}
+        if self.manifest is not None:
+            listed = {int(c["id"]) for c in self.manifest["clusters"]}
+            for k in sorted(listed - set(self._files)):
+                raise HFMixtureError(
+                    f"{self._src.display(CLUSTERS_JSON)}: field 'clusters' lists cluster {k}, "
+                    f"but folder {cluster_config_name(k)}/ holds no parquet files."
+                )
+            for k in sorted(set(self._files) - listed):
+                raise HFMixtureError(
+                    f"Folder '{self._src.display(cluster_config_name(k))}' is not listed in "
+                    f"{CLUSTERS_JSON} (field 'clusters')."
+                )
+        if validate is None:
+            validate = self._src.is_local
+        if validate:
+            self.validate()
+
+    # -- manifest ------------------------------------------------------------------
+    def _read_manifest(self) -> dict[str, Any] | None:
+        if not self._src.exists(CLUSTERS_JSON):
+            return None  # the released ClimbLab has none: clusters come from the folders
+        where = self._src.display(CLUSTERS_JSON)
+        try:
+            manifest = json.loads(self._src.read_bytes(CLUSTERS_JSON).decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HFMixtureError(f"{where} is not valid JSON ({_short(err)}).") from None
+        if not isinstance(manifest, dict):
+            raise HFMixtureError(f"{where} must hold a JSON object, not {type(manifest).__name__}.")
+        if manifest.get("format") != FORMAT:
+            raise HFMixtureError(f"{where}: field 'format' is {manifest.get('format')!r}, expected {FORMAT!r}.")
+        if manifest.get("version") != VERSION:
+            raise HFMixtureError(
+                f"{where}: field 'version' is {manifest.get('version')!r}; this hf_mixture reads version {VERSION}."
+            )
+        clusters = manifest.get("clusters")
+        if not isinstance(clusters, list) or not clusters:
+            raise HFMixtureError(f"{where}: field 'clusters' must be a non-empty list.")
+        for i, entry in enumerate(clusters):
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or entry["id"] < 0:
+                raise HFMixtureError(f"{where}: field 'clusters[{i}].id' must be a non-negative integer.")
+        return manifest
+
+    # -- files ---------------------------------------------------------------------
+    @property
+    def cluster_ids(self) -> list[int]:
+        return list(self._files)
+
+    @property
+    def is_local(self) -> bool:
+        return self._src.is_local
+
+    @property
+    def revision(self) -> str | None:
+        """The Hub commit the corpus is pinned to (None for a local folder)."""
+        return self._src.revision
+
+    @property
+    def repo_id(self) -> str | None:
+        return self._src.repo_id
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever a file of the corpus does (local) or the commit does (Hub)."""
+        return self._src.fingerprint()
+
+    def _require(self, cluster_id: int) -> None:
+        if cluster_id not in self._files:
+            raise HFMixtureError(
+                f"Clustered corpus '{self.path}' has no cluster {cluster_id}; it has "
+                f"{', '.join(map(str, self.cluster_ids))}."
+            )
+
+    def files(self, cluster_id: int) -> list[str]:
+        """The cluster's parquet files, relative to the corpus root, in read order."""
+        self._require(cluster_id)
+        return list(self._files[cluster_id])
+
+    def display(self, rel: str) -> str:
+        """The name of a file for messages: a local path or an ``hf://`` URL."""
+        return self._src.display(rel)
+
+    def local_file(self, rel: str) -> str:
+        """A local path to ``rel`` (downloaded into the Hugging Face cache for a Hub corpus)."""
+        return self._src.local_path(rel)
+
+    def file_meta(self, rel: str) -> _FileMeta:
+        """Schema and row count of one file, read from its footer and checked."""
+        if rel not in self._meta:
+            where = self.display(rel)
+            try:
+                with self._src.open_for_footer(rel) as fh:
+                    pf = pq.ParquetFile(fh)
+                    meta = _FileMeta(pf.schema_arrow, pf.metadata.num_rows)
+            except (pa.ArrowException, OSError) as err:
+                raise HFMixtureError(
+                    f"Parquet file '{where}' is corrupt or truncated and cannot be read ({_short(err)})."
+                ) from None
+            check_schema(meta.schema, where)
+            first = next(iter(self._meta.values()), None)
+            if first is not None:
+                want = [(f.name, f.type) for f in first.schema]
+                got = [(f.name, f.type) for f in meta.schema]
+                if got != want:
+                    diff = sorted({n for n, _ in want} ^ {n for n, _ in got}) or [
+                        n for (n, t), (_, t2) in zip(got, want) if t != t2]
+                    raise HFMixtureError(
+                        f"{where}: its fields differ from the corpus' other files "
+                        f"(field(s) {', '.join(map(repr, diff)) or 'order'})."
+                    )
+            self._meta[rel] = meta
+        return self._meta[rel]
+
+    def validate(self) -> None:
+        """Read every footer: schema, row count, empty clusters, manifest counts."""
+        for k, rels in self._files.items():
+            rows = sum(self.file_meta(rel).num_rows for rel in rels)
+            if rows == 0:
+                raise HFMixtureError(
+                    f"Cluster folder '{self.display(cluster_config_name(k))}' is empty: its parquet "
+                    "files hold 0 documents (field 'tokens' has no rows)."
+                )
+            entry = self._manifest_entry(k)
+            if entry is not None and entry.get("docs") is not None and int(entry["docs"]) != rows:
+                raise HFMixtureError(
+                    f"{self.display(CLUSTERS_JSON)}: field 'clusters[id={k}].docs' is {entry['docs']}, "
+                    f"but folder {cluster_config_name(k)}/ holds {rows} rows."
+                )
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The fields every file of the corpus shares (read from the first file)."""
+        first = self._files[self.cluster_ids[0]][0]
+        return self.file_meta(first).schema
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.schema.names)
+
+    @property
+    def has_tokens(self) -> bool:
+        return "tokens" in self.schema.names
+
+    @property
+    def tokenizer_info(self) -> dict[str, Any] | None:
+        """``{name, sha256, vocab_size}`` of the tokenizer that made ``tokens`` (None if unknown)."""
+        return (self.manifest or {}).get("tokenizer")
+
+    # -- facts -------------------------------------------------------------------------
+    def _manifest_entry(self, cluster_id: int) -> dict[str, Any] | None:
+        for entry in (self.manifest or {}).get("clusters", []):
+            if entry["id"] == cluster_id:
+                return entry
+        return None
+
+    def num_docs(self, cluster_id: int) -> int:
+        return sum(self.file_meta(rel).num_rows for rel in self.files(cluster_id))
+
+    def num_tokens(self, cluster_id: int) -> int | None:
+        """Sum of ``token_count`` (None for a text-only corpus)."""
+        self._require(cluster_id)
+        if cluster_id not in self._tokens:
+            entry = self._manifest_entry(cluster_id)
+            if entry is not None and entry.get("tokens") is not None:
+                self._tokens[cluster_id] = int(entry["tokens"])
+            elif "token_count" not in self.schema.names:
+                self._tokens[cluster_id] = None
+            else:
+                total = 0
+                for rel, _, batch in self.iter_batches(cluster_id, columns=["token_count"]):
+                    total += int(pc.sum(batch.column(0)).as_py() or 0)
+                self._tokens[cluster_id] = total
+        return self._tokens[cluster_id]
+
+    def description(self, cluster_id: int) -> str | None:
+        entry = self._manifest_entry(cluster_id)
+        return None if entry is None else entry.get("description")
+
+    @property
+    def clusters(self) -> list[dict[str, Any]]:
+        """One entry per cluster: the manifest's when there is one, else derived from the files."""
+        out = []
+        for k in self.cluster_ids:
+            entry = dict(self._manifest_entry(k) or {})
+            entry.setdefault("id", k)
+            entry.setdefault("config_name", cluster_config_name(k))
+            entry.setdefault("description", None)
+            if entry.get("docs") is None:
+                entry["docs"] = self.num_docs(k)
+            if entry.get("tokens") is None:
+                entry["tokens"] = self.num_tokens(k)
+            out.append(entry)
+        return out
+
+    # -- data --------------------------------------------------------------------------
+    def iter_file_batches(self, rel: str, *, columns: list[str] | None = None,
+                          batch_size: int = 1024) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """``(first_row, batch)`` over one file; read errors name the file."""
+        self.file_meta(rel)
+        where = self.display(rel)
+        if columns is not None:
+            missing = [c for c in columns if c not in self.schema.names]
+            if missing:
+                raise HFMixtureError(f"{where}: field '{missing[0]}' is missing.")
+        try:
+            pf = pq.ParquetFile(self.local_file(rel))
+            start = 0
+            for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+                yield start, batch
+                start += batch.num_rows
+        except (pa.ArrowException, OSError) as err:
+            raise HFMixtureError(
+                f"Parquet file '{where}' is corrupt or truncated and cannot be read ({_short(err)})."
+            ) from None
+
+    def iter_batches(self, cluster_id: int, *, columns: list[str] | None = None,
+                     batch_size: int = 1024) -> Iterator[tuple[str, int, pa.RecordBatch]]:
+        """``(file, first_row_in_file, batch)`` over every file of a cluster, in order."""
+        for rel in self.files(cluster_id):
+            for start, batch in self.iter_file_batches(rel, columns=columns, batch_size=batch_size):
+                yield rel, start, batch
+
+    def load(self, cluster_id: int | None = None, *, detokenize_with: Any = None,
+             cache_dir: str | os.PathLike | None = None) -> "datasets.Dataset":
+        """One cluster (or all) as a memory-mapped ``datasets.Dataset`` via :class:`ClusteredCorpusBuilder`."""
+        name = "default" if cluster_id is None else cluster_config_name(cluster_id)
+        if cluster_id is not None:
+            self._require(cluster_id)
+        builder = ClusteredCorpusBuilder(self, name, detokenize_with=detokenize_with,
+                                         cache_dir=None if cache_dir is None else str(cache_dir))
+        builder.download_and_prepare()
+        return builder.as_dataset(split="train")
+
+    def __repr__(self) -> str:
+        return f"ClusteredCorpus({self.path!r}, clusters={self.cluster_ids})"
+
+
+# ----------------------------------------------------------------------------- datasets builder
+@dataclass
+class ClusteredCorpusConfig(datasets.BuilderConfig):
+    """One cluster (``cluster_<k>``) or all of them (``default``)."""
+
+    cluster_ids: tuple[int, ...] = ()
+
+
+class ClusteredCorpusBuilder(datasets.ArrowBasedBuilder):
+    """A ``datasets`` builder over a clustered corpus (ours or ClimbLab's, local or Hub).
+
+    Dataset scripts are gone from ``datasets``; this is an importable builder class.
+    Its configs are the corpus' clusters (``cluster_<k>``) plus ``default`` (all);
+    ``detokenize_with`` (a tokenizer or its name/path) adds a ``text`` column decoded
+    from ``tokens`` — e.g. GPT-2 for ClimbLab.
+
+    >>> builder = ClusteredCorpusBuilder("nvidia/ClimbLab", "cluster_3",
+    ...                                  detokenize_with="gpt2")          # doctest: +SKIP
+    >>> builder.download_and_prepare()                                    # doctest: +SKIP
+    >>> ds = builder.as_dataset(split="train")                            # doctest: +SKIP
+    """
+
+    BUILDER_CONFIG_CLASS = ClusteredCorpusConfig
+    DEFAULT_CONFIG_NAME = "default"
+    VERSION = datasets.Version("1.0.0")
+    BUILDER_CONFIGS: list = []  # per corpus: set on the instance in __init__
+
+    def __init__(self, path: str | os.PathLike | ClusteredCorpus, config_name: str | None = None, *,
+                 revision: str | None = None, detokenize_with: Any = None,
+                 cache_dir: str | None = None, batch_size: int = 1024, **kwargs: Any):
+        self.corpus = path if isinstance(path, ClusteredCorpus) else ClusteredCorpus(path, revision=revision)
+        self.batch_size = int(batch_size)
+        # datasets reads configs from the class; a corpus decides its own, so they live on the instance
+        # (see the builder_configs property below).
+        self.BUILDER_CONFIGS = [
+            ClusteredCorpusConfig(name=cluster_config_name(k), version=self.VERSION, cluster_ids=(k,),
+                                  description=self.corpus.description(k))
+            for k in self.corpus.cluster_ids
+        ] + [ClusteredCorpusConfig(name="default", version=self.VERSION,
+                                   cluster_ids=tuple(self.corpus.cluster_ids),
+                                   description="all clusters")]
+        config_name = config_name or self.DEFAULT_CONFIG_NAME
+        if config_name not in self.builder_configs:
+            raise HFMixtureError(
+                f"Clustered corpus '{self.corpus.path}' has no config {config_name!r}; it has "
+                f"{', '.join(self.builder_configs)}."
+            )
+        self._detokenizer = None
+        cache_key = f"{self.corpus.fingerprint}"
+        if detokenize_with is not None:
+            if not self.corpus.has_tokens:
+                raise HFMixtureError(
+                    f"Clustered corpus '{self.corpus.path}' has no field 'tokens' to detokenize."
+                )
+            if "text" in self.corpus.column_names:
+                raise HFMixtureError(
+                    f"Clustered corpus '{self.corpus.path}' already has a field 'text'; "
+                    "detokenize_with would replace it."
+                )
+            self._detokenizer = load_tokenizer(detokenize_with)
+            cache_key += "-" + tokenizer_fingerprint(self._detokenizer)["sha256"][:16]
+        name = (self.corpus.repo_id or Path(self.corpus.path).resolve().name).replace("/", "--")
+        super().__init__(cache_dir=cache_dir, dataset_name=name, config_name=config_name,
+                         hash=hashlib.sha256(cache_key.encode()).hexdigest()[:16], **kwargs)
+
+    @property
+    def builder_configs(self) -> dict[str, ClusteredCorpusConfig]:  # type: ignore[override]
+        return {c.name: c for c in self.BUILDER_CONFIGS}
+
+    def _features(self) -> datasets.Features:
+        features = datasets.Features.from_arrow_schema(self.corpus.schema)
+        if self._detokenizer is not None:
+            features["text"] = datasets.Value("string")
+        return features
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description=f"Clustered corpus {self.corpus.path}", features=self._features()
+        )
+
+    def _split_generators(self, dl_manager):
+        files = [rel for k in self.config.cluster_ids for rel in self.corpus.files(k)]
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"files": files})]
+
+    def _generate_shards(self, files):
+        yield from files
+
+    def _generate_tables(self, files):
+        from datasets.builder import Key
+        from datasets.table import table_cast
+
+        schema = self._features().arrow_schema
+        for file_idx, rel in enumerate(files):
+            batches = self.corpus.iter_file_batches(rel, batch_size=self.batch_size)
+            for batch_idx, (_, batch) in enumerate(batches):
+                table = pa.Table.from_batches([batch])
+                if self._detokenizer is not None:
+                    ids = table.column("tokens").to_pylist()
+                    text = self._detokenizer.batch_decode(ids, skip_special_tokens=False)
+                    table = table.append_column("text", pa.array(text, type=pa.string()))
+                yield Key(file_idx, batch_idx), table_cast(table, schema)
+
+
+# ----------------------------------------------------------------------------- writer
+def _escape_cell(value: Any) -> str:
+    return " ".join(str(value if value is not None else "").split()).replace("|", "\\|")
+
+
+def _render_card(manifest: dict[str, Any], name: str, configs: list[dict[str, Any]]) -> str:
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    template = importlib.resources.files("hf_mixture.hub_cards") / CARD_TEMPLATE
+    card_data = DatasetCardData(
+        pretty_name=name,
+        task_categories=["text-generation"],
+        tags=["hf-mixture", "clustered-corpus"],
+        configs=configs,
+    )
+    rows = [
+        {"id": c["id"], "config_name": c["config_name"], "docs": f"{c['docs']:,}",
+         "tokens": f"{c['tokens']:,}", "description": _escape_cell(c.get("description"))}
+        for c in manifest["clusters"]
+    ]
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=str(template),
+        name=name,
+        clusters=rows,
+        first_config=manifest["clusters"][0]["config_name"],
+        total_docs=f"{manifest['docs']:,}",
+        total_tokens=f"{manifest['tokens']:,}",
+        tokenizer=manifest.get("tokenizer"),
+        columns=manifest["columns"],
+    )
+    return str(card)
+
+
+def _normalize_descriptions(descriptions: Mapping | None) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in (descriptions or {}).items():
+        try:
+            k = int(key)
+        except (TypeError, ValueError):
+            raise HFMixtureError(f"descriptions: key {key!r} is not a cluster id (an integer).") from None
+        if isinstance(value, str):
+            value = {"description": value}
+        if not isinstance(value, Mapping):
+            raise HFMixtureError(
+                f"descriptions[{k}] must be a mapping of facts (description, top_terms, ...), "
+                f"got {type(value).__name__}."
+            )
+        clash = sorted(_RESERVED_CLUSTER_KEYS & set(value))
+        if clash:
+            raise HFMixtureError(f"descriptions[{k}]: field '{clash[0]}' is written by the writer itself.")
+        try:
+            json.dumps(dict(value))
+        except TypeError as err:
+            raise HFMixtureError(f"descriptions[{k}] is not JSON-serializable ({err}).") from None
+        out[k] = dict(value)
+    return out
+
+
+def write_clustered_corpus(
+    dataset: "datasets.Dataset",
+    output_dir: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    text_column: str = "text",
+    descriptions: Mapping[int, Mapping[str, Any]] | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE,
+) -> Path:
+    """Write ``dataset`` (with an int ``cluster_id`` column) as a clustered corpus folder.
+
+    Without a ``tokens`` column, ``tokens``/``token_count`` are computed from
+    ``text_column`` with ``tokenizer`` (a fast tokenizer or its name/path).  Every
+    other column is kept.  ``descriptions`` maps cluster id to JSON-able facts
+    (``description``, ``top_terms``, ``examples``, ...) merged into clusters.json;
+    entries for clusters with no documents are ignored, like those clusters.  The
+    folder is written under a temporary name and renamed when complete.
+
+    >>> import datasets, tempfile, os
+    >>> ds = datasets.Dataset.from_dict({"tokens": [[1, 2], [3]], "cluster_id": [4, 4]})
+    >>> path = write_clustered_corpus(ds, os.path.join(tempfile.mkdtemp(), "c"),
+    ...                               descriptions={4: {"description": "numbers"}})
+    >>> sorted(os.listdir(path))
+    ['README.md', 'cluster_4', 'clusters.json']
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        raise HFMixtureError(
+            f"write_clustered_corpus needs a datasets.Dataset, got {type(dataset).__name__}."
+        )
+    if len(dataset) == 0:
+        raise HFMixtureError("Cannot write a clustered corpus from an empty dataset: it has no rows.")
+    if max_rows_per_file < 1:
+        raise HFMixtureError(f"max_rows_per_file must be at least 1, got {max_rows_per_file}.")
+    out = Path(output_dir)
+    if out.exists():
+        if not overwrite:
+            raise HFMixtureError(
+                f"Output '{out}' already exists; pass overwrite=True to replace it."
+            )
+        if not out.is_dir() or (any(out.iterdir()) and not (out / CLUSTERS_JSON).is_file()):
+            raise HFMixtureError(
+                f"Output '{out}' exists and is not a clustered corpus; refusing to replace it."
+            )
+    schema = dataset.features.arrow_schema
+    if "cluster_id" not in schema.names:
+        raise HFMixtureError(
+            f"The dataset has no field 'cluster_id'; it has {', '.join(schema.names)}."
+        )
+    if not pa.types.is_integer(schema.field("cluster_id").type):
+        raise HFMixtureError(
+            f"The dataset's field 'cluster_id' has type {schema.field('cluster_id').type}, expected an integer."
+        )
+    cluster_col = dataset.with_format("arrow")["cluster_id"]
+    if cluster_col.null_count:
+        raise HFMixtureError("The dataset's field 'cluster_id' has missing (null) values.")
+    ids = cluster_col.to_numpy()
+    if ids.min() < 0:
+        raise HFMixtureError(f"The dataset's field 'cluster_id' holds {int(ids.min())}; ids must be >= 0.")
+    desc = _normalize_descriptions(descriptions)
+    extra = dict(extra_manifest or {})
+    clash = sorted(_RESERVED_MANIFEST_KEYS & set(extra))
+    if clash:
+        raise HFMixtureError(f"extra_manifest: field '{clash[0]}' is written by the writer itself.")
+    try:
+        json.dumps(extra)
+    except TypeError as err:
+        raise HFMixtureError(f"extra_manifest is not JSON-serializable ({err}).") from None
+
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else None
+    tok_info = tokenizer_fingerprint(tok) if tok is not None else None
+    dataset = _with_tokens(dataset, tok, tok_info, text_column)
+
+    counts = dataset.with_format("arrow")["token_count"].to_numpy()
+    first = ["tokens", "token_count", "cluster_id"] + (["text"] if "text" in dataset.column_names else [])
+    dataset = dataset.select_columns(first + [c for c in dataset.column_names if c not in first])
+
+    order = np.argsort(ids, kind="stable")  # stable: each cluster keeps the input's row order
+    uniq, starts = np.unique(ids[order], return_index=True)
+    bounds = list(starts) + [len(order)]
+    clusters: list[dict[str, Any]] = []
+    configs: list[dict[str, Any]] = []
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        for j, k in enumerate(int(u) for u in uniq):
+            rows = order[bounds[j]:bounds[j + 1]]
+            name = cluster_config_name(k)
+            (tmp / name).mkdir()
+            subset = dataset.select(rows)
+            for i, lo in enumerate(range(0, len(rows), max_rows_per_file)):
+                shard = subset.select(range(lo, min(lo + max_rows_per_file, len(rows))))
+                shard.to_parquet(str(tmp / name / FILE_PATTERN.format(k=k, i=i)))
+            entry = {"id": k, "config_name": name, "docs": int(len(rows)),
+                     "tokens": int(counts[rows].sum()), "description": None}
+            entry.update(desc.get(k, {}))
+            clusters.append(entry)
+            configs.append({"config_name": name,
+                            "data_files": [{"split": "train", "path": f"{name}/*.parquet"}]})
+        configs.append({"config_name": "default",
+                        "data_files": [{"split": "train",
+                                        "path": [f"{c['config_name']}/*.parquet" for c in clusters]}]})
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "tokenizer": tok_info,
+            "columns": dataset.column_names,
+            "docs": int(sum(c["docs"] for c in clusters)),
+            "tokens": int(sum(c["tokens"] for c in clusters)),
+            "clusters": clusters,
+            **extra,
+        }
+        (tmp / CLUSTERS_JSON).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(_render_card(manifest, out.name, configs), encoding="utf-8")
+    logger.info("wrote clustered corpus %s: %d clusters, %d docs, %d tokens",
+                out, len(clusters), manifest["docs"], manifest["tokens"])
+    return out
+
+
+def _with_tokens(dataset: "datasets.Dataset", tok, tok_info, text_column: str) -> "datasets.Dataset":
+    """``dataset`` with checked ``tokens`` and ``token_count`` columns (computed when absent)."""
+    schema = dataset.features.arrow_schema
+    if "tokens" not in schema.names:
+        if tok is None:
+            raise HFMixtureError(
+                f"The dataset has no field 'tokens', so write_clustered_corpus needs tokenizer= to "
+                f"compute them from field '{text_column}'."
+            )
+        if text_column not in schema.names:
+            raise HFMixtureError(
+                f"The dataset has neither field 'tokens' nor the text field '{text_column}'."
+            )
+        backend = tok.backend_tokenizer
+
+        def encode(batch):
+            ids = encode_texts(backend, batch[text_column], where="dataset")
+            return {"tokens": ids, "token_count": [len(x) for x in ids]}
+
+        features = dataset.features.copy()
+        features["tokens"] = datasets.List(datasets.Value("int32"))
+        features["token_count"] = datasets.Value("int64")
+        # The fingerprint names the tokenizer by content, so datasets need not hash the object.
+        fingerprint = hashlib.sha256(
+            f"{dataset._fingerprint}|{tok_info['sha256']}|{text_column}".encode()).hexdigest()[:16]
+        return dataset.map(encode, batched=True, features=features, new_fingerprint=fingerprint,
+                           desc="Tokenizing")
+    if not _is_int_list(schema.field("tokens").type):
+        raise HFMixtureError(
+            f"The dataset's field 'tokens' has type {schema.field('tokens').type}, expected a list of integers."
+        )
+    tokens = dataset.with_format("arrow")["tokens"]
+    if tokens.null_count:
+        raise HFMixtureError("The dataset's field 'tokens' has missing (null) values.")
+    lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
+    if tok_info is not None:
+        values = pc.list_flatten(tokens).to_numpy(zero_copy_only=False)
+        if values.size and (values.min() < 0 or values.max() >= tok_info["vocab_size"]):
+            bad = np.flatnonzero((values < 0) | (values >= tok_info["vocab_size"]))[0]
+            row = int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
+            raise HFMixtureError(
+                f"The dataset's row {row}: field 'tokens' holds id {int(values[bad])}, outside the "
+                f"vocabulary of tokenizer '{tok_info['name']}' (size {tok_info['vocab_size']})."
+            )
+    if "token_count" in schema.names:
+        if not pa.types.is_integer(schema.field("token_count").type):
+            raise HFMixtureError(
+                f"The dataset's field 'token_count' has type {schema.field('token_count').type}, "
+                "expected an integer."
+            )
+        given = dataset.with_format("arrow")["token_count"].to_numpy(zero_copy_only=False)
+        wrong = np.flatnonzero(given != lengths)
+        if wrong.size:
+            r = int(wrong[0])
+            raise HFMixtureError(
+                f"The dataset's row {r}: field 'token_count' is {given[r]}, but field 'tokens' "
+                f"holds {lengths[r]} ids."
+            )
+        return dataset
+    return dataset.add_column("token_count", lengths.astype(np.int64).tolist(),
+                              new_fingerprint=hashlib.sha256(
+                                  f"{dataset._fingerprint}|token_count".encode()).hexdigest()[:16])

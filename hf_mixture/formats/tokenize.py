@@ -1,0 +1,374 @@
+"""Clustered corpus → token store (``hf-mixture tokenize``).
+
+Each cluster ``k`` becomes the store component ``cluster_<k>``.  Rows that carry
+``tokens`` (our corpora, ClimbLab's GPT-2 ids) are converted as they are, after
+checking every id against the tokenizer's vocabulary; rows with only ``text`` are
+tokenized in batches with the fast tokenizer (no special tokens: the sampler
+inserts EOS between documents).
+
+A held-out validation slice is taken per cluster by a seeded hash of each
+document's ``doc_id`` (or its index in the cluster when there is no ``doc_id``):
+the same documents are held out on every rerun and on every machine, a cluster
+with at least two documents always keeps at least one for validation and one
+for training, and validation documents never enter the training arrays.
+
+The store is written atomically.  Its manifest records a fingerprint of the
+inputs and settings; rerunning with the same ones finds it and does nothing.
+
+>>> tokenize_corpus("corpus/", "store/", "path/to/tokenizer")      # doctest: +SKIP
+PosixPath('store')
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import HFMixtureError
+from .token_store import FORMAT as STORE_FORMAT
+from .token_store import MANIFEST as STORE_MANIFEST
+from .token_store import TokenStoreWriter
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VALIDATION_FRACTION = 0.01
+# Bump when the conversion or the validation split changes, so old stores are not taken as current.
+ALGORITHM_VERSION = 1
+# Columns that never go into the per-document metadata: the ids themselves, their count (the
+# offsets hold it) and the raw text (it would double the store and training never reads it).
+_NOT_METADATA = {"tokens", "token_count", "text"}
+
+
+@dataclass
+class TokenizeResult:
+    """What :func:`tokenize` did: the store path, and whether it was (re)written."""
+
+    path: Path
+    written: bool
+    fingerprint: str
+
+
+def _hash_unit(seed: int, keys: list[str]) -> np.ndarray:
+    """A seeded, platform-independent hash of each key, mapped to [0, 1)."""
+    out = np.empty(len(keys), dtype=np.float64)
+    salt = str(int(seed)).encode()
+    for i, key in enumerate(keys):
+        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, key=salt).digest()
+        out[i] = int.from_bytes(digest, "big") / 2.0**64
+    return out
+
+
+def validation_mask(keys: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Which documents are held out: ``hash(seed, key) < fraction``, never all, at least one.
+
+    With ``fraction > 0`` and two or more documents, at least one document is held
+    out and at least one is kept for training; the choice depends only on the keys
+    and the seed (not on order, workers or the clock).
+
+    >>> validation_mask(["a", "b", "c"], 0.01, seed=0).sum()
+    1
+    """
+    u = _hash_unit(seed, keys)
+    mask = u < fraction
+    if fraction > 0 and len(keys) >= 2:
+        if not mask.any():
+            mask[int(np.argmin(u))] = True
+        if mask.all():
+            mask[int(np.argmax(u))] = False
+    elif len(keys) < 2:
+        mask[:] = False
+    return mask
+
+
+def _scalar_columns(schema) -> list[str]:
+    import pyarrow as pa
+
+    keep = []
+    for field in schema:
+        t = field.type
+        if field.name in _NOT_METADATA:
+            continue
+        if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                or pa.types.is_string(t) or pa.types.is_large_string(t)
+                or pa.types.is_temporal(t) or pa.types.is_decimal(t)):
+            keep.append(field.name)
+    return keep
+
+
+# ----------------------------------------------------------------------------- text encoding
+_WORKER_BACKEND = None
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    global _WORKER_BACKEND
+    from tokenizers import Tokenizer
+
+    _WORKER_BACKEND = Tokenizer.from_str(tokenizer_json)
+
+
+def _encode_in_worker(texts: list[str]) -> list[list[int]]:
+    return [enc.ids for enc in _WORKER_BACKEND.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+class _TextEncoder:
+    """Batched text → ids; with ``num_proc > 1`` batches go to a pool of processes, in order."""
+
+    def __init__(self, tokenizer, num_proc: int | None):
+        self.backend = tokenizer.backend_tokenizer
+        self.num_proc = num_proc or 1
+        self.pool = None
+        if self.num_proc > 1:
+            # spawn, not fork: the Rust tokenizer's thread pool does not survive a fork.
+            self.pool = cf.ProcessPoolExecutor(
+                self.num_proc, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(self.backend.to_str(),))
+
+    def encode_many(self, items: Iterator[tuple[Any, list, str, int]]) -> Iterator[tuple[Any, list[list[int]]]]:
+        """``(tag, ids)`` for each ``(tag, texts, where, first_row)``, in input order."""
+        from .clustered import check_texts, encode_texts
+
+        if self.pool is None:
+            for tag, texts, where, start in items:
+                yield tag, encode_texts(self.backend, texts, where=where, start=start)
+            return
+        window: deque = deque()
+        for tag, texts, where, start in items:
+            check_texts(texts, where, start)
+            window.append((tag, self.pool.submit(_encode_in_worker, texts)))
+            if len(window) >= 2 * self.num_proc:  # bounded: a huge file never sits in memory
+                t, fut = window.popleft()
+                yield t, fut.result()
+        while window:
+            t, fut = window.popleft()
+            yield t, fut.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- main entry
+def _input_fingerprint(corpus, tok_info: dict[str, Any], eos: int | None, fraction: float,
+                       seed: int) -> str:
+    blob = json.dumps({
+        "corpus": corpus.fingerprint, "tokenizer_sha256": tok_info["sha256"],
+        "vocab_size": tok_info["vocab_size"], "eos_token_id": eos,
+        "validation_fraction": fraction, "seed": seed, "algorithm": ALGORITHM_VERSION,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _existing_fingerprint(output: Path) -> str | None:
+    """The input fingerprint of the store at ``output``; errors if ``output`` is something else."""
+    manifest_path = output / STORE_MANIFEST
+    if not output.is_dir() or not manifest_path.is_file():
+        if output.is_dir() and not any(output.iterdir()):
+            return None
+        raise HFMixtureError(f"Output '{output}' exists and is not a token store; refusing to replace it.")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a damaged store: only --overwrite may replace it
+    if manifest.get("format") != STORE_FORMAT:
+        raise HFMixtureError(f"Output '{output}' exists and is not a token store; refusing to replace it.")
+    return manifest.get("input_fingerprint")
+
+
+def tokenize(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    tokenizer: Any,
+    *,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    seed: int = 0,
+    overwrite: bool = False,
+    num_proc: int | None = None,
+    revision: str | None = None,
+    batch_size: int = 1000,
+) -> TokenizeResult:
+    """:func:`tokenize_corpus`, also saying whether the store was written or already current."""
+    from .clustered import ClusteredCorpus, load_tokenizer, tokenizer_fingerprint
+
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
+            or not 0 <= validation_fraction < 1:
+        raise HFMixtureError(
+            f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}."
+        )
+    if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
+        raise HFMixtureError(f"num_proc must be a positive integer, got {num_proc!r}.")
+    if batch_size < 1:
+        raise HFMixtureError(f"batch_size must be at least 1, got {batch_size}.")
+    corpus = ClusteredCorpus(input, revision=revision)
+    tok = load_tokenizer(tokenizer)
+    tok_info = tokenizer_fingerprint(tok)
+    eos = tok.eos_token_id
+    fraction = float(validation_fraction)
+    fingerprint = _input_fingerprint(corpus, tok_info, eos, fraction, int(seed))
+    out = Path(output)
+    if out.exists():
+        existing = _existing_fingerprint(out)
+        if existing == fingerprint and not overwrite:
+            logger.info("token store %s is up to date (same inputs and settings); nothing to do", out)
+            return TokenizeResult(out, False, fingerprint)
+        if existing is not None and not overwrite:
+            raise HFMixtureError(
+                f"Token store '{out}' exists and was made from different inputs or settings; "
+                "pass overwrite=True (CLI: --overwrite) to replace it."
+            )
+        if existing is None and any(out.iterdir()) and not overwrite:
+            raise HFMixtureError(
+                f"Token store '{out}' exists but its manifest is unreadable; pass overwrite=True "
+                "(CLI: --overwrite) to replace it."
+            )
+
+    from_tokens = corpus.has_tokens
+    key_column = "doc_id" if "doc_id" in corpus.column_names else None
+    if from_tokens and corpus.tokenizer_info and corpus.tokenizer_info.get("sha256") not in (
+            None, tok_info["sha256"]):
+        raise HFMixtureError(
+            f"Clustered corpus '{corpus.path}': field 'tokenizer.sha256' says its tokens were made "
+            f"with '{corpus.tokenizer_info.get('name')}', not with tokenizer '{tok_info['name']}'."
+        )
+    extra = {
+        "source": {"path": corpus.path, "repo_id": corpus.repo_id, "revision": corpus.revision,
+                   "fingerprint": corpus.fingerprint},
+        "conversion": "token ids copied from field 'tokens'" if from_tokens
+                      else "field 'text' tokenized without special tokens",
+        "validation_fraction": fraction,
+        "seed": int(seed),
+        "validation_key": key_column or "document index within its cluster",
+        "input_fingerprint": fingerprint,
+    }
+    encoder = None if from_tokens else _TextEncoder(tok, num_proc)
+    try:
+        with TokenStoreWriter(out, vocab_size=tok_info["vocab_size"], eos_token_id=eos,
+                              tokenizer_name=tok_info["name"], tokenizer_hash=tok_info["sha256"],
+                              extra=extra, overwrite=True) as writer:
+            for k in corpus.cluster_ids:
+                _convert_cluster(corpus, k, writer, tok_info, encoder, fraction, int(seed),
+                                 key_column, batch_size)
+    finally:
+        if encoder is not None:
+            encoder.close()
+    logger.info("wrote token store %s (%d clusters)", out, len(corpus.cluster_ids))
+    return TokenizeResult(out, True, fingerprint)
+
+
+def tokenize_corpus(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    tokenizer: Any,
+    *,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    seed: int = 0,
+    overwrite: bool = False,
+    num_proc: int | None = None,
+    revision: str | None = None,
+    batch_size: int = 1000,
+) -> Path:
+    """Turn a clustered corpus (folder, ClimbLab layout or Hub id) into a token store.
+
+    ``tokenizer`` is a fast tokenizer or its name/path.  ``validation_fraction`` of
+    each cluster's documents (at least one when it has two or more) is held out by
+    a hash seeded with ``seed``.  ``num_proc > 1`` tokenizes text in that many
+    processes (token ids are copied in-process).  An existing store made from the
+    same inputs and settings is left as it is; different ones need ``overwrite``.
+
+    >>> tokenize_corpus("corpus/", "store/", "path/to/tokenizer", seed=0)   # doctest: +SKIP
+    PosixPath('store')
+    """
+    return tokenize(input, output, tokenizer, validation_fraction=validation_fraction, seed=seed,
+                    overwrite=overwrite, num_proc=num_proc, revision=revision,
+                    batch_size=batch_size).path
+
+
+def _cluster_keys(corpus, k: int, key_column: str | None) -> list[str]:
+    if key_column is None:
+        return [f"{k}/{i}" for i in range(corpus.num_docs(k))]
+    keys: list[str] = []
+    for _, _, batch in corpus.iter_batches(k, columns=[key_column]):
+        keys.extend(str(v) for v in batch.column(0).to_pylist())
+    return keys
+
+
+def _convert_cluster(corpus, k: int, writer: TokenStoreWriter, tok_info: dict[str, Any],
+                     encoder: _TextEncoder | None, fraction: float, seed: int,
+                     key_column: str | None, batch_size: int) -> None:
+    import pyarrow.compute as pc
+    from tqdm.auto import tqdm
+
+    from .clustered import cluster_config_name
+
+    component = cluster_config_name(k)
+    n_docs = corpus.num_docs(k)
+    is_val = validation_mask(_cluster_keys(corpus, k, key_column), fraction, seed)
+    meta_cols = _scalar_columns(corpus.schema)
+    writer.set_info(component, cluster_id=k, description=corpus.description(k))
+    vocab = tok_info["vocab_size"]
+    columns = (["tokens", "token_count"] if encoder is None else ["text"]) + meta_cols
+    columns = list(dict.fromkeys(columns))
+    doc = 0
+
+    def batches():
+        for rel, start, batch in corpus.iter_batches(k, columns=columns, batch_size=batch_size):
+            yield rel, start, batch
+
+    def with_ids():
+        if encoder is None:
+            for rel, start, batch in batches():
+                yield (rel, start, batch), _checked_ids(corpus, rel, start, batch, vocab, tok_info["name"], pc)
+        else:
+            items = ((item, item[2].column("text").to_pylist(), corpus.display(item[0]), item[1])
+                     for item in batches())
+            yield from encoder.encode_many(items)
+
+    with tqdm(total=n_docs, desc=f"tokenize {component}", unit="doc") as bar:
+        for (rel, start, batch), ids in with_ids():
+            meta = {c: batch.column(c).to_pylist() for c in meta_cols}
+            where_file = corpus.display(rel)
+            for i, doc_ids in enumerate(ids):
+                split = "validation" if is_val[doc] else "train"
+                writer.add(component, split, doc_ids, {c: meta[c][i] for c in meta_cols},
+                           where=f"{where_file} row {start + i}")
+                doc += 1
+            bar.update(len(ids))
+
+
+def _checked_ids(corpus, rel: str, start: int, batch, vocab: int, tok_name: str, pc) -> list[np.ndarray]:
+    """Per-document id arrays of a batch, after checking nulls, the vocabulary and token_count."""
+    where = corpus.display(rel)
+    tokens = batch.column("tokens")
+    if tokens.null_count:
+        row = int(np.flatnonzero(tokens.is_null().to_numpy(zero_copy_only=False))[0])
+        raise HFMixtureError(f"{where} row {start + row}: field 'tokens' is null.")
+    lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(tokens).to_numpy(zero_copy_only=False)
+    if values.size:
+        bad = (values < 0) | (values >= vocab)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            row = int(np.searchsorted(np.cumsum(lengths), pos, side="right"))
+            raise HFMixtureError(
+                f"{where} row {start + row}: field 'tokens' holds id {int(values[pos])}, outside the "
+                f"vocabulary of tokenizer '{tok_name}' (size {vocab})."
+            )
+    counts = batch.column("token_count")
+    given = counts.to_numpy(zero_copy_only=False)
+    if counts.null_count or (given != lengths).any():
+        row = int(np.flatnonzero(counts.is_null().to_numpy(zero_copy_only=False) | (given != lengths))[0])
+        raise HFMixtureError(
+            f"{where} row {start + row}: field 'token_count' is {counts[row].as_py()}, but field "
+            f"'tokens' holds {int(lengths[row])} ids."
+        )
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    return [values[bounds[i]:bounds[i + 1]] for i in range(len(lengths))]

@@ -1,0 +1,133 @@
+"""Shared test fixtures: tiny, deterministic, offline.
+
+- ``tiny_tokenizer_path`` / ``tiny_tokenizer``: a byte-level BPE (vocab 512, eos
+  ``<|endoftext|>``) trained with ``tokenizers`` and saved as a
+  ``PreTrainedTokenizerFast`` folder (session-scoped: trained once, ~0.1 s).
+- ``tiny_texts``: a few hundred short documents from three word-distinct domains.
+- ``tiny_text_dataset``: ``datasets.Dataset`` with ``text``, ``source``,
+  ``doc_id``, ``quality``, ``cluster_id`` (the domain index).
+- ``make_climblab``: writes a folder in the released ClimbLab schema
+  (``cluster_<k>/cluster_<k>_<NNN>.tokenized.parquet``; ``tokens`` list<int64>,
+  ``token_count`` int64, ``cluster_id`` int64; no clusters.json, no README configs).
+- ``climblab_dir``: one such folder (clusters 1, 2, 3; 2 files each).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+# Tests never touch the network; set before any Hugging Face library reads its config.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+EOS = "<|endoftext|>"
+TINY_VOCAB = 512
+
+_DOMAINS = {
+    "scripture": "lord spake unto moses saying israel land children house fathers thou shalt "
+                 "hath begat days came went said king people".split(),
+    "code": "def return self import class for in range if else none true false print value "
+            "list dict args kwargs lambda yield".split(),
+    "dictionary": "noun verb adjective meaning synonym plural usage obsolete archaic sense "
+                  "definition entry term word phrase variant".split(),
+}
+
+
+def _make_texts(n_per_domain: int = 60, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for source, words in _DOMAINS.items():
+        for _ in range(n_per_domain):
+            n = rng.randint(8, 40)
+            out.append((source, " ".join(rng.choice(words) for _ in range(n)) + "."))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_texts() -> list[tuple[str, str]]:
+    """``[(source, text), ...]``: 60 documents per domain, three domains, fixed seed."""
+    return _make_texts()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_path(tmp_path_factory, tiny_texts) -> Path:
+    """A saved ``PreTrainedTokenizerFast`` folder (byte-level BPE, vocab 512)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([t for _, t in tiny_texts], trainer)
+    path = tmp_path_factory.mktemp("tokenizer") / "tiny-bpe"
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_path))
+
+
+@pytest.fixture
+def tiny_text_dataset(tiny_texts):
+    """Columns text, source, doc_id, quality, cluster_id (domain index: 0, 1, 2)."""
+    import datasets
+
+    sources = list(_DOMAINS)
+    return datasets.Dataset.from_dict({
+        "text": [t for _, t in tiny_texts],
+        "source": [s for s, _ in tiny_texts],
+        "doc_id": [f"doc-{i:04d}" for i in range(len(tiny_texts))],
+        "quality": [round((i % 10) / 10, 1) for i in range(len(tiny_texts))],
+        "cluster_id": [sources.index(s) for s, _ in tiny_texts],
+    })
+
+
+def write_climblab_folder(root: Path, clusters: dict[int, int] | None = None, *, files_per_cluster: int = 2,
+                          vocab_size: int = TINY_VOCAB, seed: int = 0) -> Path:
+    """A folder in the released ClimbLab schema; ``clusters`` maps cluster id -> number of documents."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    clusters = {1: 7, 2: 5, 3: 6} if clusters is None else clusters
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for k, n_docs in clusters.items():
+        folder = root / f"cluster_{k}"
+        folder.mkdir(exist_ok=True)
+        bounds = np.linspace(0, n_docs, files_per_cluster + 1).astype(int)
+        for i in range(files_per_cluster):
+            n = int(bounds[i + 1] - bounds[i])
+            docs = [rng.integers(1, vocab_size, size=int(rng.integers(3, 30))).tolist() for _ in range(n)]
+            table = pa.table({
+                "tokens": pa.array(docs, type=pa.list_(pa.int64())),
+                "token_count": pa.array([len(d) for d in docs], type=pa.int64()),
+                "cluster_id": pa.array([k] * n, type=pa.int64()),
+            })
+            pq.write_table(table, folder / f"cluster_{k}_{i + 1:03d}.tokenized.parquet")
+    return root
+
+
+@pytest.fixture
+def make_climblab(tmp_path) -> Callable[..., Path]:
+    """``make_climblab(name="climblab", clusters={1: 7, ...}, files_per_cluster=2, vocab_size=512)``."""
+    def make(name: str = "climblab", clusters: dict[int, int] | None = None, **kwargs) -> Path:
+        return write_climblab_folder(tmp_path / name, clusters, **kwargs)
+    return make
+
+
+@pytest.fixture
+def climblab_dir(make_climblab) -> Path:
+    return make_climblab()
