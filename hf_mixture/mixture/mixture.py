@@ -35,9 +35,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -240,7 +241,7 @@ class Stage:
             label = f"Stage {self.name!r}" if self.name else "A stage"
             raise HFMixtureError(f"{label} starts at the fraction {self.start} of the run; "
                                  "pass total_tokens to place it.")
-        return int(round(self.start * total_tokens))
+        return round(self.start * total_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"start": self.start, "weights": dict(self.weights)}
@@ -432,7 +433,7 @@ class Mixture:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> "Mixture":
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Mixture:
         """Build from a plain dict; ``source`` (a file name) prefixes every error.
 
         A TRL-style ``datasets:`` list is accepted in place of ``components:``.
@@ -468,7 +469,7 @@ class Mixture:
         return text
 
     @classmethod
-    def from_json(cls, path_or_str: str | os.PathLike) -> "Mixture":
+    def from_json(cls, path_or_str: str | os.PathLike) -> Mixture:
         """Load from a JSON file path or a JSON string."""
         text, source = _read(path_or_str, looks_inline=lambda s: s.lstrip().startswith("{"))
         try:
@@ -481,13 +482,13 @@ class Mixture:
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         import yaml
 
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        text = yaml.dump(self.to_dict(), Dumper=_dumper(), sort_keys=False, allow_unicode=True)
         if path is not None:
             atomic_write_text(path, text)
         return text
 
     @classmethod
-    def from_yaml(cls, path_or_str: str | os.PathLike) -> "Mixture":
+    def from_yaml(cls, path_or_str: str | os.PathLike) -> Mixture:
         """Load from a YAML file path or a YAML string (``yaml.safe_load`` only)."""
         import yaml
 
@@ -511,7 +512,7 @@ class Mixture:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Mixture":
+    def load(cls, path: str | os.PathLike) -> Mixture:
         """Read a ``.yaml``/``.yml`` or ``.json`` mixture file."""
         path = Path(path)
         kind = _kind(path)
@@ -541,7 +542,7 @@ class Mixture:
     # -- other shapes ----------------------------------------------------------------------
     @classmethod
     def from_trl_datasets(cls, entries: Iterable[Mapping[str, Any]], **kwargs: Any
-                          ) -> "Mixture":
+                          ) -> Mixture:
         """Components from TRL's ``datasets:`` list (``path``/``id``, ``name``/``config``,
         ``split``, ``proportion``/``weight``; ``columns``/``data_dir``/``data_files`` say how
         to read text and play no part once it is tokenized).
@@ -581,8 +582,8 @@ class Mixture:
         return cls(components=components, **kwargs)
 
     @classmethod
-    def from_store(cls, store: "TokenStore", weights: str | Mapping[str, float] = "natural",
-                   **kwargs: Any) -> "Mixture":
+    def from_store(cls, store: TokenStore, weights: str | Mapping[str, float] = "natural",
+                   **kwargs: Any) -> Mixture:
         """One component per store component.
 
         ``weights``: ``"natural"`` (proportional to training tokens), ``"uniform"``, or a
@@ -615,7 +616,7 @@ class Mixture:
         return cls(components=[Component(n, weight=given[n]) for n in names], **kwargs)
 
     # -- against a store ------------------------------------------------------------------
-    def resolve(self, store: "TokenStore", split: str = "train", *,
+    def resolve(self, store: TokenStore, split: str = "train", *,
                 allow_empty: bool = False) -> list[ResolvedComponent]:
         """Each component's documents in ``split`` of ``store``, in component order.
 
@@ -650,7 +651,7 @@ class Mixture:
                 c.name, tuple((k, v) for k, v in parts.items()), num_docs, num_tokens))
         return resolved
 
-    def plan(self, total_tokens: int, store: "TokenStore") -> "MixturePlan":
+    def plan(self, total_tokens: int, store: TokenStore) -> MixturePlan:
         """The MPT-style table of what a ``total_tokens`` run draws from ``store``."""
         from .plan import build_plan
 
@@ -707,6 +708,26 @@ def _at_most_one(entry: Mapping[str, Any], keys: tuple[str, str], where: str) ->
     if len(present) > 1:
         raise HFMixtureError(f"{where} has both fields {keys[0]!r} and {keys[1]!r}; give one.")
     return entry[present[0]] if present else None
+
+
+def _dumper():
+    """A SafeDumper that double-quotes strings holding Unicode line breaks.
+
+    With ``allow_unicode`` PyYAML writes NEL / LINE SEPARATOR / PARAGRAPH SEPARATOR
+    inside plain scalars, and reading them back folds them into spaces: quoting
+    (which escapes them) keeps the round-trip exact.
+    """
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def represent_str(dumper, value: str):
+        style = '"' if any(ch in value for ch in "\x85\u2028\u2029") else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, represent_str)
+    return _Dumper
 
 
 def _kind(path: Path) -> str:

@@ -174,7 +174,7 @@ def _markdown_table(rows: list[PlanRow]) -> list[str]:
     return [head, align, *("| " + " | ".join(c) + " |" for c in cells)]
 
 
-def build_plan(mixture: "Mixture", total_tokens: int, store: "TokenStore") -> MixturePlan:
+def build_plan(mixture: Mixture, total_tokens: int, store: TokenStore) -> MixturePlan:
     """The plan of ``mixture`` for a ``total_tokens`` run over ``store`` (see module doc).
 
     >>> build_plan(mixture, 10**9, store).row("code").epochs   # doctest: +SKIP

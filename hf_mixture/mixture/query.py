@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..formats.token_store import TokenStore
 
-QuerySource = Union[str, Mapping[str, Any]]
+QuerySource = str | Mapping[str, Any]
 
 # Python comparison operator node -> pyarrow.compute function name.
 _COMPARE = {
@@ -132,7 +133,7 @@ class Query:
     def __repr__(self) -> str:
         return f"Query({self.source!r})"
 
-    def mask(self, table: "pa.Table") -> np.ndarray:
+    def mask(self, table: pa.Table) -> np.ndarray:
         """A boolean numpy array: row i of ``table`` matches the query."""
         import pyarrow.compute as pc
 
@@ -192,7 +193,7 @@ def _parse_mapping(source: Mapping[str, Any]) -> Any:
 
 
 def _check_constant(value: Any, source: QuerySource, field: str) -> Any:
-    if isinstance(value, bool) or isinstance(value, (str, int)):
+    if isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
         if math.isnan(value):
@@ -310,7 +311,7 @@ def _fields(tree: Any) -> set[str]:
 
 
 # -- evaluation ------------------------------------------------------------------------
-def _column(table: "pa.Table", field: str):
+def _column(table: pa.Table, field: str):
     import pyarrow as pa
 
     if field in table.column_names:
@@ -327,7 +328,7 @@ def _keep_nulls(column, result):
     return pc.if_else(pc.is_null(column), pa.scalar(None, pa.bool_()), result)
 
 
-def _evaluate(tree: Any, table: "pa.Table", source: QuerySource):
+def _evaluate(tree: Any, table: pa.Table, source: QuerySource):
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -375,7 +376,7 @@ def _evaluate(tree: Any, table: "pa.Table", source: QuerySource):
 
 
 # -- over a token store ----------------------------------------------------------------
-def store_fields(store: "TokenStore", split: str = "train") -> list[str]:
+def store_fields(store: TokenStore, split: str = "train") -> list[str]:
     """Every metadata field any component of ``store`` has in ``split``, sorted."""
     names: set[str] = set()
     for component in store.components:
@@ -383,7 +384,7 @@ def store_fields(store: "TokenStore", split: str = "train") -> list[str]:
     return sorted(names)
 
 
-def select(store: "TokenStore", query: QuerySource | Query, split: str = "train"
+def select(store: TokenStore, query: QuerySource | Query, split: str = "train"
            ) -> dict[str, np.ndarray]:
     """Evaluate ``query`` over every component of ``store``.
 
