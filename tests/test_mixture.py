@@ -394,7 +394,7 @@ def test_resolve_names_and_queries(store):
     assert [(k, v.tolist()) for k, v in r.parts] == [
         ("cluster_0", [0, 2]), ("cluster_1", [0]), ("cluster_2", [0, 2])]
     assert (r.num_docs, r.num_tokens) == (5, 10 + 30 + 50 + 5 + 5)
-    assert all(v.dtype == np.int64 for _, v in r.parts)
+    assert all(v.dtype == np.int64 and not v.flags.writeable for _, v in r.parts)
     r = by_name["good"]
     assert [(k, v.tolist()) for k, v in r.parts] == [("cluster_0", [1]), ("cluster_2", [1])]
     assert r.num_tokens == 25

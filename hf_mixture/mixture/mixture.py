@@ -645,6 +645,7 @@ class Mixture:
                 )
             num_tokens = 0
             for part, idx in parts.items():
+                idx.flags.writeable = False  # shared with samplers: nobody may reorder it
                 off = store.offsets(part, split)
                 num_tokens += int((off[idx + 1] - off[idx]).sum())
             resolved.append(ResolvedComponent(
