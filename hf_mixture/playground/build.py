@@ -58,21 +58,24 @@ logger = logging.getLogger(__name__)
 # take from the package, as stated in its usr/share/doc/<package>/copyright.
 # (bible-kjv is the decoder program, GPL-2+; we only run it, we ship its output.)
 # ---------------------------------------------------------------------------
+# fmt: off
 PACKAGES: tuple[tuple[str, str, str], ...] = (
     # (package,               source,        license of the text used)
-    ("bible-kjv-text", "bible", "public domain (KJV, 1611; copyright expired)"),
-    ("bible-kjv", "bible", "GPL-2+ (decoder program only, not shipped)"),
-    ("dict-wn", "wordnet", "WordNet 3.0 license (Princeton University)"),
-    ("dict-jargon", "jargon", "public domain (Jargon File 4.4.7)"),
-    ("dict-foldoc", "foldoc", "GFDL-1.1-or-later (FOLDOC, Denis Howe)"),
-    ("python3.11-doc", "python_docs", "PSF-2.0 (Python documentation)"),
-    ("libpython3.11-stdlib", "python_code", "PSF-2.0 (CPython standard library)"),
+    ("bible-kjv-text",        "bible",       "public domain (KJV, 1611; copyright expired)"),
+    ("bible-kjv",             "bible",       "GPL-2+ (decoder program only, not shipped)"),
+    ("dict-wn",               "wordnet",     "WordNet 3.0 license (Princeton University)"),
+    ("dict-jargon",           "jargon",      "public domain (Jargon File 4.4.7)"),
+    ("dict-foldoc",           "foldoc",      "GFDL-1.1-or-later (FOLDOC, Denis Howe)"),
+    ("python3.11-doc",        "python_docs", "PSF-2.0 (Python documentation)"),
+    ("libpython3.11-stdlib",  "python_code", "PSF-2.0 (CPython standard library)"),
     ("libpython3.11-minimal", "python_code", "PSF-2.0 (CPython standard library)"),
-    ("fortunes", "fortunes", "BSD-3-Clause (fortune-mod data files)"),
-    ("fortunes-min", "fortunes", "BSD-3-Clause (fortune-mod data files)"),
+    ("fortunes",              "fortunes",    "BSD-3-Clause (fortune-mod data files)"),
+    ("fortunes-min",          "fortunes",    "BSD-3-Clause (fortune-mod data files)"),
 )
+# fmt: on
 
-MAX_CHARS = 1500  # longer documents are chunked: keeps one doc within MiniLM's reach
+# ~400 tokens: one coherent passage; the embedder's 256-token window still sees most of it.
+MAX_CHARS = 1500
 MIN_CHARS = 40  # shorter pieces carry too little text to embed or cluster
 MAX_DOCS_PER_SOURCE = 2200  # ~15k docs: ~2.5 min to embed on 2 CPU cores
 SEED = 0
