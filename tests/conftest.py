@@ -1,6 +1,6 @@
 """Shared test fixtures: tiny, deterministic, offline.
 
-- ``tiny_tokenizer_path`` / ``tiny_tokenizer``: a byte-level BPE (vocab 512, eos
+- ``tiny_tokenizer_path`` / ``tiny_tokenizer``: a byte-level BPE (vocab ~500, eos
   ``<|endoftext|>``) trained with ``tokenizers`` and saved as a
   ``PreTrainedTokenizerFast`` folder (session-scoped: trained once, ~0.1 s).
 - ``tiny_texts``: a few hundred short documents from three word-distinct domains.
@@ -8,7 +8,8 @@
   ``doc_id``, ``quality``, ``cluster_id`` (the domain index).
 - ``make_climblab``: writes a folder in the released ClimbLab schema
   (``cluster_<k>/cluster_<k>_<NNN>.tokenized.parquet``; ``tokens`` list<int64>,
-  ``token_count`` int64, ``cluster_id`` int64; no clusters.json, no README configs).
+  ``token_count`` int64, ``cluster_id`` int64; no clusters.json, no README configs),
+  token ids below 256 so any byte-level tokenizer (the tiny one, GPT-2) can read them.
 - ``climblab_dir``: one such folder (clusters 1, 2, 3; 2 files each).
 """
 
@@ -26,7 +27,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 EOS = "<|endoftext|>"
-TINY_VOCAB = 512
+TINY_VOCAB = 512  # the trainer's target; the learned vocabulary may end a little smaller
+# Ids the ClimbLab fixture draws from: every byte-level BPE has at least 256 + 1 tokens.
+CLIMBLAB_FIXTURE_VOCAB = 256
 
 _DOMAINS = {
     "scripture": "lord spake unto moses saying israel land children house fathers thou shalt "
@@ -56,7 +59,7 @@ def tiny_texts() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_path(tmp_path_factory, tiny_texts) -> Path:
-    """A saved ``PreTrainedTokenizerFast`` folder (byte-level BPE, vocab 512)."""
+    """A saved ``PreTrainedTokenizerFast`` folder (byte-level BPE, vocab ~500)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -95,7 +98,7 @@ def tiny_text_dataset(tiny_texts):
 
 
 def write_climblab_folder(root: Path, clusters: dict[int, int] | None = None, *, files_per_cluster: int = 2,
-                          vocab_size: int = TINY_VOCAB, seed: int = 0) -> Path:
+                          vocab_size: int = CLIMBLAB_FIXTURE_VOCAB, seed: int = 0) -> Path:
     """A folder in the released ClimbLab schema; ``clusters`` maps cluster id -> number of documents."""
     import numpy as np
     import pyarrow as pa
@@ -122,7 +125,7 @@ def write_climblab_folder(root: Path, clusters: dict[int, int] | None = None, *,
 
 @pytest.fixture
 def make_climblab(tmp_path) -> Callable[..., Path]:
-    """``make_climblab(name="climblab", clusters={1: 7, ...}, files_per_cluster=2, vocab_size=512)``."""
+    """``make_climblab(name="climblab", clusters={1: 7, ...}, files_per_cluster=2, vocab_size=256)``."""
     def make(name: str = "climblab", clusters: dict[int, int] | None = None, **kwargs) -> Path:
         return write_climblab_folder(tmp_path / name, clusters, **kwargs)
     return make

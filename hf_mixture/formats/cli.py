@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     tok.add_argument("--seed", type=int, default=0, help="Seed of the validation split's hash (default: 0).")
     tok.add_argument("--revision", default=None, help="Hub revision of INPUT (branch, tag or commit).")
     tok.add_argument("--num-proc", type=int, default=None,
-                     help="Processes that tokenize text (default: one; token ids are always copied in-process).")
+                     help="Processes that tokenize text (default: one; the Rust tokenizer already uses every "
+                          "core, so more pays off only on many-core machines; token ids are copied in-process).")
     tok.add_argument("--overwrite", action="store_true",
                      help="Replace an existing store made from different inputs or settings.")
     tok.set_defaults(func=run_tokenize)

@@ -179,6 +179,10 @@ class _Source:
         local = Path(path).expanduser()
         match = _HUB_ID.match(self.given)
         if local.exists():
+            if revision is not None:
+                raise HFMixtureError(
+                    f"revision {revision!r} applies to Hub dataset ids, but '{self.given}' is a local path."
+                )
             if not local.is_dir():
                 raise HFMixtureError(f"Clustered corpus path '{self.given}' is a file, not a folder.")
             self.root = local
@@ -196,15 +200,17 @@ class _Source:
     def _resolve_hub(self, repo_id: str, revision: str | None) -> None:
         from huggingface_hub import HfApi
 
+        api = HfApi()
         try:
-            info = HfApi().dataset_info(repo_id, revision=revision)
+            # Pin the commit first so every later read (footers, downloads) sees the same files.
+            sha = api.dataset_info(repo_id, revision=revision).sha
+            names = api.list_repo_files(repo_id, repo_type="dataset", revision=sha)
         except Exception as err:  # network, offline mode, missing repo: all one answer for the user
             raise HFMixtureError(
                 f"Clustered corpus '{self.given}' is not a local folder and could not be resolved as a "
                 f"Hub dataset ({type(err).__name__}: {_short(err)})."
             ) from None
-        self.repo_id, self.revision = repo_id, info.sha
-        names = [s.rfilename for s in (info.siblings or [])]
+        self.repo_id, self.revision = repo_id, sha
         self.files = sorted(
             n for n in names
             if n.endswith(".parquet") and n.count("/") == 1 and _CLUSTER_DIR.match(n.split("/")[0])
@@ -299,8 +305,7 @@ class ClusteredCorpus:
             k = int(_CLUSTER_DIR.match(name).group(1))
             if k not in by_cluster:
                 raise HFMixtureError(
-                    f"Cluster folder '{self._src.display(name)}' holds no parquet files: "
-                    f"cluster {name} is empty."
+                    f"Cluster folder '{self._src.display(name)}' holds no parquet files (an empty cluster)."
                 )
         if not by_cluster:
             raise HFMixtureError(
@@ -426,7 +431,7 @@ class ClusteredCorpus:
             if rows == 0:
                 raise HFMixtureError(
                     f"Cluster folder '{self.display(cluster_config_name(k))}' is empty: its parquet "
-                    "files hold 0 documents (field 'tokens' has no rows)."
+                    "files hold 0 documents."
                 )
             entry = self._manifest_entry(k)
             if entry is not None and entry.get("docs") is not None and int(entry["docs"]) != rows:

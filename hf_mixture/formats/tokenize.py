@@ -75,7 +75,7 @@ def validation_mask(keys: list[str], fraction: float, seed: int) -> np.ndarray:
     out and at least one is kept for training; the choice depends only on the keys
     and the seed (not on order, workers or the clock).
 
-    >>> validation_mask(["a", "b", "c"], 0.01, seed=0).sum()
+    >>> int(validation_mask(["a", "b", "c"], 0.01, seed=0).sum())
     1
     """
     u = _hash_unit(seed, keys)
