@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # Tests never touch the network; set before any Hugging Face library reads its config.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 EOS = "<|endoftext|>"
 TINY_VOCAB = 512  # the trainer's target; the learned vocabulary may end a little smaller
@@ -32,12 +32,69 @@ TINY_VOCAB = 512  # the trainer's target; the learned vocabulary may end a littl
 CLIMBLAB_FIXTURE_VOCAB = 256
 
 _DOMAINS = {
-    "scripture": "lord spake unto moses saying israel land children house fathers thou shalt "
-                 "hath begat days came went said king people".split(),
-    "code": "def return self import class for in range if else none true false print value "
-            "list dict args kwargs lambda yield".split(),
-    "dictionary": "noun verb adjective meaning synonym plural usage obsolete archaic sense "
-                  "definition entry term word phrase variant".split(),
+    "scripture": [
+        "lord",
+        "spake",
+        "unto",
+        "moses",
+        "saying",
+        "israel",
+        "land",
+        "children",
+        "house",
+        "fathers",
+        "thou",
+        "shalt",
+        "hath",
+        "begat",
+        "days",
+        "came",
+        "went",
+        "said",
+        "king",
+        "people",
+    ],
+    "code": [
+        "def",
+        "return",
+        "self",
+        "import",
+        "class",
+        "for",
+        "in",
+        "range",
+        "if",
+        "else",
+        "none",
+        "true",
+        "false",
+        "print",
+        "value",
+        "list",
+        "dict",
+        "args",
+        "kwargs",
+        "lambda",
+        "yield",
+    ],
+    "dictionary": [
+        "noun",
+        "verb",
+        "adjective",
+        "meaning",
+        "synonym",
+        "plural",
+        "usage",
+        "obsolete",
+        "archaic",
+        "sense",
+        "definition",
+        "entry",
+        "term",
+        "word",
+        "phrase",
+        "variant",
+    ],
 }
 
 
@@ -66,9 +123,12 @@ def tiny_tokenizer_path(tmp_path_factory, tiny_texts) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([t for _, t in tiny_texts], trainer)
     path = tmp_path_factory.mktemp("tokenizer") / "tiny-bpe"
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS).save_pretrained(str(path))
@@ -88,17 +148,25 @@ def tiny_text_dataset(tiny_texts):
     import datasets
 
     sources = list(_DOMAINS)
-    return datasets.Dataset.from_dict({
-        "text": [t for _, t in tiny_texts],
-        "source": [s for s, _ in tiny_texts],
-        "doc_id": [f"doc-{i:04d}" for i in range(len(tiny_texts))],
-        "quality": [round((i % 10) / 10, 1) for i in range(len(tiny_texts))],
-        "cluster_id": [sources.index(s) for s, _ in tiny_texts],
-    })
+    return datasets.Dataset.from_dict(
+        {
+            "text": [t for _, t in tiny_texts],
+            "source": [s for s, _ in tiny_texts],
+            "doc_id": [f"doc-{i:04d}" for i in range(len(tiny_texts))],
+            "quality": [round((i % 10) / 10, 1) for i in range(len(tiny_texts))],
+            "cluster_id": [sources.index(s) for s, _ in tiny_texts],
+        }
+    )
 
 
-def write_climblab_folder(root: Path, clusters: dict[int, int] | None = None, *, files_per_cluster: int = 2,
-                          vocab_size: int = CLIMBLAB_FIXTURE_VOCAB, seed: int = 0) -> Path:
+def write_climblab_folder(
+    root: Path,
+    clusters: dict[int, int] | None = None,
+    *,
+    files_per_cluster: int = 2,
+    vocab_size: int = CLIMBLAB_FIXTURE_VOCAB,
+    seed: int = 0,
+) -> Path:
     """A folder in the released ClimbLab schema; ``clusters`` maps cluster id -> number of documents."""
     import numpy as np
     import pyarrow as pa
@@ -113,12 +181,17 @@ def write_climblab_folder(root: Path, clusters: dict[int, int] | None = None, *,
         bounds = np.linspace(0, n_docs, files_per_cluster + 1).astype(int)
         for i in range(files_per_cluster):
             n = int(bounds[i + 1] - bounds[i])
-            docs = [rng.integers(1, vocab_size, size=int(rng.integers(3, 30))).tolist() for _ in range(n)]
-            table = pa.table({
-                "tokens": pa.array(docs, type=pa.list_(pa.int64())),
-                "token_count": pa.array([len(d) for d in docs], type=pa.int64()),
-                "cluster_id": pa.array([k] * n, type=pa.int64()),
-            })
+            docs = [
+                rng.integers(1, vocab_size, size=int(rng.integers(3, 30))).tolist()
+                for _ in range(n)
+            ]
+            table = pa.table(
+                {
+                    "tokens": pa.array(docs, type=pa.list_(pa.int64())),
+                    "token_count": pa.array([len(d) for d in docs], type=pa.int64()),
+                    "cluster_id": pa.array([k] * n, type=pa.int64()),
+                }
+            )
             pq.write_table(table, folder / f"cluster_{k}_{i + 1:03d}.tokenized.parquet")
     return root
 
@@ -126,8 +199,10 @@ def write_climblab_folder(root: Path, clusters: dict[int, int] | None = None, *,
 @pytest.fixture
 def make_climblab(tmp_path) -> Callable[..., Path]:
     """``make_climblab(name="climblab", clusters={1: 7, ...}, files_per_cluster=2, vocab_size=256)``."""
+
     def make(name: str = "climblab", clusters: dict[int, int] | None = None, **kwargs) -> Path:
         return write_climblab_folder(tmp_path / name, clusters, **kwargs)
+
     return make
 
 

@@ -31,10 +31,18 @@ def _no_leftovers(path: Path) -> None:
 
 @pytest.fixture
 def written(tmp_path, tiny_text_dataset, tiny_tokenizer_path):
-    descriptions = {0: {"description": "scripture", "top_terms": ["lord", "moses"]},
-                    2: "dictionary entries", 9: {"description": "absent cluster: ignored"}}
-    return write_clustered_corpus(tiny_text_dataset, tmp_path / "corpus", tokenizer=tiny_tokenizer_path,
-                                  descriptions=descriptions, extra_manifest={"method": "kmeans", "k": 3})
+    descriptions = {
+        0: {"description": "scripture", "top_terms": ["lord", "moses"]},
+        2: "dictionary entries",
+        9: {"description": "absent cluster: ignored"},
+    }
+    return write_clustered_corpus(
+        tiny_text_dataset,
+        tmp_path / "corpus",
+        tokenizer=tiny_tokenizer_path,
+        descriptions=descriptions,
+        extra_manifest={"method": "kmeans", "k": 3},
+    )
 
 
 # ----------------------------------------------------------------------------- writer + round trip
@@ -45,8 +53,15 @@ def test_load_dataset_round_trip_offline(written, tiny_text_dataset, tiny_tokeni
     for k in range(3):
         got = datasets.load_dataset(str(written), f"cluster_{k}", split="train", cache_dir=cache)
         want = tiny_text_dataset.filter(lambda r, k=k: r["cluster_id"] == k)
-        assert got.column_names == ["tokens", "token_count", "cluster_id", "text", "source", "doc_id",
-                                    "quality"]
+        assert got.column_names == [
+            "tokens",
+            "token_count",
+            "cluster_id",
+            "text",
+            "source",
+            "doc_id",
+            "quality",
+        ]
         assert len(got) == len(want) > 0
         for col in ("text", "source", "doc_id", "quality", "cluster_id"):
             assert got[col][:] == want[col][:], col  # values and row order kept
@@ -64,7 +79,10 @@ def test_manifest_and_card(written, tiny_text_dataset, tiny_tokenizer):
     assert manifest["tokenizer"] == tokenizer_fingerprint(tiny_tokenizer)
     assert manifest["method"] == "kmeans" and manifest["k"] == 3
     ids = np.asarray(tiny_text_dataset["cluster_id"][:])
-    lengths = [len(x) for x in tiny_tokenizer(tiny_text_dataset["text"][:], add_special_tokens=False)["input_ids"]]
+    lengths = [
+        len(x)
+        for x in tiny_tokenizer(tiny_text_dataset["text"][:], add_special_tokens=False)["input_ids"]
+    ]
     for entry in manifest["clusters"]:
         k = entry["id"]
         assert entry["config_name"] == f"cluster_{k}"
@@ -80,16 +98,23 @@ def test_manifest_and_card(written, tiny_text_dataset, tiny_tokenizer):
     front = yaml.safe_load(text.split("---")[1])
     configs = {c["config_name"]: c["data_files"] for c in front["configs"]}
     assert configs["cluster_1"] == [{"split": "train", "path": "cluster_1/*.parquet"}]
-    assert configs["default"] == [{"split": "train",
-                                   "path": ["cluster_0/*.parquet", "cluster_1/*.parquet", "cluster_2/*.parquet"]}]
+    assert configs["default"] == [
+        {
+            "split": "train",
+            "path": ["cluster_0/*.parquet", "cluster_1/*.parquet", "cluster_2/*.parquet"],
+        }
+    ]
     assert "| 0 | `cluster_0` | 60 |" in text and "scripture" in text
 
 
 def test_climblab_file_naming_and_sharding(tmp_path, tiny_text_dataset, tiny_tokenizer_path):
-    out = write_clustered_corpus(tiny_text_dataset, tmp_path / "c", tokenizer=tiny_tokenizer_path,
-                                 max_rows_per_file=25)
+    out = write_clustered_corpus(
+        tiny_text_dataset, tmp_path / "c", tokenizer=tiny_tokenizer_path, max_rows_per_file=25
+    )
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
-    assert all(re.fullmatch(r"cluster_(\d+)/cluster_\1_\d{3}\.tokenized\.parquet", f) for f in files)
+    assert all(
+        re.fullmatch(r"cluster_(\d+)/cluster_\1_\d{3}\.tokenized\.parquet", f) for f in files
+    )
     assert len([f for f in files if f.startswith("cluster_0/")]) == 3  # 60 rows / 25 per file
     schema = pq.read_schema(out / files[0])
     assert pa.types.is_list(schema.field("tokens").type)
@@ -97,13 +122,18 @@ def test_climblab_file_naming_and_sharding(tmp_path, tiny_text_dataset, tiny_tok
     assert pa.types.is_integer(schema.field("token_count").type)
     assert pa.types.is_integer(schema.field("cluster_id").type)
     corpus = ClusteredCorpus(out)
-    rows = [r for _, _, b in corpus.iter_batches(0, columns=["doc_id"]) for r in b.column(0).to_pylist()]
-    assert rows == [d for d, c in zip(tiny_text_dataset["doc_id"], tiny_text_dataset["cluster_id"]) if c == 0]
+    rows = [
+        r for _, _, b in corpus.iter_batches(0, columns=["doc_id"]) for r in b.column(0).to_pylist()
+    ]
+    assert rows == [
+        d for d, c in zip(tiny_text_dataset["doc_id"], tiny_text_dataset["cluster_id"]) if c == 0
+    ]
 
 
 def test_given_tokens_are_kept_and_counted(tmp_path, tiny_tokenizer_path):
-    ds = datasets.Dataset.from_dict({"tokens": [[5, 6], [7], [8, 9, 10]], "cluster_id": [3, 3, 1],
-                                     "note": ["a", "b", "c"]})
+    ds = datasets.Dataset.from_dict(
+        {"tokens": [[5, 6], [7], [8, 9, 10]], "cluster_id": [3, 3, 1], "note": ["a", "b", "c"]}
+    )
     out = write_clustered_corpus(ds, tmp_path / "c")
     corpus = ClusteredCorpus(out)
     assert corpus.cluster_ids == [1, 3]
@@ -113,30 +143,51 @@ def test_given_tokens_are_kept_and_counted(tmp_path, tiny_tokenizer_path):
     assert got["tokens"][:] == [[5, 6], [7]] and got["note"][:] == ["a", "b"]
 
     bad_count = ds.add_column("token_count", [2, 2, 3])
-    with pytest.raises(HFMixtureError, match=r"row 1: field 'token_count' is 2, but field 'tokens' holds 1"):
+    with pytest.raises(
+        HFMixtureError, match=r"row 1: field 'token_count' is 2, but field 'tokens' holds 1"
+    ):
         write_clustered_corpus(bad_count, tmp_path / "bad1")
     _no_leftovers(tmp_path / "bad1")
     too_big = datasets.Dataset.from_dict({"tokens": [[1], [2, 4000]], "cluster_id": [0, 0]})
-    with pytest.raises(HFMixtureError, match=r"row 1: field 'tokens' holds id 4000, outside the vocabulary"):
+    with pytest.raises(
+        HFMixtureError, match=r"row 1: field 'tokens' holds id 4000, outside the vocabulary"
+    ):
         write_clustered_corpus(too_big, tmp_path / "bad2", tokenizer=tiny_tokenizer_path)
     _no_leftovers(tmp_path / "bad2")
 
 
-@pytest.mark.parametrize("make_ds, message", [
-    (lambda: datasets.Dataset.from_dict({"text": [], "cluster_id": []}), "empty dataset"),
-    (lambda: datasets.Dataset.from_dict({"text": ["a"]}), "no field 'cluster_id'"),
-    (lambda: datasets.Dataset.from_dict({"text": ["a"], "cluster_id": ["x"]}), "field 'cluster_id' has type string"),
-    (lambda: datasets.Dataset.from_dict({"text": ["a"], "cluster_id": [-1]}), "ids must be >= 0"),
-    (lambda: datasets.Dataset.from_dict({"text": ["a"], "cluster_id": [0]}), "needs tokenizer="),
-    (lambda: datasets.Dataset.from_dict({"tokens": [["a"]], "cluster_id": [0]}), "field 'tokens' has type"),
-])
+@pytest.mark.parametrize(
+    "make_ds, message",
+    [
+        (lambda: datasets.Dataset.from_dict({"text": [], "cluster_id": []}), "empty dataset"),
+        (lambda: datasets.Dataset.from_dict({"text": ["a"]}), "no field 'cluster_id'"),
+        (
+            lambda: datasets.Dataset.from_dict({"text": ["a"], "cluster_id": ["x"]}),
+            "field 'cluster_id' has type string",
+        ),
+        (
+            lambda: datasets.Dataset.from_dict({"text": ["a"], "cluster_id": [-1]}),
+            "ids must be >= 0",
+        ),
+        (
+            lambda: datasets.Dataset.from_dict({"text": ["a"], "cluster_id": [0]}),
+            "needs tokenizer=",
+        ),
+        (
+            lambda: datasets.Dataset.from_dict({"tokens": [["a"]], "cluster_id": [0]}),
+            "field 'tokens' has type",
+        ),
+    ],
+)
 def test_writer_rejects_bad_input(tmp_path, make_ds, message):
     with pytest.raises(HFMixtureError, match=message):
         write_clustered_corpus(make_ds(), tmp_path / "out")
     _no_leftovers(tmp_path / "out")
 
 
-def test_writer_overwrite_rules_and_atomicity(tmp_path, tiny_text_dataset, tiny_tokenizer_path, monkeypatch):
+def test_writer_overwrite_rules_and_atomicity(
+    tmp_path, tiny_text_dataset, tiny_tokenizer_path, monkeypatch
+):
     out = write_clustered_corpus(tiny_text_dataset, tmp_path / "c", tokenizer=tiny_tokenizer_path)
     with pytest.raises(HFMixtureError, match="already exists"):
         write_clustered_corpus(tiny_text_dataset, out, tokenizer=tiny_tokenizer_path)
@@ -153,6 +204,7 @@ def test_writer_overwrite_rules_and_atomicity(tmp_path, tiny_text_dataset, tiny_
     # A failure after the parquet files are written leaves nothing behind.
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
+
     monkeypatch.setattr(clustered_mod, "_render_card", boom)
     with pytest.raises(RuntimeError):
         write_clustered_corpus(small, tmp_path / "half", tokenizer=tiny_tokenizer_path)
@@ -166,8 +218,10 @@ def test_reads_climblab_layout(climblab_dir):
     assert corpus.cluster_ids == [1, 2, 3]
     for k, n in {1: 7, 2: 5, 3: 6}.items():
         assert corpus.num_docs(k) == n
-        want = sum(pq.read_table(f).column("token_count").to_numpy().sum()
-                   for f in sorted((climblab_dir / f"cluster_{k}").glob("*.parquet")))
+        want = sum(
+            pq.read_table(f).column("token_count").to_numpy().sum()
+            for f in sorted((climblab_dir / f"cluster_{k}").glob("*.parquet"))
+        )
         assert corpus.num_tokens(k) == want
     assert [c["config_name"] for c in corpus.clusters] == ["cluster_1", "cluster_2", "cluster_3"]
 
@@ -179,14 +233,26 @@ def _bad(tmp_path, name: str, table: pa.Table) -> Path:
     return root
 
 
-@pytest.mark.parametrize("table, field", [
-    (pa.table({"body": ["x"], "cluster_id": [0]}), "field 'tokens' is missing"),
-    (pa.table({"tokens": [["a", "b"]], "token_count": [2], "cluster_id": [0]}), "field 'tokens' has type"),
-    (pa.table({"tokens": [[1, 2]], "cluster_id": [0]}), "field 'token_count' is missing"),
-    (pa.table({"tokens": [[1, 2]], "token_count": [2.0], "cluster_id": [0]}), "field 'token_count' has type"),
-    (pa.table({"tokens": [[1, 2]], "token_count": [2]}), "field 'cluster_id' is missing"),
-    (pa.table({"tokens": [[1, 2]], "token_count": [2], "cluster_id": ["zero"]}), "field 'cluster_id' has type"),
-])
+@pytest.mark.parametrize(
+    "table, field",
+    [
+        (pa.table({"body": ["x"], "cluster_id": [0]}), "field 'tokens' is missing"),
+        (
+            pa.table({"tokens": [["a", "b"]], "token_count": [2], "cluster_id": [0]}),
+            "field 'tokens' has type",
+        ),
+        (pa.table({"tokens": [[1, 2]], "cluster_id": [0]}), "field 'token_count' is missing"),
+        (
+            pa.table({"tokens": [[1, 2]], "token_count": [2.0], "cluster_id": [0]}),
+            "field 'token_count' has type",
+        ),
+        (pa.table({"tokens": [[1, 2]], "token_count": [2]}), "field 'cluster_id' is missing"),
+        (
+            pa.table({"tokens": [[1, 2]], "token_count": [2], "cluster_id": ["zero"]}),
+            "field 'cluster_id' has type",
+        ),
+    ],
+)
 def test_wrong_schema_names_file_and_field(tmp_path, table, field):
     root = _bad(tmp_path, "bad", table)
     with pytest.raises(HFMixtureError) as err:
@@ -196,10 +262,12 @@ def test_wrong_schema_names_file_and_field(tmp_path, table, field):
 
 
 def test_corrupt_and_truncated_parquet(climblab_dir):
-    victim = sorted((climblab_dir / "cluster_2").glob("*.parquet"))[0]
+    victim = min((climblab_dir / "cluster_2").glob("*.parquet"))
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # truncated: footer gone
-    with pytest.raises(HFMixtureError, match=rf"'{re.escape(str(victim))}' is corrupt or truncated"):
+    with pytest.raises(
+        HFMixtureError, match=rf"'{re.escape(str(victim))}' is corrupt or truncated"
+    ):
         ClusteredCorpus(climblab_dir)
     victim.write_bytes(b"this is not parquet at all" * 10)
     with pytest.raises(HFMixtureError, match="corrupt or truncated"):
@@ -212,7 +280,9 @@ def test_empty_cluster_folder_and_empty_files(tmp_path, make_climblab):
     with pytest.raises(HFMixtureError, match=r"cluster_9' holds no parquet files"):
         ClusteredCorpus(root)
     root = make_climblab("b", clusters={1: 3, 4: 0}, files_per_cluster=1)
-    with pytest.raises(HFMixtureError, match=r"cluster_4' is empty: its parquet files hold 0 documents"):
+    with pytest.raises(
+        HFMixtureError, match=r"cluster_4' is empty: its parquet files hold 0 documents"
+    ):
         ClusteredCorpus(root)
 
 
@@ -251,13 +321,21 @@ def test_manifest_problems(written):
 
 
 # ----------------------------------------------------------------------------- builder
-def test_builder_on_climblab_layout_with_detokenize(climblab_dir, tiny_tokenizer_path, tiny_tokenizer, tmp_path):
-    builder = ClusteredCorpusBuilder(climblab_dir, "cluster_2", detokenize_with=tiny_tokenizer_path,
-                                     cache_dir=str(tmp_path / "cache"))
+def test_builder_on_climblab_layout_with_detokenize(
+    climblab_dir, tiny_tokenizer_path, tiny_tokenizer, tmp_path
+):
+    builder = ClusteredCorpusBuilder(
+        climblab_dir,
+        "cluster_2",
+        detokenize_with=tiny_tokenizer_path,
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert sorted(builder.builder_configs) == ["cluster_1", "cluster_2", "cluster_3", "default"]
     builder.download_and_prepare()
     ds = builder.as_dataset(split="train")
-    want = pa.concat_tables(pq.read_table(f) for f in sorted((climblab_dir / "cluster_2").glob("*.parquet")))
+    want = pa.concat_tables(
+        pq.read_table(f) for f in sorted((climblab_dir / "cluster_2").glob("*.parquet"))
+    )
     assert len(ds) == 5
     assert ds["tokens"][:] == want.column("tokens").to_pylist()
     assert ds["text"][:] == [tiny_tokenizer.decode(t) for t in want.column("tokens").to_pylist()]
@@ -276,4 +354,6 @@ def test_builder_reads_our_layout_and_rejects_unknown_config(written, tiny_text_
     with pytest.raises(HFMixtureError, match="has no config 'cluster_5'"):
         ClusteredCorpusBuilder(written, "cluster_5", cache_dir=str(tmp_path / "cache"))
     with pytest.raises(HFMixtureError, match="already has a field 'text'"):
-        ClusteredCorpusBuilder(written, "cluster_1", detokenize_with=tmp_path, cache_dir=str(tmp_path / "c"))
+        ClusteredCorpusBuilder(
+            written, "cluster_1", detokenize_with=tmp_path, cache_dir=str(tmp_path / "c")
+        )

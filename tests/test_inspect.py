@@ -16,9 +16,15 @@ from hf_mixture.formats.tokenize import tokenize_corpus
 
 @pytest.fixture
 def corpus(tmp_path, tiny_text_dataset, tiny_tokenizer_path):
-    return write_clustered_corpus(tiny_text_dataset, tmp_path / "corpus", tokenizer=tiny_tokenizer_path,
-                                  descriptions={0: {"description": "scripture: lord, moses"},
-                                                1: {"description": "code: def, return"}})
+    return write_clustered_corpus(
+        tiny_text_dataset,
+        tmp_path / "corpus",
+        tokenizer=tiny_tokenizer_path,
+        descriptions={
+            0: {"description": "scripture: lord, moses"},
+            1: {"description": "code: def, return"},
+        },
+    )
 
 
 def test_inspect_clustered_corpus(corpus):
@@ -40,14 +46,23 @@ def test_inspect_clustered_corpus(corpus):
 def test_inspect_climblab_folder(climblab_dir):
     info = inspect_path(climblab_dir)
     assert info["layout"] == "climblab" and info["tokenizer"] is None
-    want = {k: int(sum(pq.read_table(f).column("token_count").to_numpy().sum()
-                       for f in (climblab_dir / f"cluster_{k}").glob("*.parquet"))) for k in (1, 2, 3)}
+    want = {
+        k: int(
+            sum(
+                pq.read_table(f).column("token_count").to_numpy().sum()
+                for f in (climblab_dir / f"cluster_{k}").glob("*.parquet")
+            )
+        )
+        for k in (1, 2, 3)
+    }
     assert {r["cluster_id"]: r["tokens"] for r in info["components"]} == want
     assert info["tokens"] == sum(want.values())
 
 
 def test_inspect_token_store(corpus, tiny_tokenizer_path, tmp_path):
-    store = tokenize_corpus(corpus, tmp_path / "store", tiny_tokenizer_path, validation_fraction=0.1)
+    store = tokenize_corpus(
+        corpus, tmp_path / "store", tiny_tokenizer_path, validation_fraction=0.1
+    )
     info = inspect_path(store)
     assert info["kind"] == "token_store"
     total = {r["name"]: r["tokens"] + r["validation_tokens"] for r in info["components"]}
@@ -86,7 +101,9 @@ def test_cli_bad_paths(tmp_path, capsys):
 def test_long_descriptions_are_cut(corpus):
     info = inspect_path(corpus)
     info["components"][0]["description"] = "word " * 100
-    row = [line for line in format_table(info, width=30).splitlines() if line.startswith("cluster_0")][0]
+    row = next(
+        line for line in format_table(info, width=30).splitlines() if line.startswith("cluster_0")
+    )
     assert row.endswith("…") and len(row.split("  ")[-1]) <= 30
 
 

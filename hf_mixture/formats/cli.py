@@ -22,29 +22,55 @@ def add_parser(subparsers) -> None:
         ),
     )
     tok.add_argument("input", metavar="INPUT", help="Clustered corpus folder or Hub dataset id.")
-    tok.add_argument("--tokenizer", required=True, metavar="NAME_OR_PATH",
-                     help="Fast tokenizer (folder or Hub id) whose vocabulary the ids belong to.")
-    tok.add_argument("--output", required=True, metavar="STORE", help="Token store folder to write.")
-    tok.add_argument("--validation-fraction", type=float, default=None, metavar="F",
-                     help="Share of each cluster's documents held out for validation (default: 0.01; "
-                          "at least one document per cluster of two or more).")
-    tok.add_argument("--seed", type=int, default=0, help="Seed of the validation split's hash (default: 0).")
-    tok.add_argument("--revision", default=None, help="Hub revision of INPUT (branch, tag or commit).")
-    tok.add_argument("--num-proc", type=int, default=None,
-                     help="Processes that tokenize text (default: one; the Rust tokenizer already uses every "
-                          "core, so more pays off only on many-core machines; token ids are copied in-process).")
-    tok.add_argument("--overwrite", action="store_true",
-                     help="Replace an existing store made from different inputs or settings.")
+    tok.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="NAME_OR_PATH",
+        help="Fast tokenizer (folder or Hub id) whose vocabulary the ids belong to.",
+    )
+    tok.add_argument(
+        "--output", required=True, metavar="STORE", help="Token store folder to write."
+    )
+    tok.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="Share of each cluster's documents held out for validation (default: 0.01; "
+        "at least one document per cluster of two or more).",
+    )
+    tok.add_argument(
+        "--seed", type=int, default=0, help="Seed of the validation split's hash (default: 0)."
+    )
+    tok.add_argument(
+        "--revision", default=None, help="Hub revision of INPUT (branch, tag or commit)."
+    )
+    tok.add_argument(
+        "--num-proc",
+        type=int,
+        default=None,
+        help="Processes that tokenize text (default: one; the Rust tokenizer already uses every "
+        "core, so more pays off only on many-core machines; token ids are copied in-process).",
+    )
+    tok.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an existing store made from different inputs or settings.",
+    )
     tok.set_defaults(func=run_tokenize)
 
     ins = subparsers.add_parser(
         "inspect",
         help="Per-cluster docs, tokens, share and description of a corpus or token store.",
         description="Describe a clustered corpus or a token store: per cluster/component its documents, "
-                    "tokens, share of tokens and description.",
+        "tokens, share of tokens and description.",
     )
-    ins.add_argument("path", metavar="PATH", help="Token store, clustered corpus folder or Hub dataset id.")
-    ins.add_argument("--json", action="store_true", help="Print JSON for programs instead of a table.")
+    ins.add_argument(
+        "path", metavar="PATH", help="Token store, clustered corpus folder or Hub dataset id."
+    )
+    ins.add_argument(
+        "--json", action="store_true", help="Print JSON for programs instead of a table."
+    )
     ins.add_argument("--revision", default=None, help="Hub revision when PATH is a Hub dataset id.")
     ins.set_defaults(func=run_inspect)
 
@@ -53,10 +79,21 @@ def run_tokenize(args: argparse.Namespace) -> int:
     from .inspect import format_table, inspect_store
     from .tokenize import DEFAULT_VALIDATION_FRACTION, tokenize
 
-    fraction = DEFAULT_VALIDATION_FRACTION if args.validation_fraction is None else args.validation_fraction
-    result = tokenize(args.input, args.output, args.tokenizer, validation_fraction=fraction,
-                      seed=args.seed, overwrite=args.overwrite, num_proc=args.num_proc,
-                      revision=args.revision)
+    fraction = (
+        DEFAULT_VALIDATION_FRACTION
+        if args.validation_fraction is None
+        else args.validation_fraction
+    )
+    result = tokenize(
+        args.input,
+        args.output,
+        args.tokenizer,
+        validation_fraction=fraction,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        num_proc=args.num_proc,
+        revision=args.revision,
+    )
     if not result.written:
         print(f"{result.path} is up to date (same inputs and settings); nothing to do.")
         return 0

@@ -32,9 +32,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, ClassVar
 
 import datasets
 import numpy as np
@@ -59,7 +60,15 @@ _CLUSTER_DIR = re.compile(r"^cluster_(\d+)$")
 _HUB_ID = re.compile(r"^(?:hf://datasets/)?([A-Za-z0-9][\w.-]*/[\w.-]+)$")
 # Manifest keys the writer owns; descriptions / extra_manifest may not override them.
 _RESERVED_CLUSTER_KEYS = {"id", "config_name", "docs", "tokens"}
-_RESERVED_MANIFEST_KEYS = {"format", "version", "tokenizer", "clusters", "docs", "tokens", "columns"}
+_RESERVED_MANIFEST_KEYS = {
+    "format",
+    "version",
+    "tokenizer",
+    "clusters",
+    "docs",
+    "tokens",
+    "columns",
+}
 
 
 def cluster_config_name(cluster_id: int) -> str:
@@ -110,7 +119,9 @@ def check_texts(texts: list, where: str, start: int = 0) -> None:
     """Raise naming the row when a value of field 'text' is not a string (e.g. null)."""
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise HFMixtureError(f"{where} row {start + i}: field 'text' is {text!r}, not a string.")
+            raise HFMixtureError(
+                f"{where} row {start + i}: field 'text' is {text!r}, not a string."
+            )
 
 
 def encode_texts(backend, texts: list, *, where: str = "text", start: int = 0) -> list[list[int]]:
@@ -138,7 +149,9 @@ def check_schema(schema: pa.Schema, where: str) -> None:
                 "expected a list of integer token ids."
             )
         if "token_count" not in names:
-            raise HFMixtureError(f"{where}: field 'token_count' is missing (it is required beside 'tokens').")
+            raise HFMixtureError(
+                f"{where}: field 'token_count' is missing (it is required beside 'tokens')."
+            )
     elif "text" not in names:
         raise HFMixtureError(
             f"{where}: field 'tokens' is missing (and there is no 'text' field to tokenize); "
@@ -159,7 +172,9 @@ def check_schema(schema: pa.Schema, where: str) -> None:
     if "text" in names:
         t = schema.field("text").type
         if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
-            raise HFMixtureError(f"{where}: field 'text' has type {_type_name(t)}, expected a string.")
+            raise HFMixtureError(
+                f"{where}: field 'text' has type {_type_name(t)}, expected a string."
+            )
 
 
 def _short(err: BaseException) -> str:
@@ -184,14 +199,18 @@ class _Source:
                     f"revision {revision!r} applies to Hub dataset ids, but '{self.given}' is a local path."
                 )
             if not local.is_dir():
-                raise HFMixtureError(f"Clustered corpus path '{self.given}' is a file, not a folder.")
+                raise HFMixtureError(
+                    f"Clustered corpus path '{self.given}' is a file, not a folder."
+                )
             self.root = local
             self.files = sorted(
                 p.relative_to(local).as_posix()
                 for p in local.glob("*/*.parquet")
                 if _CLUSTER_DIR.match(p.parent.name)
             )
-            self.dirs = sorted(p.name for p in local.iterdir() if p.is_dir() and _CLUSTER_DIR.match(p.name))
+            self.dirs = sorted(
+                p.name for p in local.iterdir() if p.is_dir() and _CLUSTER_DIR.match(p.name)
+            )
         elif match and not self.given.startswith((".", "/", "~")):
             self._resolve_hub(match.group(1), revision)
         else:
@@ -205,14 +224,15 @@ class _Source:
             # Pin the commit first so every later read (footers, downloads) sees the same files.
             sha = api.dataset_info(repo_id, revision=revision).sha
             names = api.list_repo_files(repo_id, repo_type="dataset", revision=sha)
-        except Exception as err:  # network, offline mode, missing repo: all one answer for the user
+        except Exception as err:  # noqa: BLE001 -- network, offline, missing repo: one answer for the user
             raise HFMixtureError(
                 f"Clustered corpus '{self.given}' is not a local folder and could not be resolved as a "
                 f"Hub dataset ({type(err).__name__}: {_short(err)})."
             ) from None
         self.repo_id, self.revision = repo_id, sha
         self.files = sorted(
-            n for n in names
+            n
+            for n in names
             if n.endswith(".parquet") and n.count("/") == 1 and _CLUSTER_DIR.match(n.split("/")[0])
         )
         self.dirs = sorted({n.split("/")[0] for n in self.files})
@@ -244,8 +264,10 @@ class _Source:
 
         try:
             return hf_hub_download(self.repo_id, rel, repo_type="dataset", revision=self.revision)
-        except Exception as err:  # network errors name the file for the user
-            raise HFMixtureError(f"Could not download '{self.display(rel)}' ({_short(err)}).") from None
+        except Exception as err:  # noqa: BLE001 -- any network error: name the file for the user
+            raise HFMixtureError(
+                f"Could not download '{self.display(rel)}' ({_short(err)})."
+            ) from None
 
     def open_for_footer(self, rel: str):
         """A binary file object; on the Hub only the parquet footer is fetched (range requests)."""
@@ -290,8 +312,9 @@ class ClusteredCorpus:
     >>> ds = corpus.load(cluster_id=2)                        # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike, *, revision: str | None = None,
-                 validate: bool | None = None):
+    def __init__(
+        self, path: str | os.PathLike, *, revision: str | None = None, validate: bool | None = None
+    ):
         self._src = _Source(path, revision)
         self.path = self._src.given
         self._meta: dict[str, _FileMeta] = {}
@@ -341,7 +364,9 @@ class ClusteredCorpus:
         if not isinstance(manifest, dict):
             raise HFMixtureError(f"{where} must hold a JSON object, not {type(manifest).__name__}.")
         if manifest.get("format") != FORMAT:
-            raise HFMixtureError(f"{where}: field 'format' is {manifest.get('format')!r}, expected {FORMAT!r}.")
+            raise HFMixtureError(
+                f"{where}: field 'format' is {manifest.get('format')!r}, expected {FORMAT!r}."
+            )
         if manifest.get("version") != VERSION:
             raise HFMixtureError(
                 f"{where}: field 'version' is {manifest.get('version')!r}; this hf_mixture reads version {VERSION}."
@@ -350,8 +375,14 @@ class ClusteredCorpus:
         if not isinstance(clusters, list) or not clusters:
             raise HFMixtureError(f"{where}: field 'clusters' must be a non-empty list.")
         for i, entry in enumerate(clusters):
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or entry["id"] < 0:
-                raise HFMixtureError(f"{where}: field 'clusters[{i}].id' must be a non-negative integer.")
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("id"), int)
+                or entry["id"] < 0
+            ):
+                raise HFMixtureError(
+                    f"{where}: field 'clusters[{i}].id' must be a non-negative integer."
+                )
         return manifest
 
     # -- files ---------------------------------------------------------------------
@@ -416,7 +447,8 @@ class ClusteredCorpus:
                 got = [(f.name, f.type) for f in meta.schema]
                 if got != want:
                     diff = sorted({n for n, _ in want} ^ {n for n, _ in got}) or [
-                        n for (n, t), (_, t2) in zip(got, want) if t != t2]
+                        n for (n, t), (_, t2) in zip(got, want) if t != t2
+                    ]
                     raise HFMixtureError(
                         f"{where}: its fields differ from the corpus' other files "
                         f"(field(s) {', '.join(map(repr, diff)) or 'order'})."
@@ -506,8 +538,9 @@ class ClusteredCorpus:
         return out
 
     # -- data --------------------------------------------------------------------------
-    def iter_file_batches(self, rel: str, *, columns: list[str] | None = None,
-                          batch_size: int = 1024) -> Iterator[tuple[int, pa.RecordBatch]]:
+    def iter_file_batches(
+        self, rel: str, *, columns: list[str] | None = None, batch_size: int = 1024
+    ) -> Iterator[tuple[int, pa.RecordBatch]]:
         """``(first_row, batch)`` over one file; read errors name the file."""
         self.file_meta(rel)
         where = self.display(rel)
@@ -526,21 +559,31 @@ class ClusteredCorpus:
                 f"Parquet file '{where}' is corrupt or truncated and cannot be read ({_short(err)})."
             ) from None
 
-    def iter_batches(self, cluster_id: int, *, columns: list[str] | None = None,
-                     batch_size: int = 1024) -> Iterator[tuple[str, int, pa.RecordBatch]]:
+    def iter_batches(
+        self, cluster_id: int, *, columns: list[str] | None = None, batch_size: int = 1024
+    ) -> Iterator[tuple[str, int, pa.RecordBatch]]:
         """``(file, first_row_in_file, batch)`` over every file of a cluster, in order."""
         for rel in self.files(cluster_id):
             for start, batch in self.iter_file_batches(rel, columns=columns, batch_size=batch_size):
                 yield rel, start, batch
 
-    def load(self, cluster_id: int | None = None, *, detokenize_with: Any = None,
-             cache_dir: str | os.PathLike | None = None) -> "datasets.Dataset":
+    def load(
+        self,
+        cluster_id: int | None = None,
+        *,
+        detokenize_with: Any = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> datasets.Dataset:
         """One cluster (or all) as a memory-mapped ``datasets.Dataset`` via :class:`ClusteredCorpusBuilder`."""
         name = "default" if cluster_id is None else cluster_config_name(cluster_id)
         if cluster_id is not None:
             self._require(cluster_id)
-        builder = ClusteredCorpusBuilder(self, name, detokenize_with=detokenize_with,
-                                         cache_dir=None if cache_dir is None else str(cache_dir))
+        builder = ClusteredCorpusBuilder(
+            self,
+            name,
+            detokenize_with=detokenize_with,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+        )
         builder.download_and_prepare()
         return builder.as_dataset(split="train")
 
@@ -573,22 +616,41 @@ class ClusteredCorpusBuilder(datasets.ArrowBasedBuilder):
     BUILDER_CONFIG_CLASS = ClusteredCorpusConfig
     DEFAULT_CONFIG_NAME = "default"
     VERSION = datasets.Version("1.0.0")
-    BUILDER_CONFIGS: list = []  # per corpus: set on the instance in __init__
+    BUILDER_CONFIGS: ClassVar[list] = []  # per corpus: set on the instance in __init__
 
-    def __init__(self, path: str | os.PathLike | ClusteredCorpus, config_name: str | None = None, *,
-                 revision: str | None = None, detokenize_with: Any = None,
-                 cache_dir: str | None = None, batch_size: int = 1024, **kwargs: Any):
-        self.corpus = path if isinstance(path, ClusteredCorpus) else ClusteredCorpus(path, revision=revision)
+    def __init__(
+        self,
+        path: str | os.PathLike | ClusteredCorpus,
+        config_name: str | None = None,
+        *,
+        revision: str | None = None,
+        detokenize_with: Any = None,
+        cache_dir: str | None = None,
+        batch_size: int = 1024,
+        **kwargs: Any,
+    ):
+        self.corpus = (
+            path if isinstance(path, ClusteredCorpus) else ClusteredCorpus(path, revision=revision)
+        )
         self.batch_size = int(batch_size)
         # datasets reads configs from the class; a corpus decides its own, so they live on the instance
         # (see the builder_configs property below).
         self.BUILDER_CONFIGS = [
-            ClusteredCorpusConfig(name=cluster_config_name(k), version=self.VERSION, cluster_ids=(k,),
-                                  description=self.corpus.description(k))
+            ClusteredCorpusConfig(
+                name=cluster_config_name(k),
+                version=self.VERSION,
+                cluster_ids=(k,),
+                description=self.corpus.description(k),
+            )
             for k in self.corpus.cluster_ids
-        ] + [ClusteredCorpusConfig(name="default", version=self.VERSION,
-                                   cluster_ids=tuple(self.corpus.cluster_ids),
-                                   description="all clusters")]
+        ] + [
+            ClusteredCorpusConfig(
+                name="default",
+                version=self.VERSION,
+                cluster_ids=tuple(self.corpus.cluster_ids),
+                description="all clusters",
+            )
+        ]
         config_name = config_name or self.DEFAULT_CONFIG_NAME
         if config_name not in self.builder_configs:
             raise HFMixtureError(
@@ -610,8 +672,13 @@ class ClusteredCorpusBuilder(datasets.ArrowBasedBuilder):
             self._detokenizer = load_tokenizer(detokenize_with)
             cache_key += "-" + tokenizer_fingerprint(self._detokenizer)["sha256"][:16]
         name = (self.corpus.repo_id or Path(self.corpus.path).resolve().name).replace("/", "--")
-        super().__init__(cache_dir=cache_dir, dataset_name=name, config_name=config_name,
-                         hash=hashlib.sha256(cache_key.encode()).hexdigest()[:16], **kwargs)
+        super().__init__(
+            cache_dir=cache_dir,
+            dataset_name=name,
+            config_name=config_name,
+            hash=hashlib.sha256(cache_key.encode()).hexdigest()[:16],
+            **kwargs,
+        )
 
     @property
     def builder_configs(self) -> dict[str, ClusteredCorpusConfig]:  # type: ignore[override]
@@ -667,8 +734,13 @@ def _render_card(manifest: dict[str, Any], name: str, configs: list[dict[str, An
         configs=configs,
     )
     rows = [
-        {"id": c["id"], "config_name": c["config_name"], "docs": f"{c['docs']:,}",
-         "tokens": f"{c['tokens']:,}", "description": _escape_cell(c.get("description"))}
+        {
+            "id": c["id"],
+            "config_name": c["config_name"],
+            "docs": f"{c['docs']:,}",
+            "tokens": f"{c['tokens']:,}",
+            "description": _escape_cell(c.get("description")),
+        }
         for c in manifest["clusters"]
     ]
     card = DatasetCard.from_template(
@@ -691,7 +763,9 @@ def _normalize_descriptions(descriptions: Mapping | None) -> dict[int, dict[str,
         try:
             k = int(key)
         except (TypeError, ValueError):
-            raise HFMixtureError(f"descriptions: key {key!r} is not a cluster id (an integer).") from None
+            raise HFMixtureError(
+                f"descriptions: key {key!r} is not a cluster id (an integer)."
+            ) from None
         if isinstance(value, str):
             value = {"description": value}
         if not isinstance(value, Mapping):
@@ -701,7 +775,9 @@ def _normalize_descriptions(descriptions: Mapping | None) -> dict[int, dict[str,
             )
         clash = sorted(_RESERVED_CLUSTER_KEYS & set(value))
         if clash:
-            raise HFMixtureError(f"descriptions[{k}]: field '{clash[0]}' is written by the writer itself.")
+            raise HFMixtureError(
+                f"descriptions[{k}]: field '{clash[0]}' is written by the writer itself."
+            )
         try:
             json.dumps(dict(value))
         except TypeError as err:
@@ -711,7 +787,7 @@ def _normalize_descriptions(descriptions: Mapping | None) -> dict[int, dict[str,
 
 
 def write_clustered_corpus(
-    dataset: "datasets.Dataset",
+    dataset: datasets.Dataset,
     output_dir: str | os.PathLike,
     *,
     tokenizer: Any = None,
@@ -742,7 +818,9 @@ def write_clustered_corpus(
             f"write_clustered_corpus needs a datasets.Dataset, got {type(dataset).__name__}."
         )
     if len(dataset) == 0:
-        raise HFMixtureError("Cannot write a clustered corpus from an empty dataset: it has no rows.")
+        raise HFMixtureError(
+            "Cannot write a clustered corpus from an empty dataset: it has no rows."
+        )
     if max_rows_per_file < 1:
         raise HFMixtureError(f"max_rows_per_file must be at least 1, got {max_rows_per_file}.")
     out = Path(output_dir)
@@ -769,7 +847,9 @@ def write_clustered_corpus(
         raise HFMixtureError("The dataset's field 'cluster_id' has missing (null) values.")
     ids = cluster_col.to_numpy()
     if ids.min() < 0:
-        raise HFMixtureError(f"The dataset's field 'cluster_id' holds {int(ids.min())}; ids must be >= 0.")
+        raise HFMixtureError(
+            f"The dataset's field 'cluster_id' holds {int(ids.min())}; ids must be >= 0."
+        )
     desc = _normalize_descriptions(descriptions)
     extra = dict(extra_manifest or {})
     clash = sorted(_RESERVED_MANIFEST_KEYS & set(extra))
@@ -785,7 +865,9 @@ def write_clustered_corpus(
     dataset = _with_tokens(dataset, tok, tok_info, text_column)
 
     counts = dataset.with_format("arrow")["token_count"].to_numpy()
-    first = ["tokens", "token_count", "cluster_id"] + (["text"] if "text" in dataset.column_names else [])
+    first = ["tokens", "token_count", "cluster_id"] + (
+        ["text"] if "text" in dataset.column_names else []
+    )
     dataset = dataset.select_columns(first + [c for c in dataset.column_names if c not in first])
 
     order = np.argsort(ids, kind="stable")  # stable: each cluster keeps the input's row order
@@ -796,22 +878,36 @@ def write_clustered_corpus(
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         for j, k in enumerate(int(u) for u in uniq):
-            rows = order[bounds[j]:bounds[j + 1]]
+            rows = order[bounds[j] : bounds[j + 1]]
             name = cluster_config_name(k)
             (tmp / name).mkdir()
             subset = dataset.select(rows)
             for i, lo in enumerate(range(0, len(rows), max_rows_per_file)):
                 shard = subset.select(range(lo, min(lo + max_rows_per_file, len(rows))))
                 shard.to_parquet(str(tmp / name / FILE_PATTERN.format(k=k, i=i)))
-            entry = {"id": k, "config_name": name, "docs": int(len(rows)),
-                     "tokens": int(counts[rows].sum()), "description": None}
+            entry = {
+                "id": k,
+                "config_name": name,
+                "docs": len(rows),
+                "tokens": int(counts[rows].sum()),
+                "description": None,
+            }
             entry.update(desc.get(k, {}))
             clusters.append(entry)
-            configs.append({"config_name": name,
-                            "data_files": [{"split": "train", "path": f"{name}/*.parquet"}]})
-        configs.append({"config_name": "default",
-                        "data_files": [{"split": "train",
-                                        "path": [f"{c['config_name']}/*.parquet" for c in clusters]}]})
+            configs.append(
+                {
+                    "config_name": name,
+                    "data_files": [{"split": "train", "path": f"{name}/*.parquet"}],
+                }
+            )
+        configs.append(
+            {
+                "config_name": "default",
+                "data_files": [
+                    {"split": "train", "path": [f"{c['config_name']}/*.parquet" for c in clusters]}
+                ],
+            }
+        )
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -824,12 +920,17 @@ def write_clustered_corpus(
         }
         (tmp / CLUSTERS_JSON).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_render_card(manifest, out.name, configs), encoding="utf-8")
-    logger.info("wrote clustered corpus %s: %d clusters, %d docs, %d tokens",
-                out, len(clusters), manifest["docs"], manifest["tokens"])
+    logger.info(
+        "wrote clustered corpus %s: %d clusters, %d docs, %d tokens",
+        out,
+        len(clusters),
+        manifest["docs"],
+        manifest["tokens"],
+    )
     return out
 
 
-def _with_tokens(dataset: "datasets.Dataset", tok, tok_info, text_column: str) -> "datasets.Dataset":
+def _with_tokens(dataset: datasets.Dataset, tok, tok_info, text_column: str) -> datasets.Dataset:
     """``dataset`` with checked ``tokens`` and ``token_count`` columns (computed when absent)."""
     schema = dataset.features.arrow_schema
     if "tokens" not in schema.names:
@@ -853,9 +954,11 @@ def _with_tokens(dataset: "datasets.Dataset", tok, tok_info, text_column: str) -
         features["token_count"] = datasets.Value("int64")
         # The fingerprint names the tokenizer by content, so datasets need not hash the object.
         fingerprint = hashlib.sha256(
-            f"{dataset._fingerprint}|{tok_info['sha256']}|{text_column}".encode()).hexdigest()[:16]
-        return dataset.map(encode, batched=True, features=features, new_fingerprint=fingerprint,
-                           desc="Tokenizing")
+            f"{dataset._fingerprint}|{tok_info['sha256']}|{text_column}".encode()
+        ).hexdigest()[:16]
+        return dataset.map(
+            encode, batched=True, features=features, new_fingerprint=fingerprint, desc="Tokenizing"
+        )
     if not _is_int_list(schema.field("tokens").type):
         raise HFMixtureError(
             f"The dataset's field 'tokens' has type {schema.field('tokens').type}, expected a list of integers."
@@ -888,6 +991,10 @@ def _with_tokens(dataset: "datasets.Dataset", tok, tok_info, text_column: str) -
                 f"holds {lengths[r]} ids."
             )
         return dataset
-    return dataset.add_column("token_count", lengths.astype(np.int64).tolist(),
-                              new_fingerprint=hashlib.sha256(
-                                  f"{dataset._fingerprint}|token_count".encode()).hexdigest()[:16])
+    return dataset.add_column(
+        "token_count",
+        lengths.astype(np.int64).tolist(),
+        new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}|token_count".encode()).hexdigest()[
+            :16
+        ],
+    )

@@ -47,15 +47,17 @@ def inspect_store(path: str | os.PathLike) -> dict[str, Any]:
     rows = []
     for name in store.components:
         info = store.info(name)
-        rows.append({
-            "name": name,
-            "cluster_id": info.get("cluster_id"),
-            "docs": store.num_docs(name, "train"),
-            "tokens": store.num_tokens(name, "train"),
-            "validation_docs": store.num_docs(name, "validation"),
-            "validation_tokens": store.num_tokens(name, "validation"),
-            "description": info.get("description"),
-        })
+        rows.append(
+            {
+                "name": name,
+                "cluster_id": info.get("cluster_id"),
+                "docs": store.num_docs(name, "train"),
+                "tokens": store.num_tokens(name, "train"),
+                "validation_docs": store.num_docs(name, "validation"),
+                "validation_tokens": store.num_tokens(name, "validation"),
+                "description": info.get("description"),
+            }
+        )
     _shares(rows)
     manifest = store.manifest
     return {
@@ -78,13 +80,16 @@ def inspect_corpus(path: str | os.PathLike, *, revision: str | None = None) -> d
     from .clustered import ClusteredCorpus
 
     corpus = ClusteredCorpus(path, revision=revision)
-    rows = [{
-        "name": c["config_name"],
-        "cluster_id": c["id"],
-        "docs": c["docs"],
-        "tokens": c["tokens"],
-        "description": c.get("description"),
-    } for c in corpus.clusters]
+    rows = [
+        {
+            "name": c["config_name"],
+            "cluster_id": c["id"],
+            "docs": c["docs"],
+            "tokens": c["tokens"],
+            "description": c.get("description"),
+        }
+        for c in corpus.clusters
+    ]
     _shares(rows)
     tokens = [r["tokens"] for r in rows]
     return {
@@ -142,8 +147,12 @@ def format_table(info: dict[str, Any], *, width: int = 60) -> str:
         desc = " ".join(str(r.get("description") or "").split())
         row.append(desc if len(desc) <= width else desc[: width - 1] + "…")
         lines.append(row)
-    total = ["total", _fmt_int(info["docs"]), _fmt_int(info["tokens"]),
-             "100.0%" if info["tokens"] else "?"]
+    total = [
+        "total",
+        _fmt_int(info["docs"]),
+        _fmt_int(info["tokens"]),
+        "100.0%" if info["tokens"] else "?",
+    ]
     if store:
         total += [_fmt_int(info["validation_docs"]), _fmt_int(info["validation_tokens"])]
     total.append("")

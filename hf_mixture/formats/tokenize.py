@@ -28,9 +28,10 @@ import logging
 import multiprocessing
 import os
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -98,9 +99,15 @@ def _scalar_columns(schema) -> list[str]:
         t = field.type
         if field.name in _NOT_METADATA:
             continue
-        if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-                or pa.types.is_string(t) or pa.types.is_large_string(t)
-                or pa.types.is_temporal(t) or pa.types.is_decimal(t)):
+        if (
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_boolean(t)
+            or pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+            or pa.types.is_temporal(t)
+            or pa.types.is_decimal(t)
+        ):
             keep.append(field.name)
     return keep
 
@@ -130,10 +137,15 @@ class _TextEncoder:
         if self.num_proc > 1:
             # spawn, not fork: the Rust tokenizer's thread pool does not survive a fork.
             self.pool = cf.ProcessPoolExecutor(
-                self.num_proc, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.backend.to_str(),))
+                self.num_proc,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.backend.to_str(),),
+            )
 
-    def encode_many(self, items: Iterator[tuple[Any, list, str, int]]) -> Iterator[tuple[Any, list[list[int]]]]:
+    def encode_many(
+        self, items: Iterator[tuple[Any, list, str, int]]
+    ) -> Iterator[tuple[Any, list[list[int]]]]:
         """``(tag, ids)`` for each ``(tag, texts, where, first_row)``, in input order."""
         from .clustered import check_texts, encode_texts
 
@@ -158,13 +170,21 @@ class _TextEncoder:
 
 
 # ----------------------------------------------------------------------------- main entry
-def _input_fingerprint(corpus, tok_info: dict[str, Any], eos: int | None, fraction: float,
-                       seed: int) -> str:
-    blob = json.dumps({
-        "corpus": corpus.fingerprint, "tokenizer_sha256": tok_info["sha256"],
-        "vocab_size": tok_info["vocab_size"], "eos_token_id": eos,
-        "validation_fraction": fraction, "seed": seed, "algorithm": ALGORITHM_VERSION,
-    }, sort_keys=True)
+def _input_fingerprint(
+    corpus, tok_info: dict[str, Any], eos: int | None, fraction: float, seed: int
+) -> str:
+    blob = json.dumps(
+        {
+            "corpus": corpus.fingerprint,
+            "tokenizer_sha256": tok_info["sha256"],
+            "vocab_size": tok_info["vocab_size"],
+            "eos_token_id": eos,
+            "validation_fraction": fraction,
+            "seed": seed,
+            "algorithm": ALGORITHM_VERSION,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -174,13 +194,17 @@ def _existing_fingerprint(output: Path) -> str | None:
     if not output.is_dir() or not manifest_path.is_file():
         if output.is_dir() and not any(output.iterdir()):
             return None
-        raise HFMixtureError(f"Output '{output}' exists and is not a token store; refusing to replace it.")
+        raise HFMixtureError(
+            f"Output '{output}' exists and is not a token store; refusing to replace it."
+        )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # a damaged store: only --overwrite may replace it
     if manifest.get("format") != STORE_FORMAT:
-        raise HFMixtureError(f"Output '{output}' exists and is not a token store; refusing to replace it.")
+        raise HFMixtureError(
+            f"Output '{output}' exists and is not a token store; refusing to replace it."
+        )
     return manifest.get("input_fingerprint")
 
 
@@ -199,8 +223,11 @@ def tokenize(
     """:func:`tokenize_corpus`, also saying whether the store was written or already current."""
     from .clustered import ClusteredCorpus, load_tokenizer, tokenizer_fingerprint
 
-    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
-            or not 0 <= validation_fraction < 1:
+    if (
+        isinstance(validation_fraction, bool)
+        or not isinstance(validation_fraction, (int, float))
+        or not 0 <= validation_fraction < 1
+    ):
         raise HFMixtureError(
             f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}."
         )
@@ -218,7 +245,9 @@ def tokenize(
     if out.exists():
         existing = _existing_fingerprint(out)
         if existing == fingerprint and not overwrite:
-            logger.info("token store %s is up to date (same inputs and settings); nothing to do", out)
+            logger.info(
+                "token store %s is up to date (same inputs and settings); nothing to do", out
+            )
             return TokenizeResult(out, False, fingerprint)
         if existing is not None and not overwrite:
             raise HFMixtureError(
@@ -233,17 +262,25 @@ def tokenize(
 
     from_tokens = corpus.has_tokens
     key_column = "doc_id" if "doc_id" in corpus.column_names else None
-    if from_tokens and corpus.tokenizer_info and corpus.tokenizer_info.get("sha256") not in (
-            None, tok_info["sha256"]):
+    if (
+        from_tokens
+        and corpus.tokenizer_info
+        and corpus.tokenizer_info.get("sha256") not in (None, tok_info["sha256"])
+    ):
         raise HFMixtureError(
             f"Clustered corpus '{corpus.path}': field 'tokenizer.sha256' says its tokens were made "
             f"with '{corpus.tokenizer_info.get('name')}', not with tokenizer '{tok_info['name']}'."
         )
     extra = {
-        "source": {"path": corpus.path, "repo_id": corpus.repo_id, "revision": corpus.revision,
-                   "fingerprint": corpus.fingerprint},
-        "conversion": "token ids copied from field 'tokens'" if from_tokens
-                      else "field 'text' tokenized without special tokens",
+        "source": {
+            "path": corpus.path,
+            "repo_id": corpus.repo_id,
+            "revision": corpus.revision,
+            "fingerprint": corpus.fingerprint,
+        },
+        "conversion": "token ids copied from field 'tokens'"
+        if from_tokens
+        else "field 'text' tokenized without special tokens",
         "validation_fraction": fraction,
         "seed": int(seed),
         "validation_key": key_column or "document index within its cluster",
@@ -251,12 +288,27 @@ def tokenize(
     }
     encoder = None if from_tokens else _TextEncoder(tok, num_proc)
     try:
-        with TokenStoreWriter(out, vocab_size=tok_info["vocab_size"], eos_token_id=eos,
-                              tokenizer_name=tok_info["name"], tokenizer_hash=tok_info["sha256"],
-                              extra=extra, overwrite=True) as writer:
+        with TokenStoreWriter(
+            out,
+            vocab_size=tok_info["vocab_size"],
+            eos_token_id=eos,
+            tokenizer_name=tok_info["name"],
+            tokenizer_hash=tok_info["sha256"],
+            extra=extra,
+            overwrite=True,
+        ) as writer:
             for k in corpus.cluster_ids:
-                _convert_cluster(corpus, k, writer, tok_info, encoder, fraction, int(seed),
-                                 key_column, batch_size)
+                _convert_cluster(
+                    corpus,
+                    k,
+                    writer,
+                    tok_info,
+                    encoder,
+                    fraction,
+                    int(seed),
+                    key_column,
+                    batch_size,
+                )
     finally:
         if encoder is not None:
             encoder.close()
@@ -287,9 +339,17 @@ def tokenize_corpus(
     >>> tokenize_corpus("corpus/", "store/", "path/to/tokenizer", seed=0)   # doctest: +SKIP
     PosixPath('store')
     """
-    return tokenize(input, output, tokenizer, validation_fraction=validation_fraction, seed=seed,
-                    overwrite=overwrite, num_proc=num_proc, revision=revision,
-                    batch_size=batch_size).path
+    return tokenize(
+        input,
+        output,
+        tokenizer,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        overwrite=overwrite,
+        num_proc=num_proc,
+        revision=revision,
+        batch_size=batch_size,
+    ).path
 
 
 def _cluster_keys(corpus, k: int, key_column: str | None) -> list[str]:
@@ -301,9 +361,17 @@ def _cluster_keys(corpus, k: int, key_column: str | None) -> list[str]:
     return keys
 
 
-def _convert_cluster(corpus, k: int, writer: TokenStoreWriter, tok_info: dict[str, Any],
-                     encoder: _TextEncoder | None, fraction: float, seed: int,
-                     key_column: str | None, batch_size: int) -> None:
+def _convert_cluster(
+    corpus,
+    k: int,
+    writer: TokenStoreWriter,
+    tok_info: dict[str, Any],
+    encoder: _TextEncoder | None,
+    fraction: float,
+    seed: int,
+    key_column: str | None,
+    batch_size: int,
+) -> None:
     import pyarrow.compute as pc
     from tqdm.auto import tqdm
 
@@ -320,16 +388,20 @@ def _convert_cluster(corpus, k: int, writer: TokenStoreWriter, tok_info: dict[st
     doc = 0
 
     def batches():
-        for rel, start, batch in corpus.iter_batches(k, columns=columns, batch_size=batch_size):
-            yield rel, start, batch
+        yield from corpus.iter_batches(k, columns=columns, batch_size=batch_size)
 
     def with_ids():
         if encoder is None:
             for rel, start, batch in batches():
-                yield (rel, start, batch), _checked_ids(corpus, rel, start, batch, vocab, tok_info["name"], pc)
+                yield (
+                    (rel, start, batch),
+                    _checked_ids(corpus, rel, start, batch, vocab, tok_info["name"], pc),
+                )
         else:
-            items = ((item, item[2].column("text").to_pylist(), corpus.display(item[0]), item[1])
-                     for item in batches())
+            items = (
+                (item, item[2].column("text").to_pylist(), corpus.display(item[0]), item[1])
+                for item in batches()
+            )
             yield from encoder.encode_many(items)
 
     with tqdm(total=n_docs, desc=f"tokenize {component}", unit="doc") as bar:
@@ -338,13 +410,20 @@ def _convert_cluster(corpus, k: int, writer: TokenStoreWriter, tok_info: dict[st
             where_file = corpus.display(rel)
             for i, doc_ids in enumerate(ids):
                 split = "validation" if is_val[doc] else "train"
-                writer.add(component, split, doc_ids, {c: meta[c][i] for c in meta_cols},
-                           where=f"{where_file} row {start + i}")
+                writer.add(
+                    component,
+                    split,
+                    doc_ids,
+                    {c: meta[c][i] for c in meta_cols},
+                    where=f"{where_file} row {start + i}",
+                )
                 doc += 1
             bar.update(len(ids))
 
 
-def _checked_ids(corpus, rel: str, start: int, batch, vocab: int, tok_name: str, pc) -> list[np.ndarray]:
+def _checked_ids(
+    corpus, rel: str, start: int, batch, vocab: int, tok_name: str, pc
+) -> list[np.ndarray]:
     """Per-document id arrays of a batch, after checking nulls, the vocabulary and token_count."""
     where = corpus.display(rel)
     tokens = batch.column("tokens")
@@ -365,10 +444,12 @@ def _checked_ids(corpus, rel: str, start: int, batch, vocab: int, tok_name: str,
     counts = batch.column("token_count")
     given = counts.to_numpy(zero_copy_only=False)
     if counts.null_count or (given != lengths).any():
-        row = int(np.flatnonzero(counts.is_null().to_numpy(zero_copy_only=False) | (given != lengths))[0])
+        row = int(
+            np.flatnonzero(counts.is_null().to_numpy(zero_copy_only=False) | (given != lengths))[0]
+        )
         raise HFMixtureError(
             f"{where} row {start + row}: field 'token_count' is {counts[row].as_py()}, but field "
             f"'tokens' holds {int(lengths[row])} ids."
         )
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    return [values[bounds[i]:bounds[i + 1]] for i in range(len(lengths))]
+    return [values[bounds[i] : bounds[i + 1]] for i in range(len(lengths))]
