@@ -1,1 +1,75 @@
-"""Trainer callbacks that adapt a mixture from eval feedback (installed as hf_mixture.callbacks)."""
+"""Trainer callbacks that adapt a mixture from eval feedback (installed as hf_mixture.callbacks).
+
+Each callback is linked to the run's :class:`~hf_mixture.mixture.LiveMixture`
+and changes weights only through ``LiveMixture.set_weights``:
+
+- :class:`ADOCallback` — per-domain power-law fits of loss vs samples (Jiang et al., 2024);
+- :class:`DoReMiCallback` — exponentiated gradient on clipped excess loss (Xie et al., 2023);
+- :class:`BanditCallback` — EXP3 online data mixing (Albalak et al., 2023);
+- :class:`ScheduleCallback` — stages switching at token/step boundaries.
+
+:func:`domain_eval_datasets` builds the per-domain held-out sets whose
+``eval_<domain>_loss`` the adaptive callbacks read.
+
+>>> from hf_mixture.callbacks import ADOCallback, domain_eval_datasets       # doctest: +SKIP
+>>> trainer = MixtureTrainer(model, args, train_dataset=data,
+...                          eval_dataset=domain_eval_datasets(store, seq_len=256))  # doctest: +SKIP
+>>> ADOCallback(data.live).attach(trainer).train()                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MixtureCallback": "base",
+    "MixtureCallbackConfig": "base",
+    "expected_counts": "base",
+    "ADOCallback": "ado",
+    "ADOConfig": "ado",
+    "PowerLaw": "ado",
+    "fit_power_law": "ado",
+    "ado_preference": "ado",
+    "floor_weights": "ado",
+    "DoReMiCallback": "doremi",
+    "DoReMiConfig": "doremi",
+    "doremi_step": "doremi",
+    "read_reference_losses": "doremi",
+    "BanditCallback": "bandit",
+    "BanditConfig": "bandit",
+    "exp3_probabilities": "bandit",
+    "exp3_update": "bandit",
+    "exp3_epsilon": "bandit",
+    "ScheduleCallback": "schedule",
+    "ScheduleConfig": "schedule",
+    "domain_eval_datasets": "eval",
+    "packed_validation_sequences": "eval",
+}
+
+# Callbacks by name, for configs and the CLI (`callback: ado`).
+CALLBACKS = {"ado": "ADOCallback", "doremi": "DoReMiCallback", "bandit": "BanditCallback",
+             "schedule": "ScheduleCallback"}
+
+__all__ = sorted([*_EXPORTS, "CALLBACKS", "callback_class"])
+
+
+def callback_class(name: str) -> type:
+    """The callback class registered as ``name`` (``ado``, ``doremi``, ``bandit``, ``schedule``)."""
+    from hf_mixture.errors import HFMixtureError
+
+    if name not in CALLBACKS:
+        raise HFMixtureError(f"Unknown mixture callback {name!r}; the callbacks are "
+                             f"{', '.join(CALLBACKS)}.")
+    return __getattr__(CALLBACKS[name])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

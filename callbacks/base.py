@@ -1,0 +1,487 @@
+"""The shared base of the mixture callbacks: live weights, logging, checkpoints, faults.
+
+A :class:`MixtureCallback` is a ``transformers.TrainerCallback`` linked to the
+run's :class:`~hf_mixture.mixture.LiveMixture` (the one object through which
+weights change).  The base owns everything the adaptive rules share, so each
+rule is one method, :meth:`MixtureCallback.compute_weights`, from per-domain eval
+losses to new weights:
+
+- **eval losses**: ``Trainer.evaluate`` with a dict ``eval_dataset`` (see
+  :func:`hf_mixture.callbacks.domain_eval_datasets`) reports
+  ``eval_<domain>_loss`` once per domain, each in its own ``on_evaluate`` call;
+  the base collects them and calls the rule once all domains are in.
+- **faults**: a NaN/inf or missing loss for a domain is a warning and the weights
+  in force are kept (the rule is not called).
+- **logging**: at every log step the weights in force go into the Trainer's logs
+  as ``mixture/<component>`` (and into ``state.log_history``); call
+  :meth:`MixtureCallback.attach` so ``report_to`` backends (TensorBoard, W&B)
+  receive them too — a callback passed in ``callbacks=[...]`` runs after them.
+- **checkpoints**: at every save the main process writes the callback's state
+  (``<checkpoint>/hf_mixture_<name>.json``); a resumed run reads it back, so
+  it continues with identical weights and identical decisions.  A checkpoint of
+  another set of domains is refused with :class:`~hf_mixture.errors.HFMixtureError`.
+- **several processes**: eval losses are gathered by the Trainer, so every
+  rank computes the same weights; ``LiveMixture.set_weights`` is a collective
+  that broadcasts rank 0's weights; only the main process writes files and
+  warnings.
+
+>>> from hf_mixture.callbacks import ADOCallback                # doctest: +SKIP
+>>> trainer = MixtureTrainer(model, args, train_dataset=data,
+...                          eval_dataset=domain_eval_datasets(store, seq_len=256))  # doctest: +SKIP
+>>> ADOCallback(data.live).attach(trainer)                     # doctest: +SKIP
+>>> trainer.train()                                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from transformers import TrainerCallback
+
+from hf_mixture._io import atomic_write_json
+from hf_mixture.config import dataclass_from_dict
+from hf_mixture.errors import HFMixtureError
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = "hf_mixture.callback_state"
+STATE_VERSION = 1
+LOG_PREFIX = "mixture/"
+
+
+@dataclass
+class MixtureCallbackConfig:
+    """What every mixture callback shares (each callback's config extends it)."""
+
+    metric_prefix: str = field(default="eval", metadata={
+        "help": "Prefix of the eval metrics: the loss of domain D is read from "
+                "'<metric_prefix>_<D>_loss' (Trainer.evaluate's metric_key_prefix)."})
+    start_step: int = field(default=0, metadata={
+        "help": "No weight update before this optimizer step (earlier evals are still "
+                "recorded in eval_history, which ADO's fits use)."})
+    log_weights: bool = field(default=True, metadata={
+        "help": "Add the weights in force to every Trainer log as 'mixture/<component>'."})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric_prefix, str) or not self.metric_prefix:
+            raise HFMixtureError(f"Config field 'metric_prefix' must be a non-empty string, got "
+                                 f"{self.metric_prefix!r}.")
+        _check_int(self.start_step, "start_step", 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_int(value: Any, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise HFMixtureError(f"Config field {name!r} must be an integer >= {low}, got {value!r}.")
+
+
+def _check_float(value: Any, name: str, low: float, high: float, *, low_open: bool = False,
+                 high_open: bool = False) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = float(value)
+    except (TypeError, ValueError):
+        raise HFMixtureError(f"Config field {name!r} must be a number, got {value!r}.") from None
+    bad = (not math.isfinite(v) or v < low or v > high or (low_open and v == low)
+           or (high_open and v == high))
+    if bad:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise HFMixtureError(f"Config field {name!r} is {value!r}; it must lie in "
+                             f"{lo}{low}, {high}{hi}.")
+    return v
+
+
+def _live_of(target: Any) -> Any:
+    """The LiveMixture of ``target``: a LiveMixture, or anything with a ``.live`` (dataset, loader)."""
+    from hf_mixture.mixture.live import LiveMixture
+
+    if isinstance(target, LiveMixture):
+        return target
+    live = getattr(target, "live", None)
+    if isinstance(live, LiveMixture):
+        return live
+    raise HFMixtureError(f"A mixture callback needs a LiveMixture (or a MixtureDataset / "
+                         f"MixtureDataLoader holding one), got {type(target).__name__}.")
+
+
+def _timed(method: Callable) -> Callable:
+    """Add the time spent in a hook to ``self.seconds`` (the callback's wall-clock overhead)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    return wrapper
+
+
+def samples_per_step(args: Any) -> int:
+    """Sequences one optimizer step consumes over all ranks (TrainingArguments)."""
+    return (int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps)
+            * max(1, int(getattr(args, "world_size", 1))))
+
+
+def samples_seen(args: Any, state: Any) -> int:
+    """Sequences the run consumed after ``state.global_step`` optimizer steps (all ranks)."""
+    return int(state.global_step) * samples_per_step(args)
+
+
+def expected_counts(history: Sequence[Any], num_components: int, upto_sample: int) -> np.ndarray:
+    """Expected samples of each component among the first ``upto_sample``, from a weights history.
+
+    ``history`` holds :class:`~hf_mixture.mixture.WeightChange` s (``sample``,
+    ``weights``); each segment contributes ``length x weights``.  A pure
+    function of the live state: identical on every rank, and close to the
+    sampler's realized counts (binomial noise only).
+
+    >>> from hf_mixture.mixture import WeightChange
+    >>> h = [WeightChange(0, 0, (1.0, 0.0), "initial", 0), WeightChange(10, 10, (0.5, 0.5), "x", 0)]
+    >>> expected_counts(h, 2, 30).tolist()
+    [20.0, 10.0]
+    """
+    counts = np.zeros(num_components, dtype=np.float64)
+    entries = sorted(history, key=lambda c: c.sample)  # stable: the last change at a sample wins
+    for i, change in enumerate(entries):
+        start = min(change.sample, upto_sample)
+        end = upto_sample if i + 1 == len(entries) else min(entries[i + 1].sample, upto_sample)
+        if end > start:
+            counts += (end - start) * np.asarray(change.weights, dtype=np.float64)
+    return counts
+
+
+class MixtureCallback(TrainerCallback):
+    """Base of the callbacks that change a mixture's weights during training.
+
+    Args:
+        live: the run's :class:`~hf_mixture.mixture.LiveMixture`, or a
+            ``MixtureDataset`` / ``MixtureDataLoader`` holding it.
+        config: the callback's config dataclass (``config_class``), a mapping of
+            its fields, or ``None`` for the defaults; keyword arguments override
+            single fields.
+
+    Subclasses implement :meth:`compute_weights` (or other hooks) and
+    :meth:`_state` / :meth:`_load_state` for their own state.
+    """
+
+    config_class: type = MixtureCallbackConfig
+    name: str = "mixture"
+
+    def __init__(self, live: Any, config: Any = None, **overrides: Any):
+        self.live = _live_of(live)
+        if config is None:
+            config = {}
+        if isinstance(config, Mapping):
+            config = dataclass_from_dict(self.config_class, {**config, **overrides},
+                                         where=f"{type(self).__name__} config")
+        elif isinstance(config, self.config_class):
+            if overrides:
+                config = dataclass_from_dict(self.config_class, {**config.to_dict(), **overrides},
+                                             where=f"{type(self).__name__} config")
+        else:
+            raise HFMixtureError(f"{type(self).__name__} takes a {self.config_class.__name__} or "
+                                 f"a mapping as config, got {type(config).__name__}.")
+        self.config = config
+        self.domains: list[str] = list(self.live.names)
+        self.updates = 0                 # weight changes this callback made
+        self.skipped = 0                 # evaluations whose losses were unusable
+        self.last_update_step: int | None = None
+        self.eval_history: list[dict[str, Any]] = []   # {"step", "samples", "losses"}
+        self.seconds = 0.0               # wall-clock time spent inside this callback's hooks
+        self._pending: dict[str, float] = {}
+        self._pending_step: int | None = None
+        self._attached = False
+        self._loaded_from: str | None = None
+        self._warned_report_to = False
+
+    # -- the rule ----------------------------------------------------------------------------
+    def compute_weights(self, losses: np.ndarray, *, step: int, samples: int
+                        ) -> np.ndarray | None:
+        """New weights (component order) from this eval's per-domain ``losses``, or ``None``.
+
+        ``losses`` are finite and in :attr:`domains` order; ``step`` is the
+        optimizer step, ``samples`` the sequences consumed so far.  The losses are
+        already appended to :attr:`eval_history`.
+        """
+        return None
+
+    # -- state -------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: Mapping[str, Any], where: str) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """The callback's state: JSON-able, small, enough to continue identically."""
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "callback": type(self).__name__,
+            "domains": list(self.domains),
+            "config": self.config.to_dict(),
+            "weights": [float(x) for x in self.live.weights_array],
+            "updates": self.updates,
+            "skipped": self.skipped,
+            "last_update_step": self.last_update_step,
+            "eval_history": self.eval_history,
+            "rule": self._state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "the callback state") -> None:
+        """Restore :meth:`state_dict`'s output; another set of domains is refused."""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise HFMixtureError(f"{where} is not a hf_mixture callback state (field 'format' "
+                                 f"should be {STATE_FORMAT!r}).")
+        if state.get("version") != STATE_VERSION:
+            raise HFMixtureError(f"{where}: field 'version' is {state.get('version')!r}; this "
+                                 f"hf_mixture reads version {STATE_VERSION}.")
+        if state.get("callback") != type(self).__name__:
+            raise HFMixtureError(f"{where} belongs to a {state.get('callback')}, not to a "
+                                 f"{type(self).__name__}.")
+        if list(state.get("domains") or []) != self.domains:
+            raise HFMixtureError(
+                f"{where} was saved for the domains {state.get('domains')}, but this run's "
+                f"mixture has {self.domains}; resume with the same components (same names, same "
+                "order) or start a new run.")
+        try:
+            self.updates = int(state["updates"])
+            self.skipped = int(state["skipped"])
+            step = state["last_update_step"]
+            self.last_update_step = None if step is None else int(step)
+            history = state["eval_history"]
+            self.eval_history = [{"step": int(e["step"]), "samples": int(e["samples"]),
+                                  "losses": [float(x) for x in e["losses"]]} for e in history]
+            weights = np.asarray([float(x) for x in state["weights"]], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as err:
+            raise HFMixtureError(f"{where} is malformed ({type(err).__name__}: {err}).") from None
+        if len(weights) != len(self.domains):
+            raise HFMixtureError(f"{where}: field 'weights' holds {len(weights)} values for "
+                                 f"{len(self.domains)} domains.")
+        self._load_state(state.get("rule") or {}, where)
+        # The sampler state (restored by the Trainer's checkpoint) already brings the weights
+        # back; a LiveMixture used on its own learns them here.
+        if not np.allclose(self.live.weights_array, weights, rtol=0, atol=1e-12):
+            self.live.set_weights(weights, reason=f"{self.name}: resumed")
+        self._pending.clear()
+        self._pending_step = None
+
+    def state_file(self, checkpoint_dir: str | os.PathLike) -> Path:
+        """Where this callback's state lives inside a Trainer checkpoint folder."""
+        return Path(checkpoint_dir) / f"hf_mixture_{self.name}.json"
+
+    def save_checkpoint(self, checkpoint_dir: str | os.PathLike) -> Path:
+        """Write :meth:`state_dict` into ``checkpoint_dir`` (atomically)."""
+        return atomic_write_json(self.state_file(checkpoint_dir), self.state_dict())
+
+    def load_checkpoint(self, checkpoint_dir: str | os.PathLike) -> None:
+        """Restore the state saved in ``checkpoint_dir`` (done by itself on ``train(resume_...)``)."""
+        path = self.state_file(checkpoint_dir)
+        if not path.is_file():
+            raise HFMixtureError(f"Checkpoint '{checkpoint_dir}' holds no {path.name}: it was "
+                                 f"saved without this {type(self).__name__}.")
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HFMixtureError(f"{path} is not valid JSON ({err}).") from None
+        self.load_state_dict(state, where=str(path))
+        self._loaded_from = str(checkpoint_dir)
+
+    # -- wiring --------------------------------------------------------------------------------
+    def attach(self, trainer: Any) -> Any:
+        """Add this callback to ``trainer`` ahead of the ``report_to`` integrations; returns it.
+
+        Callbacks passed as ``Trainer(callbacks=[...])`` run after TensorBoard/W&B,
+        which would then log each step before the ``mixture/*`` keys are added.
+        """
+        handler = trainer.callback_handler
+        if self in handler.callbacks:
+            handler.callbacks.remove(self)
+        at = next((i + 1 for i, cb in enumerate(handler.callbacks)
+                   if type(cb).__name__ == "DefaultFlowCallback"), 0)
+        handler.callbacks.insert(at, self)
+        self._attached = True
+        return trainer
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The weights in force (from the live mixture)."""
+        return self.live.weights
+
+    def _warn(self, state: Any, message: str, *args: Any) -> None:
+        if getattr(state, "is_world_process_zero", True):
+            logger.warning(message, *args)
+
+    # -- collecting eval losses ------------------------------------------------------------------
+    def _domain_losses(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        prefix = self.config.metric_prefix
+        found = {}
+        for d in self.domains:
+            key = f"{prefix}_{d}_loss"
+            if key in metrics:
+                try:
+                    found[d] = float(metrics[key])
+                except (TypeError, ValueError):
+                    found[d] = float("nan")
+        return found
+
+    def _flush(self, args: Any, state: Any) -> None:
+        """Run the rule on the collected losses (or warn and keep the weights)."""
+        if not self._pending:
+            return
+        pending, step = self._pending, self._pending_step
+        self._pending, self._pending_step = {}, None
+        missing = [d for d in self.domains if d not in pending]
+        bad = [d for d in self.domains if d in pending and not math.isfinite(pending[d])]
+        if missing or bad:
+            self.skipped += 1
+            what = []
+            if missing:
+                what.append(f"no eval loss for {', '.join(map(repr, missing))}")
+            if bad:
+                what.append("a non-finite eval loss for " + ", ".join(
+                    f"{d!r} ({pending[d]})" for d in bad))
+            self._warn(state, "%s at step %d: %s; the weights in force are kept.",
+                       type(self).__name__, step, "; ".join(what))
+            return
+        samples = samples_seen(args, state)
+        losses = np.asarray([pending[d] for d in self.domains], dtype=np.float64)
+        self.eval_history.append({"step": int(step), "samples": samples,
+                                  "losses": losses.tolist()})
+        if step < self.config.start_step:
+            return
+        new = self.compute_weights(losses, step=int(step), samples=samples)
+        if new is not None:
+            self.apply(new, step=int(step), reason=f"step {step}")
+
+    def apply(self, weights: np.ndarray | Mapping[str, float], *, step: int, reason: str
+              ) -> np.ndarray:
+        """Set ``weights`` through the live mixture; returns the weights now in force.
+
+        Under torch.distributed this is a collective (rank 0's weights win), so the
+        returned array — not ``weights`` — is what the rule should remember.
+        """
+        self.live.set_weights(weights, reason=f"{self.name}: {reason}")
+        self.updates += 1
+        self.last_update_step = int(step)
+        return self.live.weights_array
+
+    # -- Trainer hooks ---------------------------------------------------------------------------
+    @_timed
+    def on_train_begin(self, args, state, control, **kwargs):
+        report_to = getattr(args, "report_to", None) or []
+        if isinstance(report_to, str):
+            report_to = [report_to]
+        if (self.config.log_weights and not self._attached and not self._warned_report_to
+                and [r for r in report_to if r != "none"]):
+            self._warned_report_to = True
+            self._warn(state, "%s was passed in callbacks=[...], so the report_to integrations "
+                       "(%s) run before it and do not receive the mixture/* keys; use "
+                       "callback.attach(trainer) instead.", type(self).__name__,
+                       ", ".join(report_to))
+        if state.global_step > 0 and self._loaded_from is None:
+            self._resume(args, state)
+
+    def _resume(self, args: Any, state: Any) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+        step = int(state.global_step)
+        candidates: list[str] = []
+        if isinstance(getattr(args, "resume_from_checkpoint", None), str):
+            candidates.append(args.resume_from_checkpoint)
+        candidates.append(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}"))
+        if os.path.isdir(args.output_dir):
+            last = get_last_checkpoint(args.output_dir)
+            if last:
+                candidates.append(last)
+        for folder in candidates:
+            path = self.state_file(folder)
+            if not path.is_file():
+                continue
+            try:
+                saved_step = json.loads(path.read_text(encoding="utf-8")).get("saved_at_step")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                saved_step = None
+            if saved_step in (None, step):
+                self.load_checkpoint(folder)
+                return
+        raise HFMixtureError(
+            f"The run resumes at step {step}, but no checkpoint among "
+            f"{', '.join(repr(c) for c in dict.fromkeys(candidates))} holds "
+            f"hf_mixture_{self.name}.json; call {type(self).__name__}.load_checkpoint(<the "
+            "checkpoint folder>) before trainer.train().")
+
+    @_timed
+    def on_step_begin(self, args, state, control, **kwargs):
+        # Losses left incomplete by the last evaluation (a domain missing) are settled here.
+        if self._pending:
+            self._flush(args, state)
+
+    @_timed
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics:
+            return
+        found = self._domain_losses(metrics)
+        if not found:
+            return
+        if self._pending_step is not None and self._pending_step != state.global_step:
+            self._flush(args, state)
+        self._pending.update(found)
+        self._pending_step = int(state.global_step)
+        if all(d in self._pending for d in self.domains):
+            self._flush(args, state)
+
+    @_timed
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.config.log_weights or logs is None:
+            return
+        extra = self.log_values()
+        logs.update(extra)
+        # Trainer.log appended a copy of the logs to log_history just before on_log.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)
+
+    def log_values(self) -> dict[str, float]:
+        """The ``mixture/*`` entries added to each log."""
+        return {f"{LOG_PREFIX}{d}": float(w) for d, w in zip(self.domains,
+                                                              self.live.weights_array)}
+
+    @_timed
+    def on_save(self, args, state, control, **kwargs):
+        self._flush(args, state)
+        if not getattr(state, "is_world_process_zero", True):
+            return
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if not os.path.isdir(folder):  # e.g. hyper-parameter search runs save elsewhere
+            self._warn(state, "%s: checkpoint folder %s not found; its state was not saved.",
+                       type(self).__name__, folder)
+            return
+        payload = self.state_dict()
+        payload["saved_at_step"] = int(state.global_step)
+        atomic_write_json(self.state_file(folder), payload)
+
+    @_timed
+    def on_train_end(self, args, state, control, **kwargs):
+        self._flush(args, state)
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a callback name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
