@@ -1,1 +1,51 @@
-"""mixture"""
+"""Mixtures: what to train on (declarative), and the sampler that trains on it.
+
+Names are imported lazily, so the CLI and DataLoader workers that need one
+part do not import torch or transformers for the others:
+
+>>> from hf_mixture.mixture import Mixture, MixtureDataset, MixtureDataLoader  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    # the declarative mixture
+    "Mixture": "mixture",
+    "Component": "mixture",
+    "Stage": "mixture",
+    "ResolvedComponent": "mixture",
+    "normalize_weights": "mixture",
+    # live weights
+    "LiveMixture": "live",
+    "WeightChange": "live",
+    # sampling decisions and packed sequences (numpy only)
+    "MixtureSampler": "sampler",
+    "PackedStreams": "sampler",
+    "BatchKeys": "sampler",
+    "counter_uniform": "sampler",
+    "choose_components": "sampler",
+    # torch
+    "MixtureDataset": "dataset",
+    "MixtureDataLoader": "dataset",
+    "MixtureIterableDataset": "streaming",
+    # transformers.Trainer
+    "MixtureTrainer": "trainer",
+    "MixtureTrainerMixin": "trainer",
+    "MixtureStateCallback": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
