@@ -45,6 +45,7 @@ _EXPORTS = {
     "ScheduleConfig": "schedule",
     "domain_eval_datasets": "eval",
     "packed_validation_sequences": "eval",
+    "domain_perplexity_path": "eval",
 }
 
 # Callbacks by name, for configs and the CLI (`callback: ado`).

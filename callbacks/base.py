@@ -206,6 +206,7 @@ class MixtureCallback(TrainerCallback):
         self._pending: dict[str, float] = {}
         self._pending_step: int | None = None
         self._attached = False
+        self._training = False           # evaluations outside trainer.train() change nothing
         self._loaded_from: str | None = None
         self._warned_report_to = False
 
@@ -384,6 +385,7 @@ class MixtureCallback(TrainerCallback):
     # -- Trainer hooks ---------------------------------------------------------------------------
     @_timed
     def on_train_begin(self, args, state, control, **kwargs):
+        self._training = True
         report_to = getattr(args, "report_to", None) or []
         if isinstance(report_to, str):
             report_to = [report_to]
@@ -434,7 +436,7 @@ class MixtureCallback(TrainerCallback):
 
     @_timed
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not metrics:
+        if not metrics or not self._training:
             return
         found = self._domain_losses(metrics)
         if not found:
@@ -480,6 +482,7 @@ class MixtureCallback(TrainerCallback):
     @_timed
     def on_train_end(self, args, state, control, **kwargs):
         self._flush(args, state)
+        self._training = False
 
 
 def safe_name(name: str) -> str:

@@ -109,3 +109,16 @@ def domain_eval_datasets(store: Any, mixture: Any = None, *, seq_len: int,
         out[name] = datasets.Dataset.from_dict({"input_ids": rows, "labels": rows},
                                                features=features)
     return out
+
+
+def domain_perplexity_path() -> str:
+    """The folder of the packaged ``domain_perplexity`` evaluate module (loads offline).
+
+    >>> import evaluate
+    >>> metric = evaluate.load(domain_perplexity_path())                    # doctest: +SKIP
+    >>> metric.compute(losses=[1.0], domains=["a"], num_tokens=[1])["perplexity"]  # doctest: +SKIP
+    {'a': 2.718281828459045}
+    """
+    from importlib.resources import files
+
+    return str(files("hf_mixture") / "metrics" / "domain_perplexity")
