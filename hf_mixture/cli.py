@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "hf_mixture.clustering.cli",
     "hf_mixture.formats.cli",
     "hf_mixture.mixture.cli",
+    "hf_mixture.train_cli",
 ]
 
 

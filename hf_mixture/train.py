@@ -1,0 +1,781 @@
+"""One training entry point: a recipe YAML -> model, mixture data, callbacks -> Trainer.
+
+A recipe is a YAML file with five sections (see ``recipes/`` and ``docs/training.md``)::
+
+    model:      LlamaConfig fields (vocab_size: auto takes the token store's), plus
+                attn_implementation (sdpa, eager, flash_attention_2)
+    shapes:     optional named model shapes; `shape: 62m` picks one and merges it into model
+    data:       store, mixture, seq_len, eval_sequences, ... (DataConfig)
+    training:   TrainingArguments fields, checked against transformers' names
+    callbacks:  [{name: ado, <its config>}, ...]  mixture callbacks by name
+    hub:        push, model_repo, mixture_repo, private (HubConfig)
+
+:func:`train` builds the model from its config (no weights are downloaded), the
+mixture dataset over the token store (the resumable sampler), the per-domain
+validation sets and the named callbacks, trains with ``transformers.Trainer``
+under whatever ``accelerate launch`` set up (DDP, DeepSpeed), evaluates per
+domain, saves, and pushes the model with a card when ``hub.push`` is set (main
+process only).
+
+>>> cfg = load_train_config("recipes/tiny_cpu.yaml", ["data.store=store", "training.max_steps=5"])  # doctest: +SKIP
+>>> result = train(cfg)                                                                        # doctest: +SKIP
+>>> sorted(result.metrics)                                                                     # doctest: +SKIP
+['eval_cluster_0_loss', ...]
+
+The launch line of every recipe is the first line of its file, e.g.::
+
+    accelerate launch --config_file recipes/accelerate/1gpu.yaml -m hf_mixture train \\
+        recipes/pretrain_1b.yaml --store STORE --mixture MIXTURE
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import dataclass_from_dict, load_config_file
+from .errors import HFMixtureError
+
+logger = logging.getLogger(__name__)
+
+# Keys of a recipe file, in the order docs/training.md explains them.
+RECIPE_KEYS = ("model", "shape", "shapes", "data", "training", "callbacks", "hub")
+# Model keys that are not LlamaConfig fields but say how to build the model.
+_BUILD_KEYS = ("attn_implementation",)
+# Peak dense bf16 tensor-core FLOP/s, for MFU (vendor data sheets, SXM parts, no sparsity).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "GH200": 989e12, "B200": 2250e12}
+
+
+# -- the config --------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    """Where the training tokens come from (the ``data:`` section)."""
+
+    store: str | None = field(default=None, metadata={
+        "help": "Token store folder (made by `hf-mixture tokenize`)."})
+    mixture: str | None = field(default=None, metadata={
+        "help": "Mixture file (.yaml/.json), a folder holding mixture.yaml, or a Hub dataset id; "
+                "default: one component per store component with natural weights."})
+    mixture_revision: str | None = field(default=None, metadata={
+        "help": "Branch, tag or commit of a Hub mixture repo."})
+    seq_len: int = field(default=2048, metadata={
+        "help": "Tokens per packed training sequence (documents joined with EOS)."})
+    eval_sequences: int = field(default=16, metadata={
+        "help": "Validation sequences per mixture component for the per-domain eval "
+                "(from the store's validation split); 0 turns the per-domain eval off."})
+    total_tokens: int | None = field(default=None, metadata={
+        "help": "Run length in tokens, to place stages given as fractions; default "
+                "max_steps x global batch x seq_len."})
+    seed: int | None = field(default=None, metadata={
+        "help": "Sampler seed; default the mixture's seed."})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "Tokenizer folder or id saved beside the model; default the store's tokenizer "
+                "when it loads offline."})
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1:
+            raise HFMixtureError(f"data.seq_len must be >= 1, got {self.seq_len}.")
+        if self.eval_sequences < 0:
+            raise HFMixtureError(f"data.eval_sequences must be >= 0, got {self.eval_sequences}.")
+        if self.total_tokens is not None and self.total_tokens < 1:
+            raise HFMixtureError(f"data.total_tokens must be >= 1, got {self.total_tokens}.")
+
+
+@dataclass
+class HubConfig:
+    """Publishing the trained model (the ``hub:`` section)."""
+
+    push: bool = field(default=False, metadata={
+        "help": "Push the final model with a model card at the end (main process only)."})
+    model_repo: str | None = field(default=None, metadata={
+        "help": "Hub model repo id to push to (owner/name)."})
+    mixture_repo: str | None = field(default=None, metadata={
+        "help": "Hub dataset repo of the mixture, named in the model card; default data.mixture "
+                "when that is a Hub id."})
+    private: bool = field(default=True, metadata={"help": "Create the model repo as private."})
+    revision: str | None = field(default=None, metadata={
+        "help": "Branch to push to (default: main)."})
+
+    def __post_init__(self) -> None:
+        if self.push and not self.model_repo:
+            raise HFMixtureError("hub.push is true but hub.model_repo is empty; name the Hub "
+                                 "model repo (owner/name) to push to.")
+
+
+@dataclass
+class TrainConfig:
+    """A whole recipe: see the module docstring for the sections."""
+
+    model: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "LlamaConfig fields (+ attn_implementation); vocab_size: auto = the store's."})
+    training: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "TrainingArguments fields (transformers' names)."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data section."})
+    shape: str | None = field(default=None, metadata={
+        "help": "Name of an entry of `shapes` merged into `model`."})
+    shapes: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Named model shapes (e.g. 62m, 350m)."})
+    callbacks: list[dict[str, Any]] = field(default_factory=list, metadata={
+        "help": "Mixture callbacks: [{name: ado, <config fields>}, ...]."})
+    hub: HubConfig = field(default_factory=HubConfig, metadata={"help": "Hub section."})
+    source: str | None = field(default=None, metadata={
+        "help": "The recipe file this config was read from (set by load_train_config)."})
+
+    def __post_init__(self) -> None:
+        if self.shape is not None:
+            if self.shape not in self.shapes:
+                known = ", ".join(sorted(self.shapes)) or "none"
+                raise HFMixtureError(f"shape {self.shape!r} is not among the recipe's shapes "
+                                     f"({known}).")
+            chosen = self.shapes[self.shape]
+            if not isinstance(chosen, Mapping):
+                raise HFMixtureError(f"shapes.{self.shape} must be a mapping of model fields.")
+        for i, entry in enumerate(self.callbacks):
+            if not isinstance(entry.get("name"), str) or not entry["name"]:
+                raise HFMixtureError(f"callbacks[{i}] has no field 'name' (e.g. name: ado).")
+
+    @property
+    def model_fields(self) -> dict[str, Any]:
+        """``model`` with the chosen shape merged in."""
+        merged = dict(self.model)
+        if self.shape is not None:
+            merged.update(self.shapes[self.shape])
+        return merged
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"training.learning_rate=3e-4"`` -> (["training", "learning_rate"], 0.0003).
+
+    Values are read as YAML (``yaml.safe_load``); numbers in exponent form without a
+    dot, which YAML 1.1 reads as strings, are read as floats.
+
+    >>> parse_override("model.num_hidden_layers=2")
+    (['model', 'num_hidden_layers'], 2)
+    >>> parse_override("training.learning_rate=3e-4")
+    (['training', 'learning_rate'], 0.0003)
+    """
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise HFMixtureError(f"Override {text!r} is not of the form key=value or "
+                             "section.key=value (e.g. training.max_steps=100).")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise HFMixtureError(f"Override {text!r}: the value is not valid YAML.") from None
+    return key.strip().split("."), _number_or_same(value)
+
+
+def _number_or_same(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if value.strip().lower() not in ("nan", "inf", "-inf", "infinity", "+inf"):
+            return int(number) if number.is_integer() and "e" not in value.lower() \
+                and "." not in value else number
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A deep copy of ``data`` with each ``key.path=value`` set."""
+    out = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] not in RECIPE_KEYS:
+            raise HFMixtureError(f"Override {text!r} names the unknown section {path[0]!r}; "
+                                 f"sections are {', '.join(RECIPE_KEYS)}.")
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise HFMixtureError(f"Override {text!r}: {part!r} is not a section.")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_train_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a recipe YAML (``yaml.safe_load``) and apply ``key=value`` overrides.
+
+    >>> cfg = load_train_config("recipes/tiny_cpu.yaml", ["training.max_steps=3"])  # doctest: +SKIP
+    """
+    raw = load_config_file(path)
+    raw = apply_overrides(raw, overrides)
+    return config_from_mapping(raw, source=str(path))
+
+
+def config_from_mapping(raw: Mapping[str, Any], *, source: str | None = None) -> TrainConfig:
+    """Validate a recipe mapping (unknown keys and wrong types are named)."""
+    if not isinstance(raw, Mapping):
+        raise HFMixtureError(f"{source or 'The recipe'} must be a mapping of sections.")
+    data = dict(raw)
+    for key in ("model", "training", "shapes", "data", "hub"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    if data.get("callbacks") is None:
+        data.pop("callbacks", None)
+    data["source"] = source
+    try:
+        return dataclass_from_dict(TrainConfig, data, where=source or "the recipe")
+    except HFMixtureError as err:
+        if source and not str(err).startswith(source):
+            raise HFMixtureError(f"{source}: {err}") from None
+        raise
+
+
+# -- the model ---------------------------------------------------------------------------
+def llama_config(cfg: TrainConfig, *, vocab_size: int | None = None, eos_token_id: int | None = None):
+    """The ``LlamaConfig`` of a recipe; ``vocab_size: auto`` takes ``vocab_size`` (the store's).
+
+    Unknown keys are an error that names them (LlamaConfig would store them silently).
+    """
+    from transformers import LlamaConfig
+
+    fields = cfg.model_fields
+    known = {f.name for f in dataclasses.fields(LlamaConfig)} | set(_BUILD_KEYS)
+    unknown = sorted(set(fields) - known)
+    where = cfg.source or "the recipe"
+    if unknown:
+        raise HFMixtureError(f"{where}: model has the unknown key(s) {', '.join(map(repr, unknown))}"
+                             "; use LlamaConfig field names (hidden_size, num_hidden_layers, ...).")
+    kwargs = {k: v for k, v in fields.items() if k not in _BUILD_KEYS}
+    if kwargs.get("vocab_size", "auto") == "auto":
+        if vocab_size is None:
+            raise HFMixtureError(f"{where}: model.vocab_size is 'auto' but no token store was "
+                                 "given to take it from (data.store / --store).")
+        # A multiple of 64 keeps the embedding and LM-head matmuls on fast tensor-core shapes.
+        kwargs["vocab_size"] = int(math.ceil(vocab_size / 64) * 64)
+    elif vocab_size is not None and int(kwargs["vocab_size"]) < vocab_size:
+        raise HFMixtureError(f"{where}: model.vocab_size {kwargs['vocab_size']} is smaller than "
+                             f"the token store's vocabulary ({vocab_size}).")
+    if eos_token_id is not None:
+        kwargs.setdefault("eos_token_id", eos_token_id)
+        kwargs.setdefault("bos_token_id", None)
+    try:
+        config = LlamaConfig(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise HFMixtureError(f"{where}: the model section is not a valid LlamaConfig ({err}).") \
+            from None
+    attn = fields.get("attn_implementation")
+    if attn is not None:
+        config._attn_implementation = attn
+    return config
+
+
+def build_model(cfg: TrainConfig, *, vocab_size: int | None = None,
+                eos_token_id: int | None = None, seed: int = 0, device: str | None = None):
+    """A randomly initialized causal LM from the recipe (no weights are downloaded).
+
+    ``device="meta"`` builds it without memory (parameter counts of large shapes).
+    Initialization draws from a private copy of torch's generator seeded with ``seed``,
+    so building a model leaves the global RNG untouched.
+
+    >>> model = build_model(load_train_config("recipes/pretrain_1b.yaml"), device="meta")  # doctest: +SKIP
+    >>> round(sum(p.numel() for p in model.parameters()) / 1e9, 2)                         # doctest: +SKIP
+    1.24
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = llama_config(cfg, vocab_size=vocab_size, eos_token_id=eos_token_id)
+    attn = cfg.model_fields.get("attn_implementation")
+    kwargs = {"attn_implementation": attn} if attn else {}
+    if device == "meta":
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, **kwargs)
+
+
+def count_parameters(model: Any) -> int:
+    """Parameters of ``model``, tied weights counted once."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def model_flops_per_token(config: Any, seq_len: int) -> float:
+    """Training FLOPs per token: ``6 N + 12 L H S`` (PaLM, appendix B).
+
+    ``N`` counts the matmul parameters (every layer and the LM head; the input
+    embedding lookup does no FLOPs), ``L`` layers, ``H`` the attention width
+    (heads x head dim), ``S`` the sequence length (the attention scores).
+
+    >>> from transformers import LlamaConfig
+    >>> c = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+    ...                 num_attention_heads=2, num_key_value_heads=1)
+    >>> model_flops_per_token(c, seq_len=4)   # 6 * (layer 448 + head 800) + 12 * 1 * 8 * 4
+    7872.0
+    """
+    h = config.hidden_size
+    heads = config.num_attention_heads
+    kv = config.num_key_value_heads or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    attn = h * heads * head_dim * 2 + h * kv * head_dim * 2          # q, o and k, v
+    mlp = 3 * h * config.intermediate_size                            # gate, up, down
+    n = config.num_hidden_layers * (attn + mlp) + h * config.vocab_size  # + LM head
+    return float(6 * n + 12 * config.num_hidden_layers * heads * head_dim * seq_len)
+
+
+# -- training arguments --------------------------------------------------------------------
+# What the sampler needs, whatever the recipe says: it restores its exact position from
+# the checkpoint (skipping batches would double-skip), and its batches are plain tensors.
+_FORCED_ARGS = {"ignore_data_skip": True, "remove_unused_columns": False}
+_DEFAULT_ARGS = {"report_to": "none", "save_strategy": "steps", "logging_strategy": "steps"}
+# TrainingArguments.optim values that transformers builds from bitsandbytes.
+BNB_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+                  "lion_8bit", "lion_32bit", "paged_lion_8bit", "paged_lion_32bit", "ademamix",
+                  "ademamix_8bit", "paged_ademamix_8bit", "paged_ademamix_32bit", "rmsprop_bnb",
+                  "rmsprop_bnb_8bit", "rmsprop_bnb_32bit")
+
+
+def training_arguments(cfg: TrainConfig):
+    """``TrainingArguments`` from the ``training:`` section (names checked, numbers coerced)."""
+    from transformers import TrainingArguments
+
+    where = cfg.source or "the recipe"
+    hints = typing.get_type_hints(TrainingArguments)
+    names = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    given = dict(cfg.training)
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise HFMixtureError(f"{where}: training has the unknown key(s) "
+                             f"{', '.join(map(repr, unknown))}; use TrainingArguments field names "
+                             f"of transformers (e.g. learning_rate, max_steps, lr_scheduler_type).")
+    for key, forced in _FORCED_ARGS.items():
+        if key in given and given[key] != forced:
+            raise HFMixtureError(f"{where}: training.{key} must be {forced} with the mixture "
+                                 "sampler (it restores its own position and batches).")
+    if not isinstance(given.get("output_dir"), str) or not given["output_dir"]:
+        raise HFMixtureError(f"{where}: training.output_dir is not set (or pass --output-dir).")
+    steps = given.get("max_steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise HFMixtureError(f"{where}: training.max_steps must be an integer >= 1 (the mixture "
+                             f"loader has no epochs), got {steps!r}.")
+    for key, value in list(given.items()):
+        base = hints.get(key)
+        if {base, *typing.get_args(base)} & {int, float}:
+            given[key] = _number_or_same(value)
+    optim = str(given.get("optim", ""))
+    if optim in BNB_OPTIMIZERS:
+        from ._imports import require
+
+        require("bitsandbytes", "bitsandbytes", f"training.optim {optim!r}")
+    args = {**_DEFAULT_ARGS, **given, **_FORCED_ARGS}
+    try:
+        return TrainingArguments(**args)
+    except (TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HFMixtureError(f"{where}: the training section is not valid TrainingArguments "
+                             f"({first})") from None
+
+
+def global_batch_size(args: Any) -> int:
+    """Sequences per optimizer step over all processes."""
+    return (int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps)
+            * max(1, int(args.world_size)))
+
+
+# -- per-domain validation sets -------------------------------------------------------------
+class _Sequences:
+    """A map-style dataset of fixed ``input_ids``/``labels`` rows (what Trainer.evaluate wants)."""
+
+    def __init__(self, input_ids: Any):
+        self.input_ids = input_ids
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.input_ids[i]
+        return {"input_ids": row, "labels": row.clone()}
+
+
+def domain_eval_datasets(store: Any, mixture: Any, *, seq_len: int, sequences: int,
+                         seed: int = 0) -> dict[str, _Sequences]:
+    """The first ``sequences`` packed validation sequences of each mixture component.
+
+    Each component's documents are resolved in the store's ``validation`` split
+    (its query, or its store component) and packed exactly as training packs them
+    (our :class:`~hf_mixture.mixture.MixtureDataset` with that component alone).
+    A component without validation documents, or with too few tokens for one
+    sequence, is left out with a warning.  Keys are component names, so
+    ``Trainer.evaluate`` reports ``eval_<component>_loss`` — what the mixture
+    callbacks read.
+    """
+    import numpy as np
+
+    from .mixture import Component, Mixture, MixtureDataset
+
+    out: dict[str, _Sequences] = {}
+    for comp in mixture.components:
+        single = Mixture([Component(comp.name, comp.query, weight=1.0)], seed=seed)
+        resolved = single.resolve(store, "validation", allow_empty=True)
+        if not resolved[0].num_docs:
+            logger.warning("Component %r has no validation documents; it is left out of the "
+                           "per-domain eval.", comp.name)
+            continue
+        try:
+            data = MixtureDataset(store, single, seq_len=seq_len, split="validation", seed=seed)
+        except HFMixtureError as err:
+            logger.warning("Component %r is left out of the per-domain eval: %s", comp.name, err)
+            continue
+        available = int(data.streams.seqs_per_epoch[0])
+        n = min(sequences, available)
+        if n < 1:
+            logger.warning("Component %r has fewer validation tokens than one %d-token sequence; "
+                           "it is left out of the per-domain eval.", comp.name, seq_len)
+            continue
+        batch = data.collate(np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64))
+        out[comp.name] = _Sequences(batch["input_ids"])
+    return out
+
+
+# -- throughput ------------------------------------------------------------------------------
+class _TimedIterator:
+    """Wraps the Trainer's batch iterator and adds the time spent waiting in ``next``."""
+
+    def __init__(self, iterator: Iterator, sink: ThroughputCallback):
+        self.iterator = iterator
+        self.sink = sink
+
+    def __iter__(self) -> _TimedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return next(self.iterator)
+        finally:
+            self.sink.data_seconds += time.perf_counter() - start
+
+
+def _throughput_callback_class():
+    from transformers import TrainerCallback
+
+    class ThroughputCallback(TrainerCallback):
+        """Tokens/s, MFU and the share of time spent waiting for data, logged as ``perf/*``.
+
+        ``data_seconds`` is the time the training loop spent inside ``next(batches)``
+        (the trainer adds to it); the share is over the time between the first and the
+        last optimizer step.  On a GPU the loop runs ahead of the device, so this is
+        an upper bound on the time the device waits for data.
+        """
+
+        def __init__(self, *, flops_per_token: float, tokens_per_step: int,
+                     peak_flops: float | None, output_dir: str | None = None,
+                     warmup_steps: int = 2):
+            self.flops_per_token = flops_per_token
+            self.tokens_per_step = tokens_per_step
+            self.peak_flops = peak_flops
+            self.output_dir = output_dir
+            self.warmup_steps = warmup_steps  # the first steps pay for allocation and warm-up
+            self.data_seconds = 0.0
+            self.world_size = 1
+            self._first = 0
+            self._t0: float | None = None
+            self._d0 = 0.0
+            self._s0 = 0
+            self.summary: dict[str, Any] = {}
+
+        def _sync(self) -> None:
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self._t0 is None and state.global_step >= self._first + self.warmup_steps:
+                self._sync()
+                self._t0, self._d0, self._s0 = (time.perf_counter(), self.data_seconds,
+                                                state.global_step)
+
+        def measure(self, state) -> dict[str, Any]:
+            if self._t0 is None or state.global_step <= self._s0:
+                return {}
+            self._sync()
+            elapsed = time.perf_counter() - self._t0
+            steps = state.global_step - self._s0
+            tokens_per_second = steps * self.tokens_per_step / elapsed
+            out = {"perf/tokens_per_second": tokens_per_second,
+                   "perf/step_seconds": elapsed / steps,
+                   "perf/data_wait_fraction": (self.data_seconds - self._d0) / elapsed}
+            if self.peak_flops:
+                out["perf/mfu"] = (tokens_per_second * self.flops_per_token
+                                   / (self.peak_flops * self.world_size))
+            return out
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.world_size = max(1, int(args.world_size))
+            self._first = int(state.global_step)   # a resumed run starts counting here
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs is not None and "loss" in logs:
+                logs.update(self.measure(state))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.summary = {**self.measure(state), "measured_steps": state.global_step - self._s0,
+                            "warmup_steps": self.warmup_steps,
+                            "flops_per_token": self.flops_per_token,
+                            "tokens_per_step": self.tokens_per_step,
+                            "peak_flops_per_device": self.peak_flops,
+                            "world_size": int(args.world_size)}
+            if self.output_dir and state.is_world_process_zero:
+                from ._io import atomic_write_json
+
+                atomic_write_json(Path(self.output_dir) / "throughput.json", self.summary)
+
+    return ThroughputCallback
+
+
+def peak_flops_for_device() -> float | None:
+    """The bf16 peak of the local GPU by its name (``HF_MIXTURE_PEAK_FLOPS`` overrides), or None."""
+    env = os.environ.get("HF_MIXTURE_PEAK_FLOPS")
+    if env:
+        return float(env)
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key in name:
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
+# -- callbacks by name ------------------------------------------------------------------------
+def mixture_callback_classes() -> dict[str, type]:
+    """The mixture callbacks of :mod:`hf_mixture.callbacks`, by their ``name`` and class name."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module("hf_mixture.callbacks")
+    from transformers import TrainerCallback
+
+    names = list(getattr(module, "__all__", None) or dir(module))
+    found: dict[str, type] = {}
+    for attr in names:
+        obj = getattr(module, attr, None)
+        if inspect.isclass(obj) and issubclass(obj, TrainerCallback) \
+                and hasattr(obj, "config_class"):
+            short = getattr(obj, "name", None)
+            if isinstance(short, str) and short != "mixture":
+                found[short] = obj
+            found[obj.__name__] = obj
+    return found
+
+
+def build_callbacks(entries: Sequence[Mapping[str, Any]], live: Any, *, where: str = "the recipe"
+                    ) -> list[Any]:
+    """Instantiate ``[{name: ado, <config>}, ...]`` against the run's live mixture."""
+    if not entries:
+        return []
+    classes = mixture_callback_classes()
+    out = []
+    for i, entry in enumerate(entries):
+        entry = dict(entry)
+        name = entry.pop("name")
+        cls = classes.get(name)
+        if cls is None:
+            known = ", ".join(sorted(k for k in classes if not k[0].isupper())) or "none"
+            raise HFMixtureError(f"{where}: callbacks[{i}] names {name!r}, which is not a mixture "
+                                 f"callback; known names: {known}.")
+        out.append(cls(live, config=entry))
+    return out
+
+
+# -- the run -----------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind (also written into ``output_dir``)."""
+
+    output_dir: str
+    metrics: dict[str, float]
+    num_parameters: int
+    global_step: int
+    weights_history: list[dict[str, Any]]
+    throughput: dict[str, Any]
+    pushed: str | None = None
+
+
+def _trainer_class():
+    """The sampler-aware Trainer: ours from hf_mixture.mixture, with a timed batch iterator."""
+    from .mixture.trainer import MixtureTrainer
+
+    class RecipeTrainer(MixtureTrainer):
+        throughput: Any = None
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            if self.throughput is not None:
+                epoch_iterator = _TimedIterator(epoch_iterator, self.throughput)
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    return RecipeTrainer
+
+
+def resolve_mixture(cfg: TrainConfig, store: Any):
+    """The run's mixture: ``data.mixture`` (file, folder or Hub id) or natural store weights."""
+    from .mixture import Mixture
+
+    if cfg.data.mixture is None:
+        return Mixture.from_store(store, "natural", seed=cfg.data.seed or 0)
+    from .hub import load_mixture
+
+    return load_mixture(cfg.data.mixture, revision=cfg.data.mixture_revision)
+
+
+def _is_main_process() -> bool:
+    from .hub import is_main_process
+
+    return is_main_process()
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run a recipe (call it under ``accelerate launch`` or ``torchrun`` for several processes).
+
+    >>> train(load_train_config("recipes/tiny_cpu.yaml", ["data.store=store"]))  # doctest: +SKIP
+    """
+    from .formats.token_store import TokenStore
+    from .mixture import MixtureDataset
+
+    where = cfg.source or "the recipe"
+    if not cfg.data.store:
+        raise HFMixtureError(f"{where}: data.store is not set; pass --store STORE (a token store "
+                             "made by `hf-mixture tokenize`).")
+    args = training_arguments(cfg)     # before the model: DeepSpeed ZeRO-3 builds it sharded
+    store = TokenStore(cfg.data.store)
+    mixture = resolve_mixture(cfg, store)
+    seq_len = cfg.data.seq_len
+    tokens_per_step = global_batch_size(args) * seq_len
+    total_tokens = cfg.data.total_tokens or args.max_steps * tokens_per_step
+    seed = mixture.seed if cfg.data.seed is None else cfg.data.seed
+    train_data = MixtureDataset(store, mixture, seq_len=seq_len, total_tokens=total_tokens,
+                                seed=seed)
+    eval_data = (domain_eval_datasets(store, mixture, seq_len=seq_len,
+                                      sequences=cfg.data.eval_sequences, seed=seed)
+                 if cfg.data.eval_sequences else {})
+    model = build_model(cfg, vocab_size=store.vocab_size, eos_token_id=store.eos_token_id,
+                        seed=args.seed)
+    num_parameters = count_parameters(model)
+    if args.process_index == 0:
+        logger.info("Model: %s parameters; mixture %s over %s; %d tokens per optimizer step.",
+                    f"{num_parameters:,}", mixture.fingerprint, store.path, tokens_per_step)
+
+    throughput = _throughput_callback_class()(
+        flops_per_token=model_flops_per_token(model.config, seq_len),
+        tokens_per_step=tokens_per_step, peak_flops=peak_flops_for_device(),
+        output_dir=args.output_dir)
+    trainer_cls = _trainer_class()
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_data,
+                          eval_dataset=eval_data or None, callbacks=[throughput])
+    trainer.throughput = throughput
+    for callback in build_callbacks(cfg.callbacks, train_data.live, where=where):
+        callback.attach(trainer)
+
+    resume = args.resume_from_checkpoint
+    if resume in ("latest", "last", "true", "True"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        if resume is None:
+            raise HFMixtureError(f"resume_from_checkpoint is 'latest' but {args.output_dir} holds "
+                                 "no checkpoint-<step> folder.")
+    trainer.train(resume_from_checkpoint=resume)
+
+    metrics: dict[str, float] = {}
+    if eval_data:
+        metrics = {k: float(v) for k, v in trainer.evaluate().items()}
+        for name in eval_data:
+            loss = metrics.get(f"eval_{name}_loss")
+            if loss is not None and math.isfinite(loss):
+                metrics[f"eval_{name}_perplexity"] = float(math.exp(min(loss, 50.0)))
+    trainer.save_model(args.output_dir)   # every rank: DeepSpeed ZeRO-3 gathers the weights
+    history = [c.to_dict() for c in train_data.live.history]
+    result = TrainResult(output_dir=args.output_dir, metrics=metrics,
+                         num_parameters=num_parameters, global_step=trainer.state.global_step,
+                         weights_history=history, throughput=dict(throughput.summary))
+    if trainer.is_world_process_zero():
+        _write_run_files(cfg, result, mixture, store)
+    trainer.accelerator.wait_for_everyone()
+    if cfg.hub.push:
+        result.pushed = _push(cfg, result, mixture)
+    trainer.accelerator.wait_for_everyone()
+    return result
+
+
+def _write_run_files(cfg: TrainConfig, result: TrainResult, mixture: Any, store: Any) -> None:
+    """Beside the weights: the mixture, its weights history, the recipe and the metrics."""
+    import yaml
+
+    from ._io import atomic_write_json, atomic_write_text
+
+    out = Path(result.output_dir)
+    mixture.save(out / "mixture.yaml")
+    atomic_write_json(out / "mixture_history.json", result.weights_history)
+    atomic_write_json(out / "eval_results.json", result.metrics)
+    recipe = cfg.to_dict()
+    header = f"# Recipe as run (from {Path(cfg.source).name})\n" if cfg.source else ""
+    atomic_write_text(out / "recipe.yaml", header + yaml.safe_dump(recipe, sort_keys=False))
+    facts = {"num_parameters": result.num_parameters, "global_step": result.global_step,
+             "mixture_fingerprint": mixture.fingerprint, "store_fingerprint": store.fingerprint,
+             "store_source": store.manifest.get("source"),
+             "tokenizer": store.manifest.get("tokenizer")}
+    atomic_write_json(out / "run_info.json", facts)
+    _save_tokenizer(cfg, store, out)
+
+
+def _save_tokenizer(cfg: TrainConfig, store: Any, out: Path) -> None:
+    name = cfg.data.tokenizer or store.tokenizer_name
+    if not name:
+        logger.warning("The token store names no tokenizer; %s holds none.", out)
+        return
+    from .formats.clustered import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(name)
+    except HFMixtureError as err:
+        logger.warning("The model folder %s holds no tokenizer (%s); set data.tokenizer to "
+                       "save one beside the weights.", out, err)
+        return
+    tokenizer.save_pretrained(str(out))
+
+
+def _push(cfg: TrainConfig, result: TrainResult, mixture: Any) -> str | None:
+    from .hub import push_model_to_hub
+
+    if not _is_main_process():
+        return None
+    mixture_repo = cfg.hub.mixture_repo
+    if mixture_repo is None and cfg.data.mixture and not Path(cfg.data.mixture).exists():
+        mixture_repo = cfg.data.mixture
+    recipe_text = Path(cfg.source).read_text(encoding="utf-8") if cfg.source else None
+    return push_model_to_hub(result.output_dir, cfg.hub.model_repo, mixture=mixture,
+                             mixture_repo=mixture_repo, recipe_name=cfg.source,
+                             recipe_text=recipe_text, metrics=result.metrics,
+                             private=cfg.hub.private, revision=cfg.hub.revision)
