@@ -1,0 +1,166 @@
+"""Mixture callbacks inside a real transformers.Trainer with a tiny from-scratch Llama.
+
+Three synthetic domains with very different learnability (a counting pattern, a
+two-token alternation, uniform noise) so that per-domain eval losses move apart
+within a few steps.  Runs on CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
+
+from hf_mixture.callbacks import (
+    ADOCallback,
+    BanditCallback,
+    DoReMiCallback,
+    ScheduleCallback,
+    domain_eval_datasets,
+)
+from hf_mixture.formats.token_store import TokenStore, TokenStoreWriter
+from hf_mixture.mixture import Mixture, MixtureDataset, MixtureTrainer, Stage
+
+VOCAB, EOS, SEQ_LEN = 96, 0, 32
+DOMAINS = ["counting", "noise", "pairs"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("cb_store") / "store"
+    with TokenStoreWriter(path, vocab_size=VOCAB, eos_token_id=EOS, tokenizer_name="t") as w:
+        for split, n in (("train", 60), ("validation", 10)):
+            for i in range(n):
+                length = int(rng.integers(30, 80))
+                start = int(rng.integers(1, 30))
+                w.add("counting", split, (np.arange(start, start + length) % 30) + 1, {"doc": i})
+                w.add("noise", split, rng.integers(31, 63, length), {"doc": i})
+                a = int(rng.integers(63, 96))
+                w.add("pairs", split, np.tile([a, 63 + (a - 63 + 5) % 33], length // 2),
+                      {"doc": i})
+    return TokenStore(path)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny matrices: with 2 threads on a busy machine torch spends its time spinning.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Recording(MixtureTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.seen.append(inputs["input_ids"].detach().cpu().clone())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def run(store, out, make_callback, *, max_steps=12, eval_steps=3, save_steps=6, stop_at=None,
+        mixture="uniform"):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=SEQ_LEN))
+    data = MixtureDataset(store, Mixture.from_store(store, mixture, seed=1), seq_len=SEQ_LEN)
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=8,
+        per_device_eval_batch_size=8, learning_rate=3e-3, eval_strategy="steps",
+        eval_steps=eval_steps, logging_steps=eval_steps, save_strategy="steps",
+        save_steps=save_steps, report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
+    evals = domain_eval_datasets(store, seq_len=SEQ_LEN, max_sequences=8)
+    trainer = Recording(model=model, args=args, train_dataset=data, eval_dataset=evals)
+    callback = make_callback(data)
+    callback.attach(trainer)
+    if stop_at is not None:
+        trainer.add_callback(StopAt(stop_at))
+    return trainer, data, callback
+
+
+def test_ado_in_trainer_logs_weights_and_adapts(store, tmp_path):
+    trainer, data, cb = run(store, tmp_path / "ado", lambda d: ADOCallback(d, min_points=3))
+    trainer.train()
+    logs = trainer.state.log_history
+    train_logs = [e for e in logs if "loss" in e]
+    assert train_logs and all(f"mixture/{d}" in e for e in train_logs for d in DOMAINS)
+    assert all(f"eval_{d}_loss" in " ".join(map(str, logs)) for d in DOMAINS)
+    # four evaluations, updates from the third on (min_points=3)
+    assert [c.reason for c in data.live.history] == [
+        "initial", "ado: step 9", "ado: step 12"]
+    assert len(cb.eval_history) == 4
+    final = data.live.weights
+    assert final != pytest.approx({d: 1 / 3 for d in DOMAINS})
+    # the counting domain is learned fastest, noise cannot be learned
+    assert final["counting"] > final["noise"]
+    # step 12 was logged before its evaluation: it shows the weights set at step 9
+    assert train_logs[-1]["mixture/counting"] == pytest.approx(data.live.history[1].weights[0])
+    saved = json.loads(cb.state_file(tmp_path / "ado" / "checkpoint-12").read_text())
+    assert saved["weights"] == pytest.approx(list(data.live.weights_array))
+    assert cb.seconds < 0.5
+
+
+def test_resume_gives_identical_weights_and_next_samples(store, tmp_path):
+    def make(d):
+        return ADOCallback(d, min_points=3)
+
+    full, full_data, full_cb = run(store, tmp_path / "full", make)
+    full.train()
+    part, _, _ = run(store, tmp_path / "part", make, stop_at=6)
+    part.train()
+    assert (tmp_path / "part" / "checkpoint-6" / "hf_mixture_ado.json").is_file()
+
+    resumed, data, cb = run(store, tmp_path / "part", make)
+    resumed.train(resume_from_checkpoint=True)
+    assert len(part.seen) == 6 and len(resumed.seen) == 6
+    for a, b in zip(part.seen + resumed.seen, full.seen):
+        assert torch.equal(a, b)
+    # CPU training is deterministic and the Trainer restores model, optimizer and RNG:
+    # the same eval losses, so the same fits and exactly the same weights history.
+    assert [c.to_dict() for c in data.live.history] == \
+        [c.to_dict() for c in full_data.live.history]
+    assert cb.state_dict()["rule"] == full_cb.state_dict()["rule"]
+    assert cb.eval_history == full_cb.eval_history
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: DoReMiCallback(d, {"counting": 1.0, "noise": 3.4, "pairs": 1.0}),
+    lambda d: BanditCallback(d),
+], ids=["doremi", "bandit"])
+def test_doremi_and_bandit_in_trainer(store, tmp_path, make):
+    trainer, data, cb = run(store, tmp_path / "run", make, max_steps=6, save_steps=6)
+    trainer.train()
+    assert cb.updates == 2 and len(data.live.history) == 3
+    assert data.live.weights != pytest.approx({d: 1 / 3 for d in DOMAINS})
+    assert "mixture/pairs" in trainer.state.log_history[-2]
+    assert (tmp_path / "run" / "checkpoint-6" / f"hf_mixture_{cb.name}.json").is_file()
+
+
+def test_schedule_switches_at_a_step_boundary(store, tmp_path):
+    stages = [Stage(0, {"counting": 1, "noise": 0, "pairs": 0}),
+              Stage(3, {"counting": 0, "noise": 1, "pairs": 0}, name="noise")]
+    trainer, data, cb = run(store, tmp_path / "sched",
+                            lambda d: ScheduleCallback(d, stages, unit="steps"),
+                            max_steps=5, eval_steps=100, save_steps=100)
+    trainer.train()
+    tokens = [b[b != EOS] for b in trainer.seen]
+    assert all(bool((t <= 30).all()) for t in tokens[:3])              # counting ids 1..30
+    assert all(bool(((t >= 31) & (t <= 62)).all()) for t in tokens[3:])  # noise ids 31..62
+    assert data.live.history[-1].reason == "schedule: stage 1 (noise) at steps 3"
+    assert trainer.state.log_history[0]["mixture/stage"] == 1.0
