@@ -378,9 +378,12 @@ def training_arguments(cfg: TrainConfig):
         raise HFMixtureError(f"{where}: training.max_steps must be an integer >= 1 (the mixture "
                              f"loader has no epochs), got {steps!r}.")
     for key, value in list(given.items()):
-        base = hints.get(key)
-        if {base, *typing.get_args(base)} & {int, float}:
+        kinds = {hints.get(key), *typing.get_args(hints.get(key))}
+        if kinds & {int, float}:
             given[key] = _number_or_same(value)
+        elif value is False and bool not in kinds:
+            # YAML 1.1 reads an unquoted `no` (eval_strategy: no) as false.
+            given[key] = "no"
     optim = str(given.get("optim", ""))
     if optim in BNB_OPTIMIZERS:
         from ._imports import require
@@ -401,66 +404,11 @@ def global_batch_size(args: Any) -> int:
             * max(1, int(args.world_size)))
 
 
-# -- per-domain validation sets -------------------------------------------------------------
-class _Sequences:
-    """A map-style dataset of fixed ``input_ids``/``labels`` rows (what Trainer.evaluate wants)."""
-
-    def __init__(self, input_ids: Any):
-        self.input_ids = input_ids
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.input_ids[i]
-        return {"input_ids": row, "labels": row.clone()}
-
-
-def domain_eval_datasets(store: Any, mixture: Any, *, seq_len: int, sequences: int,
-                         seed: int = 0) -> dict[str, _Sequences]:
-    """The first ``sequences`` packed validation sequences of each mixture component.
-
-    Each component's documents are resolved in the store's ``validation`` split
-    (its query, or its store component) and packed exactly as training packs them
-    (our :class:`~hf_mixture.mixture.MixtureDataset` with that component alone).
-    A component without validation documents, or with too few tokens for one
-    sequence, is left out with a warning.  Keys are component names, so
-    ``Trainer.evaluate`` reports ``eval_<component>_loss`` — what the mixture
-    callbacks read.
-    """
-    import numpy as np
-
-    from .mixture import Component, Mixture, MixtureDataset
-
-    out: dict[str, _Sequences] = {}
-    for comp in mixture.components:
-        single = Mixture([Component(comp.name, comp.query, weight=1.0)], seed=seed)
-        resolved = single.resolve(store, "validation", allow_empty=True)
-        if not resolved[0].num_docs:
-            logger.warning("Component %r has no validation documents; it is left out of the "
-                           "per-domain eval.", comp.name)
-            continue
-        try:
-            data = MixtureDataset(store, single, seq_len=seq_len, split="validation", seed=seed)
-        except HFMixtureError as err:
-            logger.warning("Component %r is left out of the per-domain eval: %s", comp.name, err)
-            continue
-        available = int(data.streams.seqs_per_epoch[0])
-        n = min(sequences, available)
-        if n < 1:
-            logger.warning("Component %r has fewer validation tokens than one %d-token sequence; "
-                           "it is left out of the per-domain eval.", comp.name, seq_len)
-            continue
-        batch = data.collate(np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64))
-        out[comp.name] = _Sequences(batch["input_ids"])
-    return out
-
-
 # -- throughput ------------------------------------------------------------------------------
 class _TimedIterator:
     """Wraps the Trainer's batch iterator and adds the time spent waiting in ``next``."""
 
-    def __init__(self, iterator: Iterator, sink: ThroughputCallback):
+    def __init__(self, iterator: Iterator, sink: Any):  # sink: a ThroughputCallback
         self.iterator = iterator
         self.sink = sink
 
@@ -570,43 +518,22 @@ def peak_flops_for_device() -> float | None:
 
 
 # -- callbacks by name ------------------------------------------------------------------------
-def mixture_callback_classes() -> dict[str, type]:
-    """The mixture callbacks of :mod:`hf_mixture.callbacks`, by their ``name`` and class name."""
-    import importlib
-    import inspect
-
-    module = importlib.import_module("hf_mixture.callbacks")
-    from transformers import TrainerCallback
-
-    names = list(getattr(module, "__all__", None) or dir(module))
-    found: dict[str, type] = {}
-    for attr in names:
-        obj = getattr(module, attr, None)
-        if inspect.isclass(obj) and issubclass(obj, TrainerCallback) \
-                and hasattr(obj, "config_class"):
-            short = getattr(obj, "name", None)
-            if isinstance(short, str) and short != "mixture":
-                found[short] = obj
-            found[obj.__name__] = obj
-    return found
-
-
 def build_callbacks(entries: Sequence[Mapping[str, Any]], live: Any, *, where: str = "the recipe"
                     ) -> list[Any]:
     """Instantiate ``[{name: ado, <config>}, ...]`` against the run's live mixture."""
     if not entries:
         return []
-    classes = mixture_callback_classes()
+    from .callbacks import callback_class
+
     out = []
     for i, entry in enumerate(entries):
         entry = dict(entry)
         name = entry.pop("name")
-        cls = classes.get(name)
-        if cls is None:
-            known = ", ".join(sorted(k for k in classes if not k[0].isupper())) or "none"
-            raise HFMixtureError(f"{where}: callbacks[{i}] names {name!r}, which is not a mixture "
-                                 f"callback; known names: {known}.")
-        out.append(cls(live, config=entry))
+        try:
+            cls = callback_class(name)
+            out.append(cls(live, config=entry))
+        except HFMixtureError as err:
+            raise HFMixtureError(f"{where}: callbacks[{i}]: {err}") from None
     return out
 
 
@@ -677,9 +604,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     seed = mixture.seed if cfg.data.seed is None else cfg.data.seed
     train_data = MixtureDataset(store, mixture, seq_len=seq_len, total_tokens=total_tokens,
                                 seed=seed)
-    eval_data = (domain_eval_datasets(store, mixture, seq_len=seq_len,
-                                      sequences=cfg.data.eval_sequences, seed=seed)
-                 if cfg.data.eval_sequences else {})
+    eval_data = {}
+    if cfg.data.eval_sequences:
+        from .callbacks import domain_eval_datasets
+
+        # One held-out set per mixture component: Trainer.evaluate then reports
+        # eval_<component>_loss, which the mixture callbacks read.
+        eval_data = domain_eval_datasets(store, mixture, seq_len=seq_len,
+                                         max_sequences=cfg.data.eval_sequences)
     model = build_model(cfg, vocab_size=store.vocab_size, eos_token_id=store.eos_token_id,
                         seed=args.seed)
     num_parameters = count_parameters(model)
