@@ -19,11 +19,13 @@ from .errors import HFMixtureError
 
 # (subcommand module, ...) — each module defines add_parser(subparsers).
 COMMAND_MODULES = [
+    "hf_mixture.climb",
     "hf_mixture.playground.cli",
     "hf_mixture.clustering.cli",
     "hf_mixture.formats.cli",
     "hf_mixture.mixture.cli",
     "hf_mixture.train_cli",
+    "hf_mixture.search.cli",
 ]
 
 

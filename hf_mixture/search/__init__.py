@@ -1,0 +1,51 @@
+"""Mixture search: proxy runs, predictors, data mixing laws and the CLIMB loop.
+
+Names are imported lazily, so the CLI does not import torch for ``--help``:
+
+>>> from hf_mixture.search import SearchConfig, run_search          # doctest: +SKIP
+>>> result = run_search("store/", "mean", "search_out/", SearchConfig())  # doctest: +SKIP
+>>> result.mixture_path                                               # doctest: +SKIP
+PosixPath('search_out/mixture.yaml')
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SearchConfig": "config",
+    "SearchResult": "search",
+    "run_search": "search",
+    "load_runs": "search",
+    "ProxySettings": "proxy",
+    "MODEL_PRESETS": "proxy",
+    "run_proxy": "proxy",
+    "TargetSpec": "target",
+    "prepare_target": "target",
+    "Predictor": "predictors",
+    "PredictorQuality": "predictors",
+    "register_predictor": "predictors",
+    "make_predictor": "predictors",
+    "predictor_names": "predictors",
+    "cross_validate": "predictors",
+    "dirichlet_candidates": "candidates",
+    "token_prior": "candidates",
+    "repetition_caps": "candidates",
+    "PowerLaw": "laws",
+    "fit_power_law": "laws",
+    "fit_laws": "laws",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,170 @@
+"""The search's settings: one dataclass whose fields are both ``--flags`` and ``search.yaml`` keys.
+
+The defaults are the CPU-sized search (3 rounds of 8/4/4 proxies of a ≈1M-parameter
+Llama on 150k tokens each: about 10 minutes on 2 cores).  :meth:`SearchConfig.gpu`
+is CLIMB's setting (64/32/16 proxies of 62M parameters).
+
+>>> SearchConfig().rounds
+[8, 4, 4]
+>>> SearchConfig.gpu().rounds
+[64, 32, 16]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..errors import HFMixtureError
+from .proxy import MODEL_PRESETS, ProxySettings
+
+FINAL_CHOICES = ("top_k_average", "predicted_best", "best_run")
+PRIORS = ("natural", "uniform")
+EXECUTORS = ("local", "external")
+
+# Fields that may change between a search and its resumption without changing what was
+# planned: how runs are executed, and how the final mixture is read off the predictor.
+RESUMABLE_CHANGES = frozenset({
+    "workers", "proxy_threads", "proxy_device", "executor", "retry_failed", "final",
+    "final_top_k", "cv_folds", "rounds"})
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a CLIMB mixture search (``hf-mixture search``; YAML keys = field names)."""
+
+    # the loop
+    rounds: list[int] = field(default_factory=lambda: [8, 4, 4], metadata=_h(
+        "Proxy runs per round: round 1 is random, later rounds come from the predicted top."))
+    candidates: int = field(default=100_000, metadata=_h(
+        "Candidate mixtures scored by the predictor in each later round and for the final pick."))
+    top_fraction: float = field(default=0.005, metadata=_h(
+        "A later round draws its runs at random from this top fraction of the scored candidates."))
+    prior: str = field(default="natural", metadata=_h(
+        "Dirichlet prior mean: 'natural' (token shares of the pool) or 'uniform'."))
+    prior_temperature: float = field(default=1.0, metadata=_h(
+        "Temperature on the natural token shares (p ~ tokens^(1/T)); large T is near uniform."))
+    dirichlet_concentration: float = field(default=1.0, metadata=_h(
+        "Dirichlet concentration (alpha = c * D * prior): < 1 sparse mixtures, > 1 near the prior."))
+    max_epochs: float | None = field(default=4.0, metadata=_h(
+        "Repetition cap: no component may be repeated more than this many times in a run of "
+        "run_tokens tokens (null: no cap)."))
+    run_tokens: int | None = field(default=None, metadata=_h(
+        "Length in tokens of the run the mixture is for (caps use it); default: proxy_tokens."))
+    predictor: str = field(default="lightgbm", metadata=_h(
+        "Predictor of the target from the weights: lightgbm, mixing_law, linear, loglinear."))
+    final: str = field(default="top_k_average", metadata=_h(
+        "Final mixture: 'top_k_average' (RegMix: mean of the predicted top-k candidates), "
+        "'predicted_best' or 'best_run' (best finished proxy)."))
+    final_top_k: int = field(default=100, metadata=_h(
+        "k of top_k_average."))
+    cv_folds: int = field(default=5, metadata=_h(
+        "Folds of the predictors' cross-validation (leave-one-out below 12 runs)."))
+    seed: int = field(default=0, metadata=_h(
+        "Seed of candidates, proxy initialization and data order (all proxies share it: common "
+        "random numbers make their differences the mixtures' doing)."))
+    # the pool
+    pool: str | None = field(default=None, metadata=_h(
+        "Mixture file whose components (store components or queries) are the pool; default: every "
+        "store component."))
+    exclude: list[str] = field(default_factory=list, metadata=_h(
+        "Pool components to leave out."))
+    # the target
+    target_text_column: str = field(default="text", metadata=_h(
+        "Text column of a target text set."))
+    target_split: str = field(default="train", metadata=_h(
+        "Split of a target dataset."))
+    target_max_tokens: int = field(default=16384, metadata=_h(
+        "Tokens of target text the loss is measured on."))
+    target_greater_is_better: bool = field(default=False, metadata=_h(
+        "For a callable target: higher values are better."))
+    tokenizer: str | None = field(default=None, metadata=_h(
+        "Tokenizer for target text; default: the one named in the token store's manifest."))
+    # the proxies
+    proxy_model: str = field(default="cpu-1m", metadata=_h(
+        f"Proxy model: a preset ({', '.join(MODEL_PRESETS)}) or a config file/folder."))
+    proxy_init_from: str | None = field(default=None, metadata=_h(
+        "Continue every proxy from this model folder instead of training from scratch."))
+    proxy_tokens: int = field(default=150_000, metadata=_h(
+        "Training tokens per proxy run."))
+    proxy_seq_len: int = field(default=128, metadata=_h("Tokens per training sequence."))
+    proxy_batch_size: int = field(default=8, metadata=_h("Sequences per step."))
+    proxy_learning_rate: float = field(default=1e-2, metadata=_h("Peak learning rate (cosine)."))
+    proxy_warmup_fraction: float = field(default=0.05, metadata=_h("Warm-up fraction of steps."))
+    proxy_weight_decay: float = field(default=0.0, metadata=_h("AdamW weight decay."))
+    proxy_eval_points: int = field(default=5, metadata=_h(
+        "Steps at which domain and target losses are recorded (>= 3 for fit-laws)."))
+    proxy_eval_tokens: int = field(default=2048, metadata=_h(
+        "Validation tokens per domain at each eval point."))
+    proxy_threads: int = field(default=1, metadata=_h(
+        "torch threads per proxy process (1 per core with workers = cores is fastest for tiny "
+        "models)."))
+    proxy_device: str = field(default="auto", metadata=_h("'auto', 'cpu', 'cuda' or 'cuda:N'."))
+    proxy_bf16: bool = field(default=False, metadata=_h("Train proxies in bf16 mixed precision."))
+    # execution
+    workers: int = field(default=1, metadata=_h(
+        "Proxy runs in parallel (local processes; with GPUs one per GPU)."))
+    executor: str = field(default="local", metadata=_h(
+        "'local' runs proxies here; 'external' writes each round's run folders and stops, for a "
+        "Slurm array of `hf-mixture search-run`."))
+    retry_failed: bool = field(default=False, metadata=_h(
+        "Run failed proxy runs again on resume."))
+
+    def __post_init__(self) -> None:
+        if not self.rounds or any(isinstance(r, bool) or int(r) < 1 for r in self.rounds):
+            raise HFMixtureError(f"Field 'rounds' must be a non-empty list of positive run counts, "
+                                 f"got {self.rounds!r}.")
+        self.rounds = [int(r) for r in self.rounds]
+        checks = [("candidates", self.candidates >= 1), ("final_top_k", self.final_top_k >= 1),
+                  ("cv_folds", self.cv_folds >= 2), ("top_fraction", 0 < self.top_fraction <= 1),
+                  ("prior_temperature", self.prior_temperature > 0),
+                  ("dirichlet_concentration", self.dirichlet_concentration > 0),
+                  ("proxy_tokens", self.proxy_tokens >= 1), ("proxy_seq_len", self.proxy_seq_len >= 2),
+                  ("proxy_batch_size", self.proxy_batch_size >= 1),
+                  ("proxy_learning_rate", self.proxy_learning_rate > 0),
+                  ("proxy_eval_points", self.proxy_eval_points >= 1),
+                  ("proxy_eval_tokens", self.proxy_eval_tokens >= 2),
+                  ("target_max_tokens", self.target_max_tokens >= 2),
+                  ("workers", self.workers >= 1), ("proxy_threads", self.proxy_threads >= 0),
+                  ("max_epochs", self.max_epochs is None or self.max_epochs > 0),
+                  ("run_tokens", self.run_tokens is None or self.run_tokens >= 1),
+                  ("seed", self.seed >= 0)]
+        for name, ok in checks:
+            if not ok:
+                raise HFMixtureError(f"Field {name!r} has the invalid value "
+                                     f"{getattr(self, name)!r}.")
+        for name, value, allowed in (("final", self.final, FINAL_CHOICES),
+                                     ("prior", self.prior, PRIORS),
+                                     ("executor", self.executor, EXECUTORS)):
+            if value not in allowed:
+                raise HFMixtureError(f"Field {name!r} is {value!r}; choose one of "
+                                     f"{', '.join(allowed)}.")
+
+    @classmethod
+    def gpu(cls, **overrides: Any) -> "SearchConfig":
+        """CLIMB's scale: 64/32/16 proxies of 62M parameters, one worker per GPU."""
+        import torch
+
+        base = dict(rounds=[64, 32, 16], proxy_model="62m", proxy_tokens=200_000_000,
+                    proxy_seq_len=2048, proxy_batch_size=32, proxy_learning_rate=1e-3,
+                    proxy_eval_points=8, proxy_eval_tokens=65536, target_max_tokens=1_000_000,
+                    proxy_bf16=True, proxy_device="cuda",
+                    workers=max(1, torch.cuda.device_count()))
+        base.update(overrides)
+        return cls(**base)
+
+    def proxy_settings(self) -> ProxySettings:
+        return ProxySettings(
+            model=self.proxy_model, init_from=self.proxy_init_from, tokens=self.proxy_tokens,
+            seq_len=self.proxy_seq_len, batch_size=self.proxy_batch_size,
+            learning_rate=self.proxy_learning_rate, warmup_fraction=self.proxy_warmup_fraction,
+            weight_decay=self.proxy_weight_decay, eval_points=self.proxy_eval_points,
+            eval_tokens=self.proxy_eval_tokens, threads=self.proxy_threads,
+            device=self.proxy_device, bf16=self.proxy_bf16)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,450 @@
+"""The CLIMB search loop: sample mixtures, train proxies, fit a predictor, sample from its top.
+
+Round 1 trains ``rounds[0]`` proxies on mixtures drawn from a Dirichlet around
+the pool's token shares (capped by the tokens available, see
+:mod:`hf_mixture.search.candidates`).  Each later round fits the predictor on
+every finished run, scores ``candidates`` fresh draws, and trains ``rounds[k]``
+mixtures drawn at random from the predicted top ``top_fraction``.  The final
+mixture is the average of the predicted top-k candidates (RegMix), the
+predicted best, or the best finished run.
+
+The output folder holds everything and is the resume point::
+
+    DIR/search.json      settings, store fingerprint, pool and target (checked on resume)
+    DIR/target/          the tokenized target text (for a text target)
+    DIR/rounds/round_K.json   each round's planned mixtures (and their predicted target)
+    DIR/runs/rK-III/     one proxy run folder each (see hf_mixture.search.proxy)
+    DIR/runs.jsonl       one JSON object per proxy run: weights, metrics, status
+    DIR/mixture.yaml     the winner (a Mixture)
+    DIR/report.md        iteration table, predictor quality, pictures
+
+Finished runs are never redone and a round's plan is written before its runs
+start, so rerunning the same command after an interruption continues where it
+stopped, with the same mixtures.
+
+>>> result = run_search("store/", "mean", "search_out/", SearchConfig())   # doctest: +SKIP
+>>> result.mixture.weights()                                              # doctest: +SKIP
+{'cluster_0': 0.21, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .._io import atomic_write_json, atomic_write_text
+from ..errors import HFMixtureError
+from .candidates import dirichlet_candidates, project_to_caps, repetition_caps, token_prior
+from .config import RESUMABLE_CHANGES, SearchConfig
+from .predictors import PredictorQuality, cross_validate, make_predictor, predictor_names
+from .proxy import (
+    FAILED,
+    MIXTURE_FILE,
+    SPEC,
+    STARTED,
+    read_result,
+    run_proxy,
+    run_status,
+    settings_dict,
+    write_run_folder,
+)
+from .target import TargetSpec, prepare_target
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SearchResult", "run_search", "build_pool", "load_runs", "run_folders"]
+
+SEARCH_FILE = "search.json"
+SEARCH_FORMAT = "hf_mixture.search"
+
+
+@dataclass
+class SearchResult:
+    """What :func:`run_search` produced.
+
+    ``status`` is ``"complete"``, or ``"pending"`` when the external executor left
+    ``pending`` run folders for someone else (a Slurm array) to run.
+    """
+
+    output_dir: Path
+    status: str
+    mixture: Any = None
+    mixture_path: Path | None = None
+    report_path: Path | None = None
+    runs_path: Path | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    quality: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    predicted_target: float | None = None
+    best_run: dict[str, Any] | None = None
+    pending: list[str] = field(default_factory=list)
+
+
+# -- the pool -------------------------------------------------------------------------------
+def build_pool(store, config: SearchConfig):
+    """The pool as a Mixture (natural weights): the ``pool`` file's components or the store's."""
+    from ..mixture import Component, Mixture
+
+    if config.pool:
+        pool = Mixture.load(config.pool)
+        where = f"Pool mixture '{config.pool}'"
+    else:
+        pool = None
+        where = f"Token store '{store.path}'"
+    names = pool.component_names if pool is not None else list(store.components)
+    unknown = [n for n in config.exclude if n not in names]
+    if unknown:
+        raise HFMixtureError(f"Field 'exclude' names {unknown[0]!r}, which is not a pool "
+                             f"component; the pool has {', '.join(names)}.")
+    keep = [n for n in names if n not in set(config.exclude)]
+    if not keep:
+        raise HFMixtureError(f"The search pool is empty: {where} has no component left after "
+                             f"field 'exclude' ({', '.join(config.exclude) or 'nothing'}).")
+    if pool is not None:
+        comps = [Component(c.name, c.query, weight=1.0) for c in pool.components if c.name in keep]
+    else:
+        comps = [Component(n, weight=1.0) for n in keep]
+    probe = Mixture(comps, seed=config.seed, name="pool")
+    try:
+        resolved = probe.resolve(store, "train")
+    except HFMixtureError as err:
+        raise HFMixtureError(f"{where}: {err}") from None
+    tokens = {r.name: r.num_tokens for r in resolved}
+    for c in comps:
+        c.weight = float(tokens[c.name])
+    return Mixture(comps, seed=config.seed, name="pool"), tokens
+
+
+def _mixture_for(pool, weights: dict[str, float], seed: int, *, name: str | None = None,
+                 description: str | None = None, max_epochs: float | None = None):
+    from ..mixture import Component, Mixture
+
+    comps = [Component(c.name, c.query, weight=round(float(weights[c.name]), 8),
+                       max_epochs=max_epochs) for c in pool.components]
+    return Mixture(comps, seed=seed, name=name, description=description)
+
+
+# -- run folders ------------------------------------------------------------------------------
+def run_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """Every proxy run folder of a search (those with a spec.json), in name order."""
+    root = Path(output_dir) / "runs"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / SPEC).is_file())
+
+
+def _run_row(run_dir: Path) -> dict[str, Any]:
+    spec = json.loads((run_dir / SPEC).read_text(encoding="utf-8"))
+    result = read_result(run_dir) or {}
+    row = {"run": run_dir.name, "round": spec.get("round"), "index": spec.get("index"),
+           "status": result.get("status", "pending"), "weights": spec["weights"],
+           "predicted": spec.get("predicted")}
+    for key in ("target", "target_name", "mean_domain_loss", "worst_domain_loss", "domains",
+                "steps", "tokens", "num_params", "seconds", "tokens_per_second", "error"):
+        if key in result:
+            row[key] = result[key]
+    return row
+
+
+def load_runs(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per proxy run (what runs.jsonl holds)."""
+    return [_run_row(p) for p in run_folders(output_dir)]
+
+
+def _write_runs_jsonl(output_dir: Path) -> Path:
+    rows = load_runs(output_dir)
+    return atomic_write_text(output_dir / "runs.jsonl",
+                             "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
+
+
+# -- executing runs ---------------------------------------------------------------------------
+def _gpu_worker_init(queue) -> None:  # pragma: no cover - runs in GPU worker processes
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+
+
+def _run_in_worker(run_dir: str, retry_failed: bool) -> dict[str, Any]:
+    return run_proxy(run_dir, retry_failed=retry_failed)
+
+
+def _execute(run_dirs: list[Path], config: SearchConfig, target_fn: Callable | None,
+             on_done: Callable[[Path, dict[str, Any]], None]) -> None:
+    """Run the pending folders: in this process (workers = 1) or a spawned process pool."""
+    if config.workers == 1 or len(run_dirs) <= 1:
+        for run_dir in run_dirs:
+            on_done(run_dir, run_proxy(run_dir, target_fn=target_fn,
+                                       retry_failed=config.retry_failed))
+        return
+    import concurrent.futures as cf
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
+    initializer, initargs = None, ()
+    gpus = 0
+    if config.proxy_device in ("auto", "cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if gpus:
+        queue = ctx.Queue()
+        for i in range(config.workers):
+            queue.put(i % gpus)
+        initializer, initargs = _gpu_worker_init, (queue,)
+    todo = list(run_dirs)
+    while todo:
+        with cf.ProcessPoolExecutor(max_workers=min(config.workers, len(todo)), mp_context=ctx,
+                                    initializer=initializer, initargs=initargs) as pool:
+            futures = {pool.submit(_run_in_worker, str(d), config.retry_failed): d for d in todo}
+            todo = []
+            for fut in cf.as_completed(futures):
+                run_dir = futures[fut]
+                try:
+                    result = fut.result()
+                except cf.process.BrokenProcessPool:
+                    # A worker died (out of memory, a segfault).  Runs it had started are
+                    # recorded failed; runs still queued go to a fresh pool.
+                    if run_status(run_dir) != "pending":
+                        result = read_result(run_dir) or {}
+                    elif (run_dir / STARTED).is_file():
+                        result = {"status": "failed", "run": run_dir.name,
+                                  "error": "a proxy worker process died while this run was "
+                                           "in flight (out of memory?)"}
+                        atomic_write_json(run_dir / FAILED, result)
+                        (run_dir / STARTED).unlink(missing_ok=True)
+                    else:
+                        todo.append(run_dir)
+                        continue
+                on_done(run_dir, result)
+
+
+# -- the search ---------------------------------------------------------------------------------
+def _identity(config: SearchConfig, store, pool, target: TargetSpec) -> dict[str, Any]:
+    settings = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    return {"format": SEARCH_FORMAT, "store": str(Path(store.path).resolve()),
+            "store_fingerprint": store.fingerprint, "pool": pool.to_dict(),
+            "target": {"kind": target.kind, "name": target.name, "callable": target.callable,
+                       "facts": target.facts},
+            "settings": settings}
+
+
+def _check_or_write_identity(output_dir: Path, identity: dict[str, Any], rounds: list[int]) -> None:
+    path = output_dir / SEARCH_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise HFMixtureError(f"{path} is not valid JSON ({err}).") from None
+        for key in ("store_fingerprint", "pool", "target"):
+            if old.get(key) != identity[key]:
+                raise HFMixtureError(
+                    f"Search folder '{output_dir}' holds a search with a different {key}; "
+                    "use a new --output to start another search.")
+        for key, value in identity["settings"].items():
+            if old.get("settings", {}).get(key) != value:
+                raise HFMixtureError(
+                    f"Search folder '{output_dir}' was started with {key} = "
+                    f"{old.get('settings', {}).get(key)!r}, not {value!r}; use a new --output "
+                    "to start another search.")
+        planned = sorted((output_dir / "rounds").glob("round_*.json"))
+        if len(planned) > len(rounds):
+            raise HFMixtureError(f"Search folder '{output_dir}' already planned {len(planned)} "
+                                 f"rounds; field 'rounds' lists only {len(rounds)}.")
+    atomic_write_json(path, {**identity, "rounds": rounds})
+
+
+def _finished_xy(runs: list[dict[str, Any]], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    ok = [r for r in runs if r["status"] == "finished" and r.get("target") is not None]
+    X = np.array([[r["weights"][n] for n in names] for r in ok], dtype=np.float64).reshape(-1, len(names))
+    y = np.array([r["target"] for r in ok], dtype=np.float64)
+    return X, y
+
+
+def _score(values: np.ndarray, greater_is_better: bool) -> np.ndarray:
+    """Lower is better after this (the search minimizes)."""
+    return -values if greater_is_better else values
+
+
+def _fit(config: SearchConfig, X: np.ndarray, y: np.ndarray, runs: list[dict[str, Any]],
+         when: str):
+    predictor = make_predictor(config.predictor)
+    if len(X) < predictor.min_runs:
+        failed = sum(r["status"] == "failed" for r in runs)
+        raise HFMixtureError(
+            f"{when}: only {len(X)} proxy run(s) finished ({failed} failed; see runs.jsonl), too "
+            f"few to fit predictor {config.predictor!r}, which needs {predictor.min_runs}; fix "
+            "the cause and rerun (with --retry-failed to run the failed ones again).")
+    return predictor.fit(X, y)
+
+
+def _plan_round(k: int, size: int, config: SearchConfig, names: list[str], prior, caps,
+                runs: list[dict[str, Any]], greater_is_better: bool) -> dict[str, Any]:
+    rng = np.random.default_rng([config.seed, k])
+    if k == 1:
+        X = dirichlet_candidates(size, prior, concentration=config.dirichlet_concentration,
+                                 caps=caps, rng=rng)
+        return {"round": k, "weights": X.tolist(), "predicted": [None] * size, "fitted_on": 0}
+    X_runs, y_runs = _finished_xy(runs, names)
+    model = _fit(config, X_runs, y_runs, runs, f"Planning round {k}")
+    C = dirichlet_candidates(config.candidates, prior, concentration=config.dirichlet_concentration,
+                             caps=caps, rng=rng)
+    pred = model.predict(C)
+    order = np.argsort(_score(pred, greater_is_better), kind="stable")
+    top = order[:max(size, math.ceil(config.top_fraction * len(C)))]
+    pick = rng.choice(top, size=min(size, len(top)), replace=False)
+    pick = pick[np.argsort(_score(pred[pick], greater_is_better), kind="stable")]
+    return {"round": k, "weights": C[pick].tolist(), "predicted": pred[pick].tolist(),
+            "fitted_on": int(len(X_runs))}
+
+
+def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
+               config: SearchConfig | None = None, *, progress: bool = True) -> SearchResult:
+    """Run (or resume) a CLIMB mixture search; see the module docstring for the outputs.
+
+    ``store``: a :class:`~hf_mixture.formats.TokenStore` or its path.  ``target``:
+    ``"mean"``, ``"worst"``, a text file/folder/dataset id, ``"module:function"`` or a
+    callable ``fn(model, tokenizer) -> float`` (see :mod:`hf_mixture.search.target`).
+
+    >>> run_search("store/", "held_out.jsonl", "out/", SearchConfig(rounds=[8, 4]))  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from ..formats.token_store import TokenStore
+
+    config = config or SearchConfig()
+    if not isinstance(config, SearchConfig):
+        raise HFMixtureError(f"config must be a SearchConfig, got {type(config).__name__}.")
+    if config.predictor not in predictor_names():
+        raise HFMixtureError(f"Field 'predictor' is {config.predictor!r}; the registered "
+                             f"predictors are {', '.join(predictor_names())}.")
+    if isinstance(store, (str, os.PathLike)):
+        store = TokenStore(store)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise HFMixtureError(f"Output '{output_dir}' exists and is not a folder.")
+    pool, tokens = build_pool(store, config)
+    names = pool.component_names
+    counts = np.array([tokens[n] for n in names], dtype=np.float64)
+    prior = token_prior(counts, config.prior_temperature) if config.prior == "natural" \
+        else np.full(len(names), 1.0 / len(names))
+    caps = repetition_caps(counts, config.run_tokens or config.proxy_tokens, config.max_epochs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    spec = prepare_target(target, store, output_dir, seq_len=config.proxy_seq_len,
+                          max_tokens=config.target_max_tokens,
+                          text_column=config.target_text_column, split=config.target_split,
+                          tokenizer=config.tokenizer,
+                          greater_is_better=config.target_greater_is_better, seed=config.seed)
+    target_fn = getattr(spec, "_fn", None)
+    if spec.callable == "<in-process>" and (config.workers > 1 or config.executor != "local"):
+        raise HFMixtureError("The target callable cannot be imported by name (a lambda or a "
+                             "nested function), so it runs only in-process: set workers to 1 "
+                             "and executor to 'local', or pass 'module:function'.")
+    _check_or_write_identity(output_dir, _identity(config, store, pool, spec), config.rounds)
+    base_spec = {"store": str(Path(store.path).resolve()), "pool": pool.to_dict(),
+                 "proxy": settings_dict(config.proxy_settings()), "target": spec.to_dict(),
+                 "seed": config.seed}
+    rounds_dir = output_dir / "rounds"
+    rounds_dir.mkdir(exist_ok=True)
+    bar = tqdm(total=sum(config.rounds), desc="proxy runs", unit="run", disable=not progress)
+    pending_external: list[str] = []
+    for k, size in enumerate(config.rounds, start=1):
+        plan_path = rounds_dir / f"round_{k}.json"
+        runs = load_runs(output_dir)
+        if plan_path.is_file():
+            plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        else:
+            if any(r["status"] == "pending" for r in runs):
+                break  # runs of an earlier round are still out (external executor)
+            plan = _plan_round(k, size, config, names, prior, caps, runs,
+                               spec.greater_is_better)
+            atomic_write_json(plan_path, plan)
+        folders = []
+        for i, (w, predicted) in enumerate(zip(plan["weights"], plan["predicted"])):
+            weights = {n: float(x) for n, x in zip(names, w)}
+            run_dir = output_dir / "runs" / f"r{k}-{i:03d}"
+            run_spec = {**base_spec, "round": k, "index": i, "weights": weights,
+                        "predicted": predicted}
+            write_run_folder(run_dir, run_spec, _mixture_for(pool, weights, config.seed))
+            folders.append(run_dir)
+        todo = [d for d in folders if run_status(d) == "pending"
+                or (config.retry_failed and run_status(d) == "failed")]
+        bar.update(len(folders) - len(todo))
+        bar.set_postfix_str(f"round {k}/{len(config.rounds)}")
+        if config.executor == "external":
+            pending_external = [d.name for d in todo]
+            if todo:
+                break
+            continue
+
+        def done(run_dir: Path, result: dict[str, Any]) -> None:
+            bar.update(1)
+            value = result.get("target")
+            bar.set_postfix_str(f"round {k}: {run_dir.name} "
+                                + (f"target {value:.4f}" if value is not None else "failed"))
+            _write_runs_jsonl(output_dir)
+
+        _execute(todo, config, target_fn, done)
+    bar.close()
+    runs_path = _write_runs_jsonl(output_dir)
+    runs = load_runs(output_dir)
+    if pending_external or any(r["status"] == "pending" for r in runs):
+        pending = pending_external or [r["run"] for r in runs if r["status"] == "pending"]
+        return SearchResult(output_dir, "pending", runs_path=runs_path, runs=runs, pending=pending)
+    return _finish(output_dir, config, pool, names, prior, caps, runs, spec, counts)
+
+
+def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, runs, spec,
+            counts) -> SearchResult:
+    from .report import write_report
+
+    X, y = _finished_xy(runs, names)
+    model = _fit(config, X, y, runs, "Choosing the final mixture")
+    quality: dict[str, dict[str, Any] | None] = {}
+    for name in predictor_names():
+        try:
+            quality[name] = cross_validate(name, X, y, folds=config.cv_folds,
+                                           seed=config.seed).to_dict()
+        except HFMixtureError as err:  # too few runs, or loglinear on non-positive values
+            quality[name] = {"predictor": name, "error": str(err)}
+    rng = np.random.default_rng([config.seed, len(config.rounds) + 1])
+    C = dirichlet_candidates(config.candidates, prior, concentration=config.dirichlet_concentration,
+                             caps=caps, rng=rng)
+    C = np.vstack([C, X])  # the mixtures actually trained compete too
+    pred = model.predict(C)
+    order = np.argsort(_score(pred, spec.greater_is_better), kind="stable")
+    ok = [r for r in runs if r["status"] == "finished" and r.get("target") is not None]
+    best_run = min(ok, key=lambda r: _score(np.array([r["target"]]), spec.greater_is_better)[0])
+    if config.final == "top_k_average":
+        w = C[order[:config.final_top_k]].mean(axis=0)
+    elif config.final == "predicted_best":
+        w = C[order[0]]
+    else:
+        w = np.array([best_run["weights"][n] for n in names])
+    w = project_to_caps(w[None, :], caps)[0]
+    predicted = float(model.predict(w[None, :])[0])
+    weights = {n: float(x) for n, x in zip(names, w)}
+    description = (f"Found by a CLIMB search (hf-mixture search): target '{spec.name}', "
+                   f"predictor {config.predictor}, {len(ok)} proxy runs, final = {config.final}.")
+    mixture = _mixture_for(pool, weights, config.seed, name=f"search-{output_dir.name}",
+                           description=description, max_epochs=config.max_epochs)
+    mixture_path = mixture.save(output_dir / MIXTURE_FILE)
+    result = SearchResult(output_dir, "complete", mixture=mixture, mixture_path=mixture_path,
+                          runs_path=output_dir / "runs.jsonl", runs=runs, quality=quality,
+                          predicted_target=predicted, best_run=best_run)
+    natural = counts / counts.sum()
+    result.report_path = write_report(output_dir, config, names, natural, runs, quality, spec,
+                                      weights, predicted, best_run)
+    atomic_write_json(output_dir / "result.json", {
+        "mixture": str(mixture_path.name), "weights": weights, "predicted_target": predicted,
+        "target": spec.name, "greater_is_better": spec.greater_is_better,
+        "best_run": {"run": best_run["run"], "target": best_run["target"],
+                     "weights": best_run["weights"]},
+        "quality": {k: ({kk: vv for kk, vv in v.items() if kk not in ("predicted", "actual")}
+                        if v else None) for k, v in quality.items()},
+        "runs": {"finished": len(ok), "failed": sum(r["status"] == "failed" for r in runs)},
+    })
+    return result
