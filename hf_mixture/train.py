@@ -548,6 +548,8 @@ class TrainResult:
     global_step: int
     weights_history: list[dict[str, Any]]
     throughput: dict[str, Any]
+    optimizer: str = ""
+    world_size: int = 1
     pushed: str | None = None
 
 
@@ -649,9 +651,14 @@ def train(cfg: TrainConfig) -> TrainResult:
                 metrics[f"eval_{name}_perplexity"] = float(math.exp(min(loss, 50.0)))
     trainer.save_model(args.output_dir)   # every rank: DeepSpeed ZeRO-3 gathers the weights
     history = [c.to_dict() for c in train_data.live.history]
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # unwrap accelerate's
+    bits = getattr(getattr(optimizer, "args", None), "optim_bits", None)   # bitsandbytes' setting
     result = TrainResult(output_dir=args.output_dir, metrics=metrics,
                          num_parameters=num_parameters, global_step=trainer.state.global_step,
-                         weights_history=history, throughput=dict(throughput.summary))
+                         weights_history=history, throughput=dict(throughput.summary),
+                         optimizer=f"{type(optimizer).__module__}.{type(optimizer).__name__}"
+                                   + (f" ({bits}-bit states)" if bits else ""),
+                         world_size=int(args.world_size))
     if trainer.is_world_process_zero():
         _write_run_files(cfg, result, mixture, store)
     trainer.accelerator.wait_for_everyone()
@@ -675,6 +682,7 @@ def _write_run_files(cfg: TrainConfig, result: TrainResult, mixture: Any, store:
     header = f"# Recipe as run (from {Path(cfg.source).name})\n" if cfg.source else ""
     atomic_write_text(out / "recipe.yaml", header + yaml.safe_dump(recipe, sort_keys=False))
     facts = {"num_parameters": result.num_parameters, "global_step": result.global_step,
+             "optimizer": result.optimizer, "world_size": result.world_size,
              "mixture_fingerprint": mixture.fingerprint, "store_fingerprint": store.fingerprint,
              "store_source": store.manifest.get("source"),
              "tokenizer": store.manifest.get("tokenizer")}

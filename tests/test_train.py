@@ -1,0 +1,143 @@
+"""``hf-mixture train`` on CPU: a tiny recipe end to end, exact resume, 8-bit AdamW, the CLI.
+
+Each run is a real transformers Trainer run of a ~30k-parameter Llama over a
+token store made from the shared tiny corpus (a few seconds each).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hf_mixture.errors import HFMixtureError
+from hf_mixture.train import load_train_config, train
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
+# Smaller than the recipe so that each run takes seconds on two shared cores.
+SMALL = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_attention_heads=2",
+         "model.num_key_value_heads=1", "data.seq_len=32", "data.eval_sequences=2",
+         "training.per_device_train_batch_size=2", "training.per_device_eval_batch_size=2",
+         "training.logging_steps=1", "training.disable_tqdm=true"]
+
+
+def make_store(root: Path, texts, tokenizer_path) -> Path:
+    import datasets
+
+    from hf_mixture.formats import tokenize_corpus, write_clustered_corpus
+    from hf_mixture.formats.clustered import load_tokenizer
+
+    sources = sorted({s for s, _ in texts})
+    ds = datasets.Dataset.from_dict({
+        "text": [t for _, t in texts], "source": [s for s, _ in texts],
+        "cluster_id": [sources.index(s) for s, _ in texts]})
+    write_clustered_corpus(ds, root / "corpus", tokenizer=load_tokenizer(tokenizer_path))
+    return tokenize_corpus(root / "corpus", root / "store", str(tokenizer_path),
+                           validation_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_texts, tiny_tokenizer_path):
+    return make_store(tmp_path_factory.mktemp("train"), tiny_texts, tiny_tokenizer_path)
+
+
+def _config(store, out, *extra):
+    return load_train_config(RECIPE, [*SMALL, f"data.store={store}",
+                                      f"training.output_dir={out}", *extra])
+
+
+def test_tiny_recipe_end_to_end(store, tmp_path):
+    from hf_mixture.hub import push_model_to_hub
+
+    cfg = _config(store, tmp_path / "run", "training.max_steps=4", "training.save_steps=2",
+                  "training.eval_steps=2", "callbacks=[{name: bandit}]")
+    result = train(cfg)
+    out = Path(result.output_dir)
+    assert result.global_step == 4 and result.world_size == 1
+    domains = ["cluster_0", "cluster_1", "cluster_2"]   # natural mixture over the store
+    for d in domains:
+        assert 0 < result.metrics[f"eval_{d}_loss"] < 10
+        assert result.metrics[f"eval_{d}_perplexity"] > 1
+    # The bandit changed the weights at the evaluations; every change is recorded.
+    assert len(result.weights_history) >= 2
+    assert json.loads((out / "mixture_history.json").read_text()) == result.weights_history
+    for name in ("config.json", "model.safetensors", "mixture.yaml", "recipe.yaml",
+                 "eval_results.json", "run_info.json", "throughput.json", "tokenizer.json",
+                 "checkpoint-2/hf_mixture_sampler.json", "checkpoint-4/hf_mixture_bandit.json"):
+        assert (out / name).is_file(), name
+    perf = json.loads((out / "throughput.json").read_text())
+    assert perf["perf/tokens_per_second"] > 0 and 0 <= perf["perf/data_wait_fraction"] < 1
+    assert perf["tokens_per_step"] == 2 * 32
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size % 64 == 0 and model.config.hidden_size == 32
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|endoftext|>"
+    # The model card names the per-domain metrics and the recipe.
+    repo = Path(push_model_to_hub(out, "me/tiny", mixture_repo="me/mix",
+                                  local_dir=tmp_path / "card"))
+    card = (repo / "README.md").read_text()
+    assert all(f"| {d} | {result.metrics[f'eval_{d}_loss']:.4f} |" in card for d in domains)
+    assert "4 optimizer steps" in card and "name: bandit" in card
+
+
+def test_resume_continues_the_same_samples_and_weights(store, tmp_path):
+    """Stop after step 3, resume: the sampler state, mixture weights and model equal an
+    uninterrupted run's at step 6."""
+    from safetensors.numpy import load_file
+
+    extra = ["training.max_steps=6", "training.save_steps=3", "training.eval_steps=3",
+             "callbacks=[{name: bandit}]"]
+    full = train(_config(store, tmp_path / "full", *extra))
+    part = tmp_path / "resumed"
+    part.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", part / "checkpoint-3")
+    resumed = train(_config(store, part, *extra, "training.resume_from_checkpoint=latest"))
+    assert resumed.global_step == 6
+    for name in ("hf_mixture_sampler.json", "hf_mixture_bandit.json"):
+        a = json.loads((tmp_path / "full" / "checkpoint-6" / name).read_text())
+        b = json.loads((part / "checkpoint-6" / name).read_text())
+        assert a == b, name
+    assert resumed.weights_history == full.weights_history
+    wa = load_file(str(tmp_path / "full" / "model.safetensors"))
+    wb = load_file(str(part / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert abs(wa[key] - wb[key]).max() <= 1e-6, key
+
+
+def test_eight_bit_adamw_on_cpu(store, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    result = train(_config(store, tmp_path / "bnb", "training.max_steps=2",
+                           "training.optim=adamw_8bit", "training.save_strategy=no",
+                           "training.eval_strategy=no", "data.eval_sequences=0"))
+    assert result.optimizer.startswith("bitsandbytes.") and "(8-bit states)" in result.optimizer
+    assert result.metrics == {} and result.global_step == 2
+
+
+def test_resume_without_checkpoint_is_one_clear_error(store, tmp_path):
+    with pytest.raises(HFMixtureError, match="no checkpoint"):
+        train(_config(store, tmp_path / "empty", "training.resume_from_checkpoint=latest"))
+
+
+def test_missing_store_is_named(tmp_path):
+    with pytest.raises(HFMixtureError, match="data.store"):
+        train(load_train_config(RECIPE, [f"training.output_dir={tmp_path}"]))
+
+
+def test_cli_dry_run_and_errors(store, tmp_path, capsys):
+    from hf_mixture.cli import main
+
+    assert main(["train", str(RECIPE), "--store", str(store), "--dry-run",
+                 "model.num_hidden_layers=3", "--seq-len", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "num_hidden_layers: 3" in out and "seq_len: 16" in out and "# parameters:" in out
+    assert main(["train", str(RECIPE), "--store", str(store), "--dry-run",
+                 "model.hidden_sise=3"]) == 2
+    assert "hidden_sise" in capsys.readouterr().err
+    assert main(["train", str(RECIPE), "--store", str(tmp_path / "nope"),
+                 "--output-dir", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
