@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -151,7 +152,7 @@ class PackedStreams:
             raise HFMixtureError(f"seq_len must be an integer >= 1, got {seq_len!r}.")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise HFMixtureError(f"seed must be an integer >= 0, got {seed!r}.")
-        self.store_path = str(store.path)
+        self.store_path = str(Path(store.path).resolve())  # workers may start elsewhere
         self.split = split
         self.seq_len = int(seq_len)
         self.seed = int(seed)
