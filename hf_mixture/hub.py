@@ -61,7 +61,8 @@ MIXTURE_CARD = "mixture_card.md"
 MODEL_CARD = "model_card.md"
 REPORT_DIR = "report"
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
-REPORT_SUFFIXES = (".md", ".json", ".csv", ".yaml", ".yml", ".txt", ".html") + PICTURE_SUFFIXES
+REPORT_SUFFIXES = (".md", ".json", ".jsonl", ".csv", ".yaml", ".yml", ".txt", ".html") \
+    + PICTURE_SUFFIXES
 # Model files worth uploading (checkpoint-*/ and optimizer states stay local).
 MODEL_SKIP = re.compile(r"^(checkpoint-\d+|runs)(/|$)|(^|/)(optimizer|scheduler|rng_state.*|"
                         r"training_args)\.(pt|bin|pth)$")
@@ -192,16 +193,21 @@ def render_mixture_card(mixture: Mixture, repo_id: str, *, store: Any = None,
 # -- staging a mixture repo --------------------------------------------------------------------
 def _report_files(report: str | os.PathLike | None, pictures: Iterable[str | os.PathLike]
                   ) -> dict[str, Path]:
-    """``{path in repo: local file}`` for the search report (a file or a folder) and pictures."""
+    """``{path in repo: local file}`` for the search report and pictures.
+
+    ``report`` is a file or a folder (``hf-mixture search``'s output: report.md, its PNGs,
+    runs.jsonl, result.json); of a folder only the top-level files are taken.
+    """
     out: dict[str, Path] = {}
     if report is not None:
         root = Path(report)
         if root.is_file():
             out[f"{REPORT_DIR}/{root.name}"] = root
         elif root.is_dir():
-            for f in sorted(root.rglob("*")):
+            # Top level only: a search folder also holds one sub-folder per proxy run.
+            for f in sorted(root.iterdir()):
                 if f.is_file() and f.suffix.lower() in REPORT_SUFFIXES:
-                    out[f"{REPORT_DIR}/{f.relative_to(root).as_posix()}"] = f
+                    out[f"{REPORT_DIR}/{f.name}"] = f
         else:
             raise HFMixtureError(f"Search report '{root}' does not exist.")
     for picture in pictures:

@@ -59,6 +59,8 @@ def test_dry_run_writes_the_commit_and_loads_back(tmp_path, mixture, store):
     (report / "report.md").write_text("# Search\nround 1: 64 runs\n")
     (report / "runs.json").write_text("[]\n")
     (report / "weights.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 32)
+    (report / "runs" / "r0-000").mkdir(parents=True)      # proxy runs: not uploaded
+    (report / "runs" / "r0-000" / "config.json").write_text("{}")
     out = push_mixture_to_hub(mixture, "me/code-heavy", store=store, total_tokens=20_000,
                               report=report, source_revision="abc123",
                               materialize_tokens=32 * 10, seq_len=32,
