@@ -73,6 +73,7 @@ def test_dry_run_writes_the_commit_and_loads_back(tmp_path, mixture, store):
     # The mixture round-trips through the folder, as from_pretrained would read it.
     assert load_mixture(repo) == mixture
     assert load_mixture(repo / "mixture.yaml").fingerprint == mixture.fingerprint
+    assert Mixture.from_pretrained(str(repo)) == mixture
 
     card = (repo / "README.md").read_text()
     for needle in ("code-heavy", "| code |", "75.00%", "anneal", mixture.fingerprint,
@@ -134,7 +135,7 @@ def test_push_creates_the_repo_privately_then_commits(mixture, monkeypatch):
                         lambda self, repo_id, **kw: log.append(("create_repo", repo_id, kw)))
     monkeypatch.setattr(HfApi, "create_commit",
                         lambda self, repo_id, ops, **kw: log.append(("create_commit", repo_id)))
-    push_mixture_to_hub(mixture, "me/mix", token=TOKEN)
+    mixture.push_to_hub("me/mix", token=TOKEN)   # the method delegates to push_mixture_to_hub
     assert [entry[0] for entry in log] == ["create_repo", "create_commit"]
     assert log[0][2] == {"repo_type": "dataset", "private": True, "exist_ok": True}
 

@@ -658,6 +658,20 @@ class Mixture:
 
         return build_plan(self, total_tokens, store)
 
+    # -- the Hub (hf_mixture.hub sits above this module; imported only when used) -----------
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Publish as a dataset repo with ``mixture.yaml`` and a card; see :func:`hf_mixture.hub.push_mixture_to_hub`."""
+        from ..hub import push_mixture_to_hub
+
+        return push_mixture_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_path: str, **kwargs: Any) -> "Mixture":
+        """Load a published mixture from a Hub repo id or a local folder/file."""
+        from ..hub import load_mixture
+
+        return load_mixture(repo_id_or_path, **kwargs)
+
 
 # -- helpers -----------------------------------------------------------------------------
 def _component_from(data: Any, index: int) -> Component:
