@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hf_mixture.formats import TokenStore
-    from hf_mixture.mixture import (Component, Mixture, MixtureDataLoader, MixtureDataset,
-                                    Stage)
+    from hf_mixture.mixture import Component, Mixture, MixtureDataLoader, MixtureDataset, Stage
 
     torch.manual_seed(0)
     torch.set_num_threads(1)    # a 0.5M-parameter model: more threads only contend

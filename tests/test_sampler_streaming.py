@@ -31,8 +31,7 @@ def files(tmp_path_factory):
     docs = {name: [" ".join(rng.choice(words, int(rng.integers(1, 12)))) for _ in range(n)]
             for name, n in (("json", 40), ("parquet", 30))}
     with open(folder / "a.jsonl", "w") as fh:
-        for text in docs["json"]:
-            fh.write(json.dumps({"text": text, "id": 1}) + "\n")
+        fh.writelines(json.dumps({"text": text, "id": 1}) + "\n" for text in docs["json"])
     pq.write_table(pa.table({"text": docs["parquet"]}), folder / "b.parquet")
     return folder, docs
 

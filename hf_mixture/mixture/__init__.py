@@ -37,7 +37,27 @@ _EXPORTS = {
     "MixtureStateCallback": "trainer",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BatchKeys",
+    "Component",
+    "LiveMixture",
+    "Mixture",
+    "MixtureDataLoader",
+    "MixtureDataset",
+    "MixtureIterableDataset",
+    "MixtureSampler",
+    "MixtureStateCallback",
+    "MixtureTrainer",
+    "MixtureTrainerMixin",
+    "PackedStreams",
+    "ResolvedComponent",
+    "Stage",
+    "WeightChange",
+    "choose_components",
+    "counter_uniform",
+    "normalize_weights",
+]
+
 
 
 def __getattr__(name: str) -> Any:

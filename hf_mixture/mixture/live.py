@@ -29,8 +29,9 @@ are broadcast so every rank draws the same components.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class WeightChange:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], num_components: int, where: str
-                  ) -> "WeightChange":
+                  ) -> WeightChange:
         try:
             weights = tuple(float(x) for x in data["weights"])
             change = cls(int(data["sample"]), int(data["tokens"]), weights,
@@ -110,7 +111,7 @@ class LiveMixture:
     # -- construction from a Mixture -------------------------------------------------------
     @classmethod
     def from_mixture(cls, mixture: Any, *, seq_len: int, total_tokens: int | None = None
-                     ) -> "LiveMixture":
+                     ) -> LiveMixture:
         """Initial weights and stage boundaries (in samples) of ``mixture``.
 
         A stage starting at token ``T`` applies from sample ``ceil(T / seq_len)``,

@@ -27,7 +27,7 @@ Every rank decides all ``B*W`` samples (cheap: a few vectorized numpy ops) so
 all ranks keep the same counters, and materializes only its own ``B``.
 
 >>> u = counter_uniform(seed=0, start=0, count=4)
->>> bool(((u >= 0) & (u < 1)).all()), counter_uniform(0, 2, 1)[0] == u[2]
+>>> bool(((u >= 0) & (u < 1)).all()), bool(counter_uniform(0, 2, 1)[0] == u[2])
 (True, True)
 """
 
@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 

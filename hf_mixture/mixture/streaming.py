@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ class MixtureIterableDataset(torch.utils.data.IterableDataset):
         eos = getattr(tokenizer, "eos_token_id", None) if eos_token_id is None else eos_token_id
         if eos is None:
             raise HFMixtureError("The tokenizer has no eos_token_id; pass eos_token_id.")
-        if callable(getattr(tokenizer, "__call__", None)) and hasattr(tokenizer, "eos_token_id"):
+        if callable(tokenizer) and hasattr(tokenizer, "eos_token_id"):  # a Hugging Face tokenizer
             def tokenize(text: str) -> list[int]:
                 return tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
