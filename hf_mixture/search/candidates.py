@@ -30,13 +30,13 @@ True
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import HFMixtureError
 
-__all__ = ["token_prior", "repetition_caps", "project_to_caps", "dirichlet_candidates"]
+__all__ = ["dirichlet_candidates", "project_to_caps", "repetition_caps", "token_prior"]
 
 
 def token_prior(tokens: Sequence[float], temperature: float = 1.0) -> np.ndarray:

@@ -145,15 +145,15 @@ class SearchConfig:
                                      f"{', '.join(allowed)}.")
 
     @classmethod
-    def gpu(cls, **overrides: Any) -> "SearchConfig":
+    def gpu(cls, **overrides: Any) -> SearchConfig:
         """CLIMB's scale: 64/32/16 proxies of 62M parameters, one worker per GPU."""
         import torch
 
-        base = dict(rounds=[64, 32, 16], proxy_model="62m", proxy_tokens=200_000_000,
-                    proxy_seq_len=2048, proxy_batch_size=32, proxy_learning_rate=1e-3,
-                    proxy_eval_points=8, proxy_eval_tokens=65536, target_max_tokens=1_000_000,
-                    proxy_bf16=True, proxy_device="cuda",
-                    workers=max(1, torch.cuda.device_count()))
+        base = {"rounds": [64, 32, 16], "proxy_model": "62m", "proxy_tokens": 200_000_000,
+                    "proxy_seq_len": 2048, "proxy_batch_size": 32, "proxy_learning_rate": 1e-3,
+                    "proxy_eval_points": 8, "proxy_eval_tokens": 65536, "target_max_tokens": 1_000_000,
+                    "proxy_bf16": True, "proxy_device": "cuda",
+                    "workers": max(1, torch.cuda.device_count())}
         base.update(overrides)
         return cls(**base)
 

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import HFMixtureError
 
-__all__ = ["PowerLaw", "fit_power_law", "collect_runs", "fit_laws", "LawsReport"]
+__all__ = ["LawsReport", "PowerLaw", "collect_runs", "fit_laws", "fit_power_law"]
 
 
 @dataclass
@@ -108,7 +109,7 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], *, what: str = "loss")
     resid = y - (E + A * x ** -alpha)
     total = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float((resid ** 2).sum()) / total if total > 0 else 1.0
-    return PowerLaw(E, A, alpha, r2, int(len(x)))
+    return PowerLaw(E, A, alpha, r2, len(x))
 
 
 # -- over a folder of proxy runs ---------------------------------------------------------

@@ -35,8 +35,9 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -45,16 +46,16 @@ from ..errors import HFMixtureError
 __all__ = [
     "Predictor",
     "PredictorQuality",
-    "register_predictor",
+    "cross_validate",
     "make_predictor",
     "predictor_names",
-    "cross_validate",
+    "register_predictor",
 ]
 
-_REGISTRY: dict[str, type["Predictor"]] = {}
+_REGISTRY: dict[str, type[Predictor]] = {}
 
 
-def register_predictor(name: str) -> Callable[[type["Predictor"]], type["Predictor"]]:
+def register_predictor(name: str) -> Callable[[type[Predictor]], type[Predictor]]:
     """Class decorator: make a :class:`Predictor` available under ``name``.
 
     >>> @register_predictor("my_mean")                   # doctest: +SKIP
@@ -81,7 +82,7 @@ def predictor_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_predictor(name: str, **params: Any) -> "Predictor":
+def make_predictor(name: str, **params: Any) -> Predictor:
     """A fresh, unfitted predictor registered under ``name``."""
     if name not in _REGISTRY:
         raise HFMixtureError(
@@ -117,7 +118,7 @@ class Predictor:
     name: ClassVar[str] = "?"
     min_runs: ClassVar[int] = 3
 
-    def fit(self, X: Any, y: Any) -> "Predictor":
+    def fit(self, X: Any, y: Any) -> Predictor:
         X, y = _check_xy(X, y)
         if len(X) < self.min_runs:
             raise HFMixtureError(

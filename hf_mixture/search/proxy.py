@@ -36,10 +36,11 @@ import os
 import platform
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -57,16 +58,16 @@ STARTED = ".started"  # present while a process trains the run (tells a crash fr
 # embedding), ≈5k tokens/s on 2 cores.  "62m" and "350m" are CLIMB's proxy sizes (with
 # a 50k GPT-2 vocabulary): run them on a GPU.
 MODEL_PRESETS: dict[str, dict[str, int]] = {
-    "cpu-1m": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4,
-                   num_attention_heads=4, num_key_value_heads=4),
-    "cpu-5m": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=6,
-                   num_attention_heads=6, num_key_value_heads=6),
-    "cpu-20m": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8,
-                    num_attention_heads=6, num_key_value_heads=6),
-    "62m": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=12,
-                num_attention_heads=8, num_key_value_heads=8),
-    "350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24,
-                 num_attention_heads=16, num_key_value_heads=16),
+    "cpu-1m": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4,
+                   "num_attention_heads": 4, "num_key_value_heads": 4},
+    "cpu-5m": {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 6,
+                   "num_attention_heads": 6, "num_key_value_heads": 6},
+    "cpu-20m": {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 8,
+                    "num_attention_heads": 6, "num_key_value_heads": 6},
+    "62m": {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 12,
+                "num_attention_heads": 8, "num_key_value_heads": 8},
+    "350m": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 24,
+                 "num_attention_heads": 16, "num_key_value_heads": 16},
 }
 
 
@@ -89,7 +90,7 @@ class ProxySettings:
     bf16: bool = False
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProxySettings":
+    def from_dict(cls, data: dict[str, Any]) -> ProxySettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

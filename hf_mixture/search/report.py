@@ -79,16 +79,17 @@ def write_report(output_dir: Path, config, names: list[str], natural: np.ndarray
               f"Final mixture: **{config.final}**"
               + (f" (k = {config.final_top_k})" if config.final == "top_k_average" else "") + ".",
               "",
-              f"Proxies: model `{config.proxy_init_from or config.proxy_model}`, "
-              f"{config.proxy_tokens:,} tokens each (sequences of {config.proxy_seq_len}, batch "
-              f"{config.proxy_batch_size}, lr {config.proxy_learning_rate:g}), seed {config.seed}; "
-              f"rounds {config.rounds}; {config.candidates:,} candidates scored per round.", ""]
+              (f"Proxies: model `{config.proxy_init_from or config.proxy_model}`, "
+               f"{config.proxy_tokens:,} tokens each (sequences of {config.proxy_seq_len}, batch "
+               f"{config.proxy_batch_size}, lr {config.proxy_learning_rate:g}), seed "
+               f"{config.seed}; rounds {config.rounds}; {config.candidates:,} candidates scored "
+               "per round."), ""]
     if spec.facts:
-        lines += [f"Target text: {spec.facts.get('documents')} documents, "
-                  f"{spec.facts.get('tokens'):,} tokens from `{spec.facts.get('source')}`.", ""]
+        lines += [(f"Target text: {spec.facts.get('documents')} documents, "
+                   f"{spec.facts.get('tokens'):,} tokens from `{spec.facts.get('source')}`."), ""]
     lines += ["## Iterations", "",
-              "| round | runs | finished | failed | best target | mean target | "
-              "mean predicted (at planning) |",
+              ("| round | runs | finished | failed | best target | mean target | "
+               "mean predicted (at planning) |"),
               "|---:|---:|---:|---:|---:|---:|---:|"]
     for k in sorted({r["round"] for r in runs}):
         rr = [r for r in runs if r["round"] == k]
@@ -109,8 +110,8 @@ def write_report(output_dir: Path, config, names: list[str], natural: np.ndarray
             lines.append(f"| {name}{mark} | {_fmt(q['spearman'], 3)} | {_fmt(q['mae'])} | "
                          f"{q['num_runs']} | {q['scheme']} |")
     lines += ["", "## The winner", "",
-              f"Predicted target: **{_fmt(predicted)}**; best proxy run: `{best_run['run']}` with "
-              f"{_fmt(best_run['target'])}.", "",
+              (f"Predicted target: **{_fmt(predicted)}**; best proxy run: `{best_run['run']}` "
+               f"with {_fmt(best_run['target'])}."), "",
               "| component | natural share | winner | best run |", "|---|---:|---:|---:|"]
     for n, share in zip(names, natural):
         lines.append(f"| {n} | {share:.3f} | {weights[n]:.3f} | {best_run['weights'][n]:.3f} |")

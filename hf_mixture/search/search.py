@@ -33,9 +33,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ from .._io import atomic_write_json, atomic_write_text
 from ..errors import HFMixtureError
 from .candidates import dirichlet_candidates, project_to_caps, repetition_caps, token_prior
 from .config import RESUMABLE_CHANGES, SearchConfig
-from .predictors import PredictorQuality, cross_validate, make_predictor, predictor_names
+from .predictors import cross_validate, make_predictor, predictor_names
 from .proxy import (
     FAILED,
     MIXTURE_FILE,
@@ -59,7 +60,7 @@ from .target import TargetSpec, prepare_target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SearchResult", "run_search", "build_pool", "load_runs", "run_folders"]
+__all__ = ["SearchResult", "build_pool", "load_runs", "run_folders", "run_search"]
 
 SEARCH_FILE = "search.json"
 SEARCH_FORMAT = "hf_mixture.search"
@@ -298,7 +299,7 @@ def _plan_round(k: int, size: int, config: SearchConfig, names: list[str], prior
     pick = rng.choice(top, size=min(size, len(top)), replace=False)
     pick = pick[np.argsort(_score(pred[pick], greater_is_better), kind="stable")]
     return {"round": k, "weights": C[pick].tolist(), "predicted": pred[pick].tolist(),
-            "fitted_on": int(len(X_runs))}
+            "fitted_on": len(X_runs)}
 
 
 def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
@@ -380,7 +381,7 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
                 break
             continue
 
-        def done(run_dir: Path, result: dict[str, Any]) -> None:
+        def done(run_dir: Path, result: dict[str, Any], k: int = k) -> None:
             bar.update(1)
             value = result.get("target")
             bar.set_postfix_str(f"round {k}: {run_dir.name} "
@@ -448,3 +449,48 @@ def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, ru
         "runs": {"finished": len(ok), "failed": sum(r["status"] == "failed" for r in runs)},
     })
     return result
+
+
+def retrain(search_dir: str | os.PathLike, mixtures: dict[str, dict[str, float]], *,
+            seeds: tuple[int, ...] = (0,), eval_points: int | None = None, workers: int = 1,
+            progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Train named mixtures like the search's proxies (same store, pool, target, model, tokens).
+
+    For comparisons at equal tokens: e.g. the winner against uniform and natural
+    weights over several seeds.  Runs go to ``search_dir/retrain/<name>-seed<s>/``
+    and, like every proxy run, are never redone once finished.
+
+    >>> retrain("search_out", {"winner": w, "uniform": u}, seeds=(0, 1, 2))   # doctest: +SKIP
+    {'winner': [{'status': 'finished', 'target': 5.1, ...}, ...], 'uniform': [...]}
+    """
+    from tqdm.auto import tqdm
+
+    from ..mixture import Mixture
+
+    search_dir = Path(search_dir)
+    runs = run_folders(search_dir)
+    if not runs:
+        raise HFMixtureError(f"'{search_dir}' holds no proxy runs to copy settings from; run "
+                             "the search first.")
+    base = json.loads((runs[0] / SPEC).read_text(encoding="utf-8"))
+    pool = Mixture.from_dict(base["pool"])
+    if eval_points is not None:
+        base["proxy"] = {**base["proxy"], "eval_points": int(eval_points)}
+    folders: dict[str, list[Path]] = {}
+    for name, weights in mixtures.items():
+        missing = [n for n in pool.component_names if n not in weights]
+        if missing:
+            raise HFMixtureError(f"Mixture {name!r} gives no weight to pool component "
+                                 f"{missing[0]!r}.")
+        for seed in seeds:
+            run_dir = search_dir / "retrain" / f"{name}-seed{seed}"
+            spec = {**base, "round": None, "index": None, "seed": int(seed), "label": name,
+                    "predicted": None, "weights": {n: float(weights[n]) for n in pool.component_names}}
+            write_run_folder(run_dir, spec, _mixture_for(pool, spec["weights"], int(seed)))
+            folders.setdefault(name, []).append(run_dir)
+    todo = [d for ds in folders.values() for d in ds if run_status(d) == "pending"]
+    bar = tqdm(total=len(todo), desc="retrain", unit="run", disable=not progress)
+    config = SearchConfig(workers=workers)
+    _execute(todo, config, None, lambda d, r: bar.update(1))
+    bar.close()
+    return {name: [read_result(d) or {} for d in ds] for name, ds in folders.items()}

@@ -30,16 +30,17 @@ import hashlib
 import importlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .._io import atomic_path, atomic_write_json
 from ..errors import HFMixtureError
 
-__all__ = ["TargetSpec", "prepare_target", "pack_documents", "load_target_texts"]
+__all__ = ["TargetSpec", "load_target_texts", "pack_documents", "prepare_target"]
 
 _TEXT_BUILDERS = {".txt": "text", ".md": "text", ".json": "json", ".jsonl": "json",
                   ".parquet": "parquet", ".csv": "csv"}
@@ -65,7 +66,7 @@ class TargetSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TargetSpec":
+    def from_dict(cls, data: dict[str, Any]) -> TargetSpec:
         return cls(**data)
 
     @property
@@ -79,8 +80,12 @@ def load_target_texts(source: str, *, text_column: str = "text", split: str = "t
                       ) -> list[str]:
     """The non-empty strings of ``text_column`` in a file, folder or dataset id."""
     import datasets
+    from datasets.utils import logging as ds_logging
 
     path = Path(source)
+    # A target set is small and read once: its "Generating split" bars would only be noise.
+    bars_were_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
     try:
         if path.is_file():
             builder = _TEXT_BUILDERS.get(path.suffix.lower())
@@ -104,6 +109,9 @@ def load_target_texts(source: str, *, text_column: str = "text", split: str = "t
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         what = "file or folder" if path.exists() else "file, folder or loadable dataset id"
         raise HFMixtureError(f"Target {source!r} is not a readable {what}: {first}") from None
+    finally:
+        if bars_were_on:
+            ds_logging.enable_progress_bar()
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise HFMixtureError(f"Target {source!r} has no split {split!r}; it has "
@@ -251,9 +259,8 @@ def prepare_target(target: Any, store: Any, output_dir: str | os.PathLike, *, se
     existing = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     if existing != facts or not tokens_path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(tokens_path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, rows, allow_pickle=False)
+        with atomic_path(tokens_path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, rows, allow_pickle=False)
         atomic_write_json(meta_path, facts)
     return TargetSpec("text", f"loss on {Path(text).name or text}", False,
                       tokens=str(tokens_path.resolve()), facts=facts)

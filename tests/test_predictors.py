@@ -1,0 +1,133 @@
+"""Predictors of a run's target from its mixture weights: known relationships are recovered."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hf_mixture.errors import HFMixtureError
+from hf_mixture.search.predictors import (
+    Predictor,
+    cross_validate,
+    fold_ids,
+    make_predictor,
+    mixing_law,
+    predictor_names,
+    register_predictor,
+)
+
+
+def _mixtures(n: int, d: int, seed: int = 0, alpha: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(seed).dirichlet(np.full(d, alpha), size=n)
+
+
+def test_builtin_predictors_are_registered():
+    assert {"lightgbm", "mixing_law", "linear", "loglinear"} <= set(predictor_names())
+
+
+def test_mixing_law_fit_recovers_its_parameters():
+    X = _mixtures(30, 4, seed=1)
+    t = np.array([-2.0, -0.5, 0.5, 2.0])  # centred: the identifiable form
+    y = mixing_law(X, 2.5, 0.8, t)
+    law = make_predictor("mixing_law").fit(X, y)
+    p = law.params()
+    assert p["c"] == pytest.approx(2.5, abs=1e-3)
+    assert p["k"] == pytest.approx(0.8, rel=1e-3)
+    np.testing.assert_allclose(p["t"], t, atol=1e-3)
+    X_new = _mixtures(50, 4, seed=2)
+    np.testing.assert_allclose(law.predict(X_new), mixing_law(X_new, 2.5, 0.8, t), rtol=1e-4)
+
+
+def test_mixing_law_with_noise_and_shifted_t_is_the_same_law():
+    # t + a with k * exp(-a) is the same function on the simplex: the fit reports it centred.
+    X = _mixtures(60, 3, seed=3)
+    y = mixing_law(X, 3.0, 0.5 * np.exp(-1.0), np.array([-1.0, 1.0, 3.0]))
+    y = y + np.random.default_rng(4).normal(0, 0.002, len(y))
+    p = make_predictor("mixing_law").fit(X, y).params()
+    np.testing.assert_allclose(p["t"], [-2.0, 0.0, 2.0], atol=0.15)
+    assert p["k"] == pytest.approx(0.5, rel=0.1)
+    assert p["c"] == pytest.approx(3.0, abs=0.05)
+
+
+def test_mixing_law_fits_with_fewer_runs_than_parameters():
+    X = _mixtures(5, 6, seed=5)
+    y = mixing_law(X, 1.0, 1.0, np.linspace(-1, 1, 6))
+    law = make_predictor("mixing_law").fit(X, y)
+    assert np.all(np.isfinite(law.predict(X)))
+    assert np.abs(law.predict(X) - y).max() < 0.05
+
+
+def test_lightgbm_ranks_held_out_runs_of_a_smooth_relationship():
+    X = _mixtures(80, 5, seed=6)
+    y = 4.0 - 1.5 * X[:, 0] + np.exp(-3 * X[:, 1]) + 0.5 * X[:, 2] ** 2
+    q = cross_validate("lightgbm", X, y, folds=5, seed=0)
+    assert q.scheme == "5-fold" and q.num_runs == 80
+    assert q.spearman > 0.9
+    assert q.mae < 0.1
+
+
+def test_linear_and_loglinear_recover_their_forms():
+    X = _mixtures(20, 3, seed=7)
+    y = 1.0 + X @ np.array([2.0, -1.0, 0.5])
+    lin = make_predictor("linear").fit(X, y)
+    np.testing.assert_allclose(lin.predict(X), y, atol=1e-3)
+    q = cross_validate("linear", X, y)
+    assert q.spearman > 0.99 and q.mae < 1e-2
+    y_exp = np.exp(y)
+    log = make_predictor("loglinear").fit(X, y_exp)
+    np.testing.assert_allclose(log.predict(X), y_exp, rtol=1e-3)
+
+
+def test_loglinear_needs_positive_values():
+    X = _mixtures(6, 2)
+    with pytest.raises(HFMixtureError, match="needs every metric value > 0"):
+        make_predictor("loglinear").fit(X, np.linspace(-1, 1, 6))
+
+
+def test_cross_validation_is_leave_one_out_for_few_runs_and_deterministic():
+    X = _mixtures(8, 3, seed=8)
+    y = X @ np.array([1.0, 2.0, 3.0])
+    a = cross_validate("linear", X, y, seed=1)
+    b = cross_validate("linear", X, y, seed=1)
+    assert a.scheme == "leave-one-out" and a.folds == 8
+    assert a.predicted == b.predicted
+    ids = fold_ids(23, 5, seed=0)
+    assert sorted(np.bincount(ids).tolist()) == [4, 4, 5, 5, 5]
+    assert np.array_equal(ids, fold_ids(23, 5, seed=0))
+
+
+def test_too_few_runs_and_misuse_are_clear_errors():
+    X = _mixtures(2, 3)
+    with pytest.raises(HFMixtureError, match="needs at least 3 finished runs"):
+        make_predictor("lightgbm").fit(X, [1.0, 2.0])
+    with pytest.raises(HFMixtureError, match="needs at least 3 finished runs"):
+        cross_validate("linear", X, [1.0, 2.0])
+    with pytest.raises(HFMixtureError, match="must be fitted"):
+        make_predictor("linear").predict(X)
+    with pytest.raises(HFMixtureError, match="Unknown predictor 'nope'"):
+        make_predictor("nope")
+    with pytest.raises(HFMixtureError, match="NaN"):
+        make_predictor("linear").fit(_mixtures(4, 2), [1.0, np.nan, 2.0, 3.0])
+    fitted = make_predictor("linear").fit(_mixtures(4, 2), [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(HFMixtureError, match="fitted on 2 components, got 3"):
+        fitted.predict(_mixtures(2, 3))
+
+
+def test_registering_a_name_twice_is_an_error():
+    with pytest.raises(HFMixtureError, match="already registered"):
+        @register_predictor("linear")
+        class Again(Predictor):
+            pass
+
+    @register_predictor("test_mean_only")
+    class MeanOnly(Predictor):
+        def _fit(self, X, y):
+            self.mean_ = float(y.mean())
+
+        def _predict(self, X):
+            return np.full(len(X), self.mean_)
+
+    assert make_predictor("test_mean_only").fit(_mixtures(4, 2), [1, 2, 3, 4]).predict(
+        _mixtures(1, 2)).tolist() == [2.5]
+    q = cross_validate("test_mean_only", _mixtures(5, 2), [1, 2, 3, 4, 5])
+    assert q.mae > 0  # a constant predictor cannot be perfect

@@ -1,0 +1,294 @@
+"""The CLIMB search: candidates, a tiny real search end to end, resume, failed runs, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_mixture.cli import main as cli_main
+from hf_mixture.errors import HFMixtureError
+from hf_mixture.search import SearchConfig, run_search
+from hf_mixture.search.candidates import (
+    dirichlet_candidates,
+    project_to_caps,
+    repetition_caps,
+    token_prior,
+)
+
+# -- candidates (pure functions) ---------------------------------------------------------------
+token_lists = st.lists(st.integers(1, 10**6), min_size=2, max_size=8)
+
+
+@settings(deadline=None, max_examples=40)
+@given(token_lists, st.floats(0.3, 3.0), st.floats(0.05, 10.0), st.integers(0, 2**31))
+def test_candidates_sum_to_one_and_respect_the_caps(tokens, epochs, concentration, seed):
+    run_tokens = int(sum(tokens) * 0.8)  # caps bind for the smaller components
+    try:
+        caps = repetition_caps(tokens, run_tokens, epochs)
+    except HFMixtureError:
+        assert epochs * sum(tokens) / run_tokens < 1 + 1e-9  # infeasible: rightly refused
+        return
+    X = dirichlet_candidates(200, token_prior(tokens), concentration=concentration, caps=caps,
+                             seed=seed)
+    assert X.shape == (200, len(tokens))
+    assert np.all(X >= 0)
+    np.testing.assert_allclose(X.sum(axis=1), 1.0, atol=1e-9)
+    assert np.all(X <= caps + 1e-9)
+    assert np.array_equal(X, dirichlet_candidates(200, token_prior(tokens),
+                                                  concentration=concentration, caps=caps, seed=seed))
+
+
+def test_prior_temperature_and_projection():
+    assert token_prior([1, 3]).round(6).tolist() == [0.25, 0.75]
+    flat = token_prior([1, 100], temperature=1000.0)
+    assert abs(flat[0] - flat[1]) < 0.01
+    X = project_to_caps(np.array([[0.9, 0.1, 0.0], [0.0, 0.0, 1.0]]), np.array([0.5, 0.6, 0.4]))
+    np.testing.assert_allclose(X.sum(axis=1), 1.0)
+    assert np.all(X <= [0.5, 0.6, 0.4 + 1e-12])
+    assert X[0, 1] > X[0, 2]  # excess goes to components in proportion to their weight
+    with pytest.raises(HFMixtureError, match="too few for a 1000-token run"):
+        repetition_caps([100, 100], run_tokens=1000, max_epochs=2.0)
+    # Small concentrations give sparse mixtures, large ones stay near the prior.
+    prior = np.full(4, 0.25)
+    sparse = dirichlet_candidates(500, prior, concentration=0.1, seed=0)
+    dense = dirichlet_candidates(500, prior, concentration=50.0, seed=0)
+    assert (sparse.max(axis=1) > 0.9).mean() > 0.5
+    assert np.abs(dense - 0.25).max() < 0.2
+
+
+# -- a tiny store ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, tiny_texts, tiny_tokenizer_path) -> Path:
+    """Three word-distinct domains as cluster_0..2 (the domain is the cluster, for tests only)."""
+    import datasets
+
+    from hf_mixture.formats import tokenize_corpus, write_clustered_corpus
+
+    root = tmp_path_factory.mktemp("search_store")
+    sources = sorted({s for s, _ in tiny_texts})
+    ds = datasets.Dataset.from_dict({
+        "text": [t for _, t in tiny_texts],
+        "doc_id": [f"d{i}" for i in range(len(tiny_texts))],
+        "cluster_id": [sources.index(s) for s, _ in tiny_texts],
+    })
+    write_clustered_corpus(ds, root / "corpus", tokenizer=str(tiny_tokenizer_path))
+    return tokenize_corpus(root / "corpus", root / "store", str(tiny_tokenizer_path),
+                           validation_fraction=0.2)
+
+
+def tiny_config(**overrides) -> SearchConfig:
+    """Proxies of a few thousand tokens: 2 rounds of 2 runs, two components."""
+    base = {"rounds": [2, 2], "exclude": ["cluster_2"], "predictor": "linear", "candidates": 500,
+                "final_top_k": 10, "proxy_tokens": 1024, "proxy_seq_len": 32, "proxy_batch_size": 4,
+                "proxy_eval_points": 3, "proxy_eval_tokens": 128, "target_max_tokens": 256,
+                "proxy_learning_rate": 5e-3}
+    base.update(overrides)
+    return SearchConfig(**base)
+
+
+@pytest.fixture
+def target_file(tmp_path, tiny_texts) -> Path:
+    """Held-out text of the excluded domain (the search must pick what helps it)."""
+    path = tmp_path / "target.jsonl"
+    texts = [t for s, t in tiny_texts if s == "scripture"][:20]
+    path.write_text("".join(json.dumps({"text": t, "source": "ignored"}) + "\n" for t in texts))
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_tiny_search_writes_mixture_runs_and_report(tiny_store, target_file, tmp_path):
+    from hf_mixture.mixture import Mixture
+
+    out = tmp_path / "search"
+    result = run_search(tiny_store, str(target_file), out, tiny_config(), progress=False)
+    assert result.status == "complete"
+    mixture = Mixture.load(out / "mixture.yaml")
+    assert mixture.component_names == ["cluster_0", "cluster_1"]
+    assert sum(mixture.weights().values()) == pytest.approx(1.0)
+    assert all(c.max_epochs == 4.0 for c in mixture.components)
+    runs = _read_jsonl(out / "runs.jsonl")
+    assert [r["run"] for r in runs] == ["r1-000", "r1-001", "r2-000", "r2-001"]
+    assert all(r["status"] == "finished" and np.isfinite(r["target"]) for r in runs)
+    assert all(set(r["weights"]) == {"cluster_0", "cluster_1"} for r in runs)
+    assert runs[2]["predicted"] is not None  # round 2 came from the predictor
+    metrics = json.loads((out / "runs" / "r1-000" / "metrics.json").read_text())
+    assert [p["step"] for p in metrics["curve"]] == [1, 3, 8]
+    assert set(metrics["domains"]) == {"cluster_0", "cluster_1"}
+    assert metrics["num_params"] > 0 and metrics["tokens"] == 1024
+    report = (out / "report.md").read_text()
+    assert "## Iterations" in report and "| 2 | 2 | 2 | 0 |" in report
+    assert "Predictor quality" in report and "linear (used)" in report
+    assert (out / "weights.png").stat().st_size > 0
+    assert (out / "predicted_vs_actual.png").stat().st_size > 0
+    # The laws fit on the runs' eval curves.
+    assert cli_main(["fit-laws", str(out), "--predict-steps", "1000"]) == 0
+
+
+def test_interrupted_search_resumes_without_redoing_finished_runs(tiny_store, tmp_path):
+    calls = []
+
+    def interrupt_second(model, tokenizer):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the second run
+        return float(sum(p.detach().float().abs().mean() for p in model.parameters()))
+
+    out = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tiny_store, interrupt_second, out, tiny_config(rounds=[3]), progress=False)
+    first = out / "runs" / "r1-000" / "metrics.json"
+    assert first.is_file()
+    assert not (out / "runs" / "r1-001" / "metrics.json").exists()
+    stamp = first.stat().st_mtime_ns
+    result = run_search(tiny_store, interrupt_second, out, tiny_config(rounds=[3]), progress=False)
+    assert result.status == "complete"
+    assert first.stat().st_mtime_ns == stamp  # not redone
+    assert len(calls) == 4  # 1 + the interrupted one + the two left
+    # Extending the rounds reuses everything done so far.
+    more = run_search(tiny_store, interrupt_second, out, tiny_config(rounds=[3, 1]),
+                      progress=False)
+    assert [r["run"] for r in more.runs] == ["r1-000", "r1-001", "r1-002", "r2-000"]
+    assert len(calls) == 5
+
+
+def test_a_crashing_run_is_recorded_failed_and_the_search_goes_on(tiny_store, tmp_path):
+    calls = []
+
+    def crash_on_second(model, tokenizer):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom in the proxy")
+        return float(len(calls))
+
+    out = tmp_path / "search"
+    result = run_search(tiny_store, crash_on_second, out, tiny_config(rounds=[4]),
+                        progress=False)
+    statuses = [r["status"] for r in _read_jsonl(out / "runs.jsonl")]
+    assert statuses == ["finished", "failed", "finished", "finished"]
+    failed = json.loads((out / "runs" / "r1-001" / "failed.json").read_text())
+    assert failed["status"] == "failed" and "boom in the proxy" in failed["error"]
+    assert result.status == "complete"
+    assert "## Failed runs" in (out / "report.md").read_text()
+    # A rerun does not retry the failure unless asked.
+    run_search(tiny_store, crash_on_second, out, tiny_config(rounds=[4]), progress=False)
+    assert len(calls) == 4
+    run_search(tiny_store, crash_on_second, out, tiny_config(rounds=[4], retry_failed=True),
+               progress=False)
+    assert len(calls) == 5
+    assert (out / "runs" / "r1-001" / "metrics.json").is_file()
+    assert not (out / "runs" / "r1-001" / "failed.json").exists()
+
+
+def test_too_few_finished_runs_is_an_error_and_the_folder_stays_resumable(tiny_store, tmp_path):
+    state = {"fail": True}
+
+    def flaky(model, tokenizer):
+        if state["fail"]:
+            raise RuntimeError("evaluation server down")
+        return 1.0 + float(next(model.parameters()).detach().float().mean())
+
+    out = tmp_path / "search"
+    with pytest.raises(HFMixtureError, match=r"only 0 proxy run\(s\) finished \(2 failed"):
+        run_search(tiny_store, flaky, out, tiny_config(), progress=False)
+    assert not (out / "rounds" / "round_2.json").exists()
+    state["fail"] = False
+    result = run_search(tiny_store, flaky, out, tiny_config(rounds=[2, 1], retry_failed=True),
+                        progress=False)
+    assert result.status == "complete" and len(result.runs) == 3
+
+
+def test_external_executor_and_search_run(tiny_store, tmp_path, capsys):
+    out = tmp_path / "search"
+    config = tiny_config(rounds=[3], executor="external")
+    result = run_search(tiny_store, "mean", out, config, progress=False)
+    assert result.status == "pending" and result.pending == ["r1-000", "r1-001", "r1-002"]
+    for i in range(3):  # what a Slurm array would do, one task per index
+        assert cli_main(["search-run", str(out), "--index", str(i)]) == 0
+    assert "r1-002: target" in capsys.readouterr().out
+    done = run_search(tiny_store, "mean", out, config, progress=False)
+    assert done.status == "complete"
+    assert done.best_run["target_name"] == "mean validation loss"
+    assert cli_main(["search-run", str(out), "--index", "7"]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+# -- bad input ----------------------------------------------------------------------------------
+def _cli(capsys, *argv) -> str:
+    assert cli_main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_search_end_to_end_with_config_file(tiny_store, tmp_path, capsys):
+    cfg = tmp_path / "search.yaml"
+    settings_ = {k: v for k, v in tiny_config().to_dict().items()
+                 if k in ("exclude", "predictor", "candidates", "proxy_tokens", "proxy_seq_len",
+                          "proxy_batch_size", "proxy_eval_points", "proxy_eval_tokens")}
+    cfg.write_text(yaml.safe_dump({**settings_, "rounds": [3]}))
+    out = tmp_path / "cli"
+    assert cli_main(["search", "--store", str(tiny_store), "--target", "worst", "--output",
+                     str(out), "--config", str(cfg), "--proxy-tokens", "512"]) == 0
+    printed = capsys.readouterr().out
+    assert "mixture:" in printed and "report:" in printed
+    runs = _read_jsonl(out / "runs.jsonl")
+    assert len(runs) == 3 and runs[0]["tokens"] == 512
+    # The same folder with different settings is refused (a new --output starts afresh).
+    err = _cli(capsys, "search", "--store", str(tiny_store), "--target", "worst", "--output",
+               str(out), "--config", str(cfg), "--proxy-tokens", "1024")
+    assert "proxy_tokens = 512, not 1024" in err
+
+
+def test_bad_inputs_are_one_sentence_and_exit_2(tiny_store, tmp_path, capsys):
+    store = str(tiny_store)
+    out = str(tmp_path / "out")
+    bad_cfg = tmp_path / "search.yaml"
+    bad_cfg.write_text("rounds: [2]\nproxy_tokenz: 5\n")
+    err = _cli(capsys, "search", "--store", store, "--target", "mean", "--output", out,
+               "--config", str(bad_cfg))
+    assert "unknown key(s) 'proxy_tokenz'" in err
+    err = _cli(capsys, "search", "--store", store, "--target", "mean", "--output", out,
+               "--exclude", "cluster_0", "cluster_1", "cluster_2")
+    assert "pool is empty" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n{"text": "   "}\n')
+    err = _cli(capsys, "search", "--store", store, "--target", str(empty), "--output", out,
+               "--proxy-tokens", "1024")
+    assert "no usable text" in err
+    no_col = tmp_path / "nocol.jsonl"
+    no_col.write_text('{"body": "hello there"}\n')
+    err = _cli(capsys, "search", "--store", store, "--target", str(no_col), "--output", out,
+               "--proxy-tokens", "1024")
+    assert "no column 'text'" in err
+    pool = tmp_path / "pool.yaml"
+    pool.write_text("components:\n- {name: cluster_0}\n- {name: cluster_9}\n")
+    err = _cli(capsys, "search", "--store", store, "--target", "mean", "--output", out,
+               "--pool", str(pool))
+    assert "cluster_9" in err and str(pool) in err
+    err = _cli(capsys, "search", "--store", str(tmp_path / "nostore"), "--target", "mean",
+               "--output", out)
+    assert "does not exist" in err
+    err = _cli(capsys, "search", "--store", store, "--target", "no_such_module:fn", "--output", out,
+               "--proxy-tokens", "1024")
+    assert "cannot be imported" in err
+    err = _cli(capsys, "search", "--store", store, "--target", "mean", "--output", out,
+               "--predictor", "forest")
+    assert "'forest'" in err and "lightgbm" in err
+    err = _cli(capsys, "search", "--store", store, "--target", "mean", "--output", out)
+    assert "too few for a 150000-token run" in err
+    with pytest.raises(HFMixtureError, match="'rounds'"):
+        SearchConfig(rounds=[])
+    with pytest.raises(HFMixtureError, match="'final'"):
+        SearchConfig(final="best")
+    # Nothing was planned or run by any of the failures.
+    assert not (tmp_path / "out" / "runs").exists()
+
