@@ -338,6 +338,19 @@ def test_state_from_another_run_is_refused(store, change, match):
     assert fresh.sampler.sample == 0
 
 
+def test_state_of_a_run_with_other_stage_placement_is_refused(store):
+    names = store.components
+    mixture = Mixture([Component(n) for n in names],
+                      stages=[Stage(0, {n: 1 for n in names}), Stage(0.5, {n: 1 for n in names})])
+    short = MixtureDataset(store, mixture, seq_len=8, total_tokens=8_000)
+    longer = MixtureDataset(store, mixture, seq_len=8, total_tokens=16_000)
+    with pytest.raises(HFMixtureError, match=r"stage_samples=\[500\].*stage_samples=\[1000\]"):
+        longer.load_state_dict(short.state_dict())
+    # Without stages the run's length plays no part: a run may be extended.
+    extended = MixtureDataset(store, natural(store), seq_len=8, total_tokens=16_000)
+    extended.load_state_dict(MixtureDataset(store, natural(store), seq_len=8).state_dict())
+
+
 def test_state_of_another_mixture_names_the_field(store):
     data = MixtureDataset(store, natural(store), seq_len=8)
     other = MixtureDataset(store, Mixture.from_store(store, "natural"), seq_len=8)

@@ -87,7 +87,9 @@ class MixtureDataset(Dataset):
             self.live, spe, seed=seed, caps=caps,
             identity={"mixture_fingerprint": mixture.fingerprint,
                       "store_fingerprint": store.fingerprint, "split": split,
-                      "total_tokens": total_tokens})
+                      # Where the stages fall (not total_tokens itself: a run without
+                      # fractional stages may be extended and resumed).
+                      "stage_samples": [b.sample for b in self.live.stages]})
         self.component_names = list(self.live.names)
         self.seq_len = int(seq_len)
 
