@@ -70,9 +70,16 @@ def corpus(synthetic: bool, seed: int = 0):
 
 def build(workdir: Path, synthetic: bool) -> dict:
     """Token store, per-cluster parquet (for datasets) and litdata chunks, made once."""
+    from hf_mixture import playground
+
     marker = workdir / ("built-synthetic.json" if synthetic else "built.json")
+    source = playground.data_file()
+    # Rebuilt when the playground file changes (or appears/disappears).
+    key = f"{source.stat().st_size}-{source.stat().st_mtime_ns}" if source.is_file() else "none"
     if marker.is_file():
-        return json.loads(marker.read_text())
+        info = json.loads(marker.read_text())
+        if info.get("key") == key:
+            return info
     for sub in ("store", "parquet", "litdata"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     import pyarrow as pa
@@ -92,7 +99,7 @@ def build(workdir: Path, synthetic: bool) -> dict:
                                                     type=pa.list_(pa.uint16()))}),
                        workdir / "parquet" / f"{name}.parquet", row_group_size=1000)
     litdata_ok = build_litdata(workdir / "litdata", docs, eos)
-    info = {"data": what, "eos": int(eos), "tokens": int(sum(len(d) for c in docs for d in c)),
+    info = {"key": key, "data": what, "eos": int(eos), "tokens": int(sum(len(d) for c in docs for d in c)),
             "docs": int(sum(len(c) for c in docs)), "litdata": litdata_ok}
     marker.write_text(json.dumps(info))
     return info
