@@ -54,9 +54,9 @@ def build_store(work: Path) -> Path:
 
 def run_one(name: str, store, mixture, evals, args, reference: dict | None = None) -> dict:
     import torch
+    from hf_mixture.callbacks import ADOCallback, BanditCallback, DoReMiCallback
     from transformers import LlamaConfig, LlamaForCausalLM, PrinterCallback, TrainingArguments
 
-    from hf_mixture.callbacks import ADOCallback, BanditCallback, DoReMiCallback
     from hf_mixture.mixture import MixtureDataset, MixtureTrainer
 
     data = MixtureDataset(store, mixture, seq_len=args.seq_len)
@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be a multiple of --eval-steps (the last eval is the result)")
 
     import torch
+    from hf_mixture.callbacks import domain_eval_datasets
 
     from hf_mixture import playground
-    from hf_mixture.callbacks import domain_eval_datasets
     from hf_mixture.formats import TokenStore
     from hf_mixture.mixture import Component, Mixture
 

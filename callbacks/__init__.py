@@ -52,7 +52,7 @@ _EXPORTS = {
 CALLBACKS = {"ado": "ADOCallback", "doremi": "DoReMiCallback", "bandit": "BanditCallback",
              "schedule": "ScheduleCallback"}
 
-__all__ = sorted([*_EXPORTS, "CALLBACKS", "callback_class"])
+__all__ = list(_EXPORTS) + ["CALLBACKS", "callback_class"]
 
 
 def callback_class(name: str) -> type:

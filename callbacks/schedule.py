@@ -23,15 +23,22 @@ Two ways to use it:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from hf_mixture.errors import HFMixtureError
 
-from .base import (LOG_PREFIX, MixtureCallback, MixtureCallbackConfig, _timed, samples_per_step,
-                   samples_seen)
+from .base import (
+    LOG_PREFIX,
+    MixtureCallback,
+    MixtureCallbackConfig,
+    _timed,
+    samples_per_step,
+    samples_seen,
+)
 
 
 @dataclass

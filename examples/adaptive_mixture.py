@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from hf_mixture.callbacks import ADOCallback, domain_eval_datasets
     from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
     from hf_mixture import playground
-    from hf_mixture.callbacks import ADOCallback, domain_eval_datasets
     from hf_mixture.formats import TokenStore
     from hf_mixture.mixture import Component, Mixture, MixtureDataset, MixtureTrainer
     from hf_mixture.plotting import plot_mixture

@@ -11,10 +11,6 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from transformers import TrainerControl, TrainerState, TrainingArguments
-
 from hf_mixture.callbacks import (
     ADOCallback,
     ADOConfig,
@@ -34,6 +30,10 @@ from hf_mixture.callbacks import (
     floor_weights,
     read_reference_losses,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
 from hf_mixture.errors import HFMixtureError
 from hf_mixture.formats.token_store import TokenStore, TokenStoreWriter
 from hf_mixture.mixture import Component, LiveMixture, Mixture, Stage, WeightChange

@@ -12,8 +12,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
-
 from hf_mixture.callbacks import (
     ADOCallback,
     BanditCallback,
@@ -21,6 +19,8 @@ from hf_mixture.callbacks import (
     ScheduleCallback,
     domain_eval_datasets,
 )
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
+
 from hf_mixture.formats.token_store import TokenStore, TokenStoreWriter
 from hf_mixture.mixture import Mixture, MixtureDataset, MixtureTrainer, Stage
 
@@ -155,7 +155,7 @@ def test_doremi_and_bandit_in_trainer(store, tmp_path, make):
 def test_schedule_switches_at_a_step_boundary(store, tmp_path):
     stages = [Stage(0, {"counting": 1, "noise": 0, "pairs": 0}),
               Stage(3, {"counting": 0, "noise": 1, "pairs": 0}, name="noise")]
-    trainer, data, cb = run(store, tmp_path / "sched",
+    trainer, data, _ = run(store, tmp_path / "sched",
                             lambda d: ScheduleCallback(d, stages, unit="steps"),
                             max_steps=5, eval_steps=100, save_steps=100)
     trainer.train()
