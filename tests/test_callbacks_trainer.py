@@ -8,6 +8,7 @@ within a few steps.  Runs on CPU in seconds.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -126,8 +127,11 @@ def test_resume_gives_identical_weights_and_next_samples(store, tmp_path):
     part.train()
     assert (tmp_path / "part" / "checkpoint-6" / "hf_mixture_ado.json").is_file()
 
-    resumed, data, cb = run(store, tmp_path / "part", make)
-    resumed.train(resume_from_checkpoint=True)
+    # The checkpoint moved outside the new run's output_dir: the callback still finds its state.
+    moved = tmp_path / "moved" / "ckpt"
+    shutil.copytree(tmp_path / "part" / "checkpoint-6", moved)
+    resumed, data, cb = run(store, tmp_path / "resumed", make)
+    resumed.train(resume_from_checkpoint=str(moved))
     assert len(part.seen) == 6 and len(resumed.seen) == 6
     for a, b in zip(part.seen + resumed.seen, full.seen):
         assert torch.equal(a, b)

@@ -127,6 +127,8 @@ class MixtureTrainerMixin:
                 raise HFMixtureError(f"resume_from_checkpoint=True, but output_dir "
                                      f"'{self.args.output_dir}' holds no checkpoint.")
         if resume_from_checkpoint:
+            # Callbacks find their own checkpoint state through args (they never see this call).
+            self.args.resume_from_checkpoint = str(resume_from_checkpoint)
             load_sampler_state(self.train_dataset, resume_from_checkpoint)
             logger.info("Resumed the mixture sampler at sample %d from %s.",
                         self.train_dataset.sampler.sample, resume_from_checkpoint)
