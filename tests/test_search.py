@@ -87,7 +87,7 @@ def tiny_config(**overrides) -> SearchConfig:
     base = {"rounds": [2, 2], "exclude": ["cluster_2"], "predictor": "linear", "candidates": 500,
                 "final_top_k": 10, "proxy_tokens": 1024, "proxy_seq_len": 32, "proxy_batch_size": 4,
                 "proxy_eval_points": 3, "proxy_eval_tokens": 128, "target_max_tokens": 256,
-                "proxy_learning_rate": 5e-3}
+                "proxy_learning_rate": 5e-3, "workers": 1}
     base.update(overrides)
     return SearchConfig(**base)
 
@@ -131,6 +131,18 @@ def test_tiny_search_writes_mixture_runs_and_report(tiny_store, target_file, tmp
     assert (out / "predicted_vs_actual.png").stat().st_size > 0
     # The laws fit on the runs' eval curves.
     assert cli_main(["fit-laws", str(out), "--predict-steps", "1000"]) == 0
+
+
+@pytest.mark.slow
+def test_a_process_pool_trains_the_same_runs_as_one_process(tiny_store, tmp_path):
+    """Two spawned workers (one thread each) give exactly the in-process results."""
+    config = tiny_config(rounds=[2])
+    here = run_search(tiny_store, "mean", tmp_path / "one", config, progress=False)
+    pool = run_search(tiny_store, "mean", tmp_path / "pool", tiny_config(rounds=[2], workers=2),
+                      progress=False)
+    assert [r["target"] for r in here.runs] == [r["target"] for r in pool.runs]
+    assert [r["domains"] for r in here.runs] == [r["domains"] for r in pool.runs]
+    assert SearchConfig(workers=0, proxy_device="cpu", proxy_threads=1).resolved_workers() >= 1
 
 
 def test_interrupted_search_resumes_without_redoing_finished_runs(tiny_store, tmp_path):
@@ -233,7 +245,7 @@ def test_cli_search_end_to_end_with_config_file(tiny_store, tmp_path, capsys):
     cfg = tmp_path / "search.yaml"
     settings_ = {k: v for k, v in tiny_config().to_dict().items()
                  if k in ("exclude", "predictor", "candidates", "proxy_tokens", "proxy_seq_len",
-                          "proxy_batch_size", "proxy_eval_points", "proxy_eval_tokens")}
+                          "proxy_batch_size", "proxy_eval_points", "proxy_eval_tokens", "workers")}
     cfg.write_text(yaml.safe_dump({**settings_, "rounds": [3]}))
     out = tmp_path / "cli"
     assert cli_main(["search", "--store", str(tiny_store), "--target", "worst", "--output",

@@ -12,6 +12,7 @@ is CLIMB's setting (64/32/16 proxies of 62M parameters).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -106,8 +107,9 @@ class SearchConfig:
     proxy_device: str = field(default="auto", metadata=_h("'auto', 'cpu', 'cuda' or 'cuda:N'."))
     proxy_bf16: bool = field(default=False, metadata=_h("Train proxies in bf16 mixed precision."))
     # execution
-    workers: int = field(default=1, metadata=_h(
-        "Proxy runs in parallel (local processes; with GPUs one per GPU)."))
+    workers: int = field(default=0, metadata=_h(
+        "Proxy runs in parallel in local processes; 0 = one per GPU, else one per "
+        "proxy_threads cores."))
     executor: str = field(default="local", metadata=_h(
         "'local' runs proxies here; 'external' writes each round's run folders and stops, for a "
         "Slurm array of `hf-mixture search-run`."))
@@ -129,7 +131,7 @@ class SearchConfig:
                   ("proxy_eval_points", self.proxy_eval_points >= 1),
                   ("proxy_eval_tokens", self.proxy_eval_tokens >= 2),
                   ("target_max_tokens", self.target_max_tokens >= 2),
-                  ("workers", self.workers >= 1), ("proxy_threads", self.proxy_threads >= 0),
+                  ("workers", self.workers >= 0), ("proxy_threads", self.proxy_threads >= 0),
                   ("max_epochs", self.max_epochs is None or self.max_epochs > 0),
                   ("run_tokens", self.run_tokens is None or self.run_tokens >= 1),
                   ("seed", self.seed >= 0)]
@@ -147,15 +149,29 @@ class SearchConfig:
     @classmethod
     def gpu(cls, **overrides: Any) -> SearchConfig:
         """CLIMB's scale: 64/32/16 proxies of 62M parameters, one worker per GPU."""
-        import torch
-
         base = {"rounds": [64, 32, 16], "proxy_model": "62m", "proxy_tokens": 200_000_000,
                     "proxy_seq_len": 2048, "proxy_batch_size": 32, "proxy_learning_rate": 1e-3,
                     "proxy_eval_points": 8, "proxy_eval_tokens": 65536, "target_max_tokens": 1_000_000,
                     "proxy_bf16": True, "proxy_device": "cuda",
-                    "workers": max(1, torch.cuda.device_count())}
+                    "workers": 0}
         base.update(overrides)
         return cls(**base)
+
+    def resolved_workers(self) -> int:
+        """``workers``, with 0 resolved: one process per GPU, else per ``proxy_threads`` cores.
+
+        Tiny proxies use one thread poorly and two badly (the threads contend), so on
+        CPU one single-threaded process per core is the fastest use of the machine.
+        """
+        if self.workers:
+            return self.workers
+        if self.proxy_device != "cpu":
+            import torch
+
+            if torch.cuda.is_available():
+                return max(1, torch.cuda.device_count())
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // max(1, self.proxy_threads))
 
     def proxy_settings(self) -> ProxySettings:
         return ProxySettings(

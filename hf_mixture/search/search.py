@@ -175,8 +175,9 @@ def _run_in_worker(run_dir: str, retry_failed: bool) -> dict[str, Any]:
 
 def _execute(run_dirs: list[Path], config: SearchConfig, target_fn: Callable | None,
              on_done: Callable[[Path, dict[str, Any]], None]) -> None:
-    """Run the pending folders: in this process (workers = 1) or a spawned process pool."""
-    if config.workers == 1 or len(run_dirs) <= 1:
+    """Run the pending folders: in this process (one worker) or a spawned process pool."""
+    workers = 1 if target_fn is not None else config.resolved_workers()
+    if workers == 1 or len(run_dirs) <= 1:
         for run_dir in run_dirs:
             on_done(run_dir, run_proxy(run_dir, target_fn=target_fn,
                                        retry_failed=config.retry_failed))
@@ -193,12 +194,12 @@ def _execute(run_dirs: list[Path], config: SearchConfig, target_fn: Callable | N
         gpus = torch.cuda.device_count()
     if gpus:
         queue = ctx.Queue()
-        for i in range(config.workers):
+        for i in range(workers):
             queue.put(i % gpus)
         initializer, initargs = _gpu_worker_init, (queue,)
     todo = list(run_dirs)
     while todo:
-        with cf.ProcessPoolExecutor(max_workers=min(config.workers, len(todo)), mp_context=ctx,
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                                     initializer=initializer, initargs=initargs) as pool:
             futures = {pool.submit(_run_in_worker, str(d), config.retry_failed): d for d in todo}
             todo = []
@@ -340,6 +341,7 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
                           tokenizer=config.tokenizer,
                           greater_is_better=config.target_greater_is_better, seed=config.seed)
     target_fn = getattr(spec, "_fn", None)
+    # A callable object is called in this process: proxies then run here one at a time.
     if spec.callable == "<in-process>" and (config.workers > 1 or config.executor != "local"):
         raise HFMixtureError("The target callable cannot be imported by name (a lambda or a "
                              "nested function), so it runs only in-process: set workers to 1 "
@@ -452,7 +454,7 @@ def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, ru
 
 
 def retrain(search_dir: str | os.PathLike, mixtures: dict[str, dict[str, float]], *,
-            seeds: tuple[int, ...] = (0,), eval_points: int | None = None, workers: int = 1,
+            seeds: tuple[int, ...] = (0,), eval_points: int | None = None, workers: int = 0,
             progress: bool = True) -> dict[str, list[dict[str, Any]]]:
     """Train named mixtures like the search's proxies (same store, pool, target, model, tokens).
 
