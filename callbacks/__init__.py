@@ -19,8 +19,7 @@ and changes weights only through ``LiveMixture.set_weights``:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hf_mixture._lazy import lazy_exports
 
 _EXPORTS = {
     "MixtureCallback": "base",
@@ -65,12 +64,4 @@ def callback_class(name: str) -> type:
     return __getattr__(CALLBACKS[name])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
