@@ -78,10 +78,10 @@ class ProxySettings:
     model: str = "cpu-1m"
     init_from: str | None = None
     tokens: int = 150_000
-    seq_len: int = 256
+    seq_len: int = 128
     batch_size: int = 8
-    learning_rate: float = 3e-3
-    warmup_fraction: float = 0.05
+    learning_rate: float = 5e-3
+    warmup_fraction: float = 0.1
     weight_decay: float = 0.0
     eval_points: int = 5
     eval_tokens: int = 2048
