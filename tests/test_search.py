@@ -246,12 +246,16 @@ def test_cli_search_end_to_end_with_config_file(tiny_store, tmp_path, capsys):
     settings_ = {k: v for k, v in tiny_config().to_dict().items()
                  if k in ("exclude", "predictor", "candidates", "proxy_tokens", "proxy_seq_len",
                           "proxy_batch_size", "proxy_eval_points", "proxy_eval_tokens", "workers")}
-    cfg.write_text(yaml.safe_dump({**settings_, "rounds": [3]}))
+    cfg.write_text(yaml.safe_dump({**settings_, "rounds": [3], "predictor": "auto"}))
     out = tmp_path / "cli"
     assert cli_main(["search", "--store", str(tiny_store), "--target", "worst", "--output",
                      str(out), "--config", str(cfg), "--proxy-tokens", "512"]) == 0
     printed = capsys.readouterr().out
     assert "mixture:" in printed and "report:" in printed
+    # auto: the predictor with the best held-out Spearman on these 3 runs chose the winner.
+    result = json.loads((out / "result.json").read_text())
+    assert result["predictor"] in ("linear", "loglinear", "mixing_law")
+    assert "(auto: best held-out Spearman)" in (out / "report.md").read_text()
     runs = _read_jsonl(out / "runs.jsonl")
     assert len(runs) == 3 and runs[0]["tokens"] == 512
     # The same folder with different settings is refused (a new --output starts afresh).

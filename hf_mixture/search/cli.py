@@ -82,10 +82,10 @@ def run_search_command(args: argparse.Namespace) -> int:
     print(f"mixture: {result.mixture_path}")
     print(f"report:  {result.report_path}")
     print(f"runs:    {result.runs_path}")
-    q = result.quality.get(config.predictor) or {}
+    q = result.quality.get(result.predictor) or {}
     rho = q.get("spearman")
     print(f"predicted target {result.predicted_target:.4f}; best proxy {result.best_run['run']} "
-          f"{result.best_run['target']:.4f}; {config.predictor} held-out Spearman "
+          f"{result.best_run['target']:.4f}; {result.predictor} held-out Spearman "
           + (f"{rho:.3f}" if rho is not None else "n/a"))
     return 0
 

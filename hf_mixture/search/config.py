@@ -57,7 +57,8 @@ class SearchConfig:
     run_tokens: int | None = field(default=None, metadata=_h(
         "Length in tokens of the run the mixture is for (caps use it); default: proxy_tokens."))
     predictor: str = field(default="lightgbm", metadata=_h(
-        "Predictor of the target from the weights: lightgbm, mixing_law, linear, loglinear."))
+        "Predictor of the target from the weights: lightgbm, mixing_law, linear, loglinear, or "
+        "'auto' (the best held-out Spearman on the runs so far, chosen again each round)."))
     final: str = field(default="top_k_average", metadata=_h(
         "Final mixture: 'top_k_average' (RegMix: mean of the predicted top-k candidates), "
         "'predicted_best' or 'best_run' (best finished proxy)."))

@@ -70,12 +70,17 @@ def _plots(output_dir: Path, names: list[str], natural: np.ndarray, weights: dic
 
 def write_report(output_dir: Path, config, names: list[str], natural: np.ndarray,
                  runs: list[dict[str, Any]], quality: dict[str, Any], spec, weights: dict[str, float],
-                 predicted: float, best_run: dict[str, Any]) -> Path:
-    """Write ``output_dir/report.md`` (and its PNGs); returns its path."""
+                 predicted: float, best_run: dict[str, Any], used: str | None = None) -> Path:
+    """Write ``output_dir/report.md`` (and its PNGs); returns its path.
+
+    ``used``: the predictor that chose the winner (``config.predictor``, or what ``auto`` picked).
+    """
+    used = used or config.predictor
     sign = -1.0 if spec.greater_is_better else 1.0
     better = "higher" if spec.greater_is_better else "lower"
     lines = [f"# Mixture search report: {output_dir.name}", ""]
-    lines += [f"Target: **{spec.name}** ({better} is better).  Predictor: **{config.predictor}**.  "
+    lines += [f"Target: **{spec.name}** ({better} is better).  Predictor: **{used}**"
+              + (" (auto: best held-out Spearman)" if config.predictor == "auto" else "") + ".  "
               f"Final mixture: **{config.final}**"
               + (f" (k = {config.final_top_k})" if config.final == "top_k_average" else "") + ".",
               "",
@@ -106,7 +111,7 @@ def write_report(output_dir: Path, config, names: list[str], natural: np.ndarray
         if q is None or "error" in q:
             lines.append(f"| {name} | — | — | — | {q.get('error', '') if q else ''} |")
         else:
-            mark = " (used)" if name == config.predictor else ""
+            mark = " (used)" if name == used else ""
             lines.append(f"| {name}{mark} | {_fmt(q['spearman'], 3)} | {_fmt(q['mae'])} | "
                          f"{q['num_runs']} | {q['scheme']} |")
     lines += ["", "## The winner", "",
@@ -115,7 +120,7 @@ def write_report(output_dir: Path, config, names: list[str], natural: np.ndarray
               "| component | natural share | winner | best run |", "|---|---:|---:|---:|"]
     for n, share in zip(names, natural):
         lines.append(f"| {n} | {share:.3f} | {weights[n]:.3f} | {best_run['weights'][n]:.3f} |")
-    pictures = _plots(output_dir, names, natural, weights, quality.get(config.predictor),
+    pictures = _plots(output_dir, names, natural, weights, quality.get(used),
                       spec.name)
     if pictures:
         lines += ["", "## Pictures", ""] + [f"![{p[:-4]}]({p})" for p in pictures]

@@ -85,6 +85,7 @@ class SearchResult:
     predicted_target: float | None = None
     best_run: dict[str, Any] | None = None
     pending: list[str] = field(default_factory=list)
+    predictor: str | None = None
 
 
 # -- the pool -------------------------------------------------------------------------------
@@ -271,16 +272,39 @@ def _score(values: np.ndarray, greater_is_better: bool) -> np.ndarray:
     return -values if greater_is_better else values
 
 
+def _quality(X: np.ndarray, y: np.ndarray, config: SearchConfig) -> dict[str, dict[str, Any]]:
+    """Every registered predictor's held-out Spearman/MAE (or why it could not be measured)."""
+    quality: dict[str, dict[str, Any]] = {}
+    for name in predictor_names():
+        try:
+            quality[name] = cross_validate(name, X, y, folds=config.cv_folds,
+                                           seed=config.seed).to_dict()
+        except HFMixtureError as err:  # too few runs, or loglinear on non-positive values
+            quality[name] = {"predictor": name, "error": str(err)}
+    return quality
+
+
+def _choose(quality: dict[str, dict[str, Any]]) -> str:
+    """``auto``: the best held-out Spearman (then the lowest MAE); ``linear`` when none was measured."""
+    scored = [(q["spearman"], -q["mae"], name) for name, q in quality.items()
+              if "error" not in q and q.get("spearman") is not None]
+    return max(scored)[2] if scored else "linear"
+
+
 def _fit(config: SearchConfig, X: np.ndarray, y: np.ndarray, runs: list[dict[str, Any]],
-         when: str):
-    predictor = make_predictor(config.predictor)
+         when: str, quality: dict[str, dict[str, Any]] | None = None):
+    """(fitted predictor, its name); ``auto`` picks by cross-validation on these runs."""
+    name = config.predictor
+    if name == "auto" and len(X) >= 2:
+        name = _choose(quality if quality is not None else _quality(X, y, config))
+    predictor = make_predictor("linear" if name == "auto" else name)
     if len(X) < predictor.min_runs:
         failed = sum(r["status"] == "failed" for r in runs)
         raise HFMixtureError(
             f"{when}: only {len(X)} proxy run(s) finished ({failed} failed; see runs.jsonl), too "
             f"few to fit predictor {config.predictor!r}, which needs {predictor.min_runs}; fix "
             "the cause and rerun (with --retry-failed to run the failed ones again).")
-    return predictor.fit(X, y)
+    return predictor.fit(X, y), predictor.name
 
 
 def _plan_round(k: int, size: int, config: SearchConfig, names: list[str], prior, caps,
@@ -291,7 +315,7 @@ def _plan_round(k: int, size: int, config: SearchConfig, names: list[str], prior
                                  caps=caps, rng=rng)
         return {"round": k, "weights": X.tolist(), "predicted": [None] * size, "fitted_on": 0}
     X_runs, y_runs = _finished_xy(runs, names)
-    model = _fit(config, X_runs, y_runs, runs, f"Planning round {k}")
+    model, used = _fit(config, X_runs, y_runs, runs, f"Planning round {k}")
     C = dirichlet_candidates(config.candidates, prior, concentration=config.dirichlet_concentration,
                              caps=caps, rng=rng)
     pred = model.predict(C)
@@ -300,7 +324,7 @@ def _plan_round(k: int, size: int, config: SearchConfig, names: list[str], prior
     pick = rng.choice(top, size=min(size, len(top)), replace=False)
     pick = pick[np.argsort(_score(pred[pick], greater_is_better), kind="stable")]
     return {"round": k, "weights": C[pick].tolist(), "predicted": pred[pick].tolist(),
-            "fitted_on": len(X_runs)}
+            "fitted_on": len(X_runs), "predictor": used}
 
 
 def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
@@ -320,9 +344,9 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
     config = config or SearchConfig()
     if not isinstance(config, SearchConfig):
         raise HFMixtureError(f"config must be a SearchConfig, got {type(config).__name__}.")
-    if config.predictor not in predictor_names():
-        raise HFMixtureError(f"Field 'predictor' is {config.predictor!r}; the registered "
-                             f"predictors are {', '.join(predictor_names())}.")
+    if config.predictor != "auto" and config.predictor not in predictor_names():
+        raise HFMixtureError(f"Field 'predictor' is {config.predictor!r}; use 'auto' or a "
+                             f"registered predictor: {', '.join(predictor_names())}.")
     if isinstance(store, (str, os.PathLike)):
         store = TokenStore(store)
     output_dir = Path(output_dir)
@@ -405,14 +429,8 @@ def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, ru
     from .report import write_report
 
     X, y = _finished_xy(runs, names)
-    model = _fit(config, X, y, runs, "Choosing the final mixture")
-    quality: dict[str, dict[str, Any] | None] = {}
-    for name in predictor_names():
-        try:
-            quality[name] = cross_validate(name, X, y, folds=config.cv_folds,
-                                           seed=config.seed).to_dict()
-        except HFMixtureError as err:  # too few runs, or loglinear on non-positive values
-            quality[name] = {"predictor": name, "error": str(err)}
+    quality = _quality(X, y, config)
+    model, used = _fit(config, X, y, runs, "Choosing the final mixture", quality)
     rng = np.random.default_rng([config.seed, len(config.rounds) + 1])
     C = dirichlet_candidates(config.candidates, prior, concentration=config.dirichlet_concentration,
                              caps=caps, rng=rng)
@@ -431,19 +449,19 @@ def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, ru
     predicted = float(model.predict(w[None, :])[0])
     weights = {n: float(x) for n, x in zip(names, w)}
     description = (f"Found by a CLIMB search (hf-mixture search): target '{spec.name}', "
-                   f"predictor {config.predictor}, {len(ok)} proxy runs, final = {config.final}.")
+                   f"predictor {used}, {len(ok)} proxy runs, final = {config.final}.")
     mixture = _mixture_for(pool, weights, config.seed, name=f"search-{output_dir.name}",
                            description=description, max_epochs=config.max_epochs)
     mixture_path = mixture.save(output_dir / MIXTURE_FILE)
     result = SearchResult(output_dir, "complete", mixture=mixture, mixture_path=mixture_path,
                           runs_path=output_dir / "runs.jsonl", runs=runs, quality=quality,
-                          predicted_target=predicted, best_run=best_run)
+                          predicted_target=predicted, best_run=best_run, predictor=used)
     natural = counts / counts.sum()
     result.report_path = write_report(output_dir, config, names, natural, runs, quality, spec,
-                                      weights, predicted, best_run)
+                                      weights, predicted, best_run, used)
     atomic_write_json(output_dir / "result.json", {
         "mixture": str(mixture_path.name), "weights": weights, "predicted_target": predicted,
-        "target": spec.name, "greater_is_better": spec.greater_is_better,
+        "target": spec.name, "greater_is_better": spec.greater_is_better, "predictor": used,
         "best_run": {"run": best_run["run"], "target": best_run["target"],
                      "weights": best_run["weights"]},
         "quality": {k: ({kk: vv for kk, vv in v.items() if kk not in ("predicted", "actual")}
