@@ -1,1 +1,37 @@
-"""clustering"""
+"""Discover domains in an unlabeled corpus: embed -> k-means -> quality prune -> merge -> describe.
+
+The three names most users need:
+
+>>> from hf_mixture.clustering import ClusterConfig, cluster_corpus
+>>> result = cluster_corpus(None, "clusters", ClusterConfig(final_clusters=7))   # doctest: +SKIP
+
+Stages live in their own modules and can be replaced one at a time
+(``embed``, ``kmeans``, ``quality``, ``merge``, ``describe``); ``pipeline`` wires them.
+Importing this package is cheap: torch, datasets and sentence-transformers load
+only when a stage runs.
+"""
+
+from __future__ import annotations
+
+from .config import ClusterConfig
+from .describe import ClusterDescriber
+from .embed import SentenceEmbedder, embed_corpus
+from .kmeans import KMeansClusterer
+from .merge import CentroidMerger
+from .metrics import clustering_scores
+from .pipeline import ClusteringResult, cluster_corpus
+from .quality import QualityPruner, rule_quality_scores
+
+__all__ = [
+    "CentroidMerger",
+    "ClusterConfig",
+    "ClusterDescriber",
+    "ClusteringResult",
+    "KMeansClusterer",
+    "QualityPruner",
+    "SentenceEmbedder",
+    "cluster_corpus",
+    "clustering_scores",
+    "embed_corpus",
+    "rule_quality_scores",
+]

