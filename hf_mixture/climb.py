@@ -1,0 +1,232 @@
+"""``hf-mixture climb``: the whole chain — cluster → tokenize → search → mixture + report.
+
+On the embedded playground by default, with CPU-sized defaults (the main job of
+the README).  Every stage writes its own folder under ``--output`` and is skipped
+on a rerun when its inputs and settings did not change (a ``.climb/<stage>.json``
+marker holds their fingerprint), so an interrupted run resumes where it stopped::
+
+    OUTPUT/
+      clusters/      clustered corpus (cluster_<k>/*.parquet, README configs, clusters.json, report.md)
+      store/         token store (per-cluster memmaps + held-out validation slices)
+      search/        proxy runs, runs.jsonl, report.md, mixture.yaml
+      mixture.yaml   the mixture found (a copy of search/mixture.yaml)
+      plan.md        its MPT-style plan table
+
+A config file has one section per stage plus the shared keys::
+
+    seed: 0
+    cluster: {final_clusters: 7}        # ClusterConfig fields
+    tokenize: {validation_fraction: 0.01}
+    search: {rounds: [8, 4, 4]}         # SearchConfig fields
+
+>>> run_climb(ClimbConfig(output="runs/climb"))      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write_json, atomic_write_text
+from .config import dataclass_from_dict, load_config_file
+from .errors import HFMixtureError
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("cluster", "tokenize", "search")
+
+
+@dataclass
+class TokenizeSettings:
+    """Options of the tokenize stage."""
+
+    validation_fraction: float = field(
+        default=0.02, metadata={"help": "Share of each cluster's documents held out for validation."})
+    num_proc: int | None = field(default=None, metadata={"help": "Tokenizer processes (None: one)."})
+
+
+@dataclass
+class ClimbConfig:
+    """Options of ``hf-mixture climb``; ``cluster``/``search`` take ClusterConfig/SearchConfig keys."""
+
+    input: str | None = field(
+        default=None, metadata={"help": "Corpus to cluster (anything datasets.load_dataset reads); "
+                                        "default: the embedded playground."})
+    output: str = field(default="runs/climb", metadata={"help": "Folder for every stage's output."})
+    target: str = field(
+        default="mean", metadata={"help": "What the search minimizes: 'mean' or 'worst' per-domain "
+                                          "held-out loss, or a text file/folder/dataset id."})
+    seed: int = field(default=0, metadata={"help": "Seed of every stage."})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer (folder or Hub id); default: the playground's."})
+    plan_tokens: int | None = field(
+        default=None, metadata={"help": "Run length the final plan table is computed for "
+                                        "(default: the store's training tokens)."})
+    cluster: dict[str, Any] = field(default_factory=dict, metadata={"help": "ClusterConfig keys."})
+    tokenize: dict[str, Any] = field(default_factory=dict, metadata={"help": "TokenizeSettings keys."})
+    search: dict[str, Any] = field(default_factory=dict, metadata={"help": "SearchConfig keys."})
+
+    @classmethod
+    def from_file(cls, path: str, **overrides: Any) -> "ClimbConfig":
+        data = load_config_file(path)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return dataclass_from_dict(cls, data, where=str(path))
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Markers:
+    """``OUTPUT/.climb/<stage>.json``: which stages finished, with which inputs."""
+
+    def __init__(self, output: Path):
+        self.dir = output / ".climb"
+
+    def done(self, stage: str, fingerprint: str, outputs: list[Path]) -> bool:
+        path = self.dir / f"{stage}.json"
+        if not path.is_file() or not all(p.exists() for p in outputs):
+            return False
+        try:
+            return json.loads(path.read_text()).get("fingerprint") == fingerprint
+        except json.JSONDecodeError:
+            return False
+
+    def mark(self, stage: str, fingerprint: str, seconds: float) -> None:
+        atomic_write_json(self.dir / f"{stage}.json", {"fingerprint": fingerprint, "seconds": round(seconds, 1)})
+
+
+def _stage_configs(cfg: ClimbConfig) -> tuple[Any, TokenizeSettings, Any]:
+    """Every stage's config, checked before anything is written."""
+    from .clustering import ClusterConfig
+    from .search import SearchConfig
+
+    if "overwrite" in cfg.cluster:
+        raise HFMixtureError("climb config [cluster]: key 'overwrite' is managed by climb itself.")
+    options = {"seed": cfg.seed, **cfg.cluster}
+    if cfg.tokenizer is not None:
+        options.setdefault("tokenizer", cfg.tokenizer)
+    cluster_cfg = dataclass_from_dict(ClusterConfig, options, where="climb config [cluster]")
+    settings = dataclass_from_dict(TokenizeSettings, cfg.tokenize, where="climb config [tokenize]")
+    search_cfg = dataclass_from_dict(SearchConfig, {"seed": cfg.seed, **cfg.search},
+                                     where="climb config [search]")
+    return cluster_cfg, settings, search_cfg
+
+
+def _cluster_stage(cfg: ClimbConfig, cluster_cfg: Any, out: Path, markers: _Markers) -> Path:
+    from .clustering import cluster_corpus
+
+    target = out / "clusters"
+    fp = _fingerprint({"input": cfg.input, "config": dataclasses.asdict(cluster_cfg)})
+    if markers.done("cluster", fp, [target / "clusters.json"]):
+        print(f"[1/3] cluster: up to date ({target})")
+        return target
+    print(f"[1/3] cluster: embed → k-means → prune → merge → describe → {target}")
+    start = time.perf_counter()
+    cluster_cfg.overwrite = True  # the marker says the old output is stale
+    cluster_corpus(cfg.input, target, cluster_cfg)
+    markers.mark("cluster", fp, time.perf_counter() - start)
+    return target
+
+
+def _tokenizer_for(cfg: ClimbConfig) -> Any:
+    if cfg.tokenizer is not None:
+        return cfg.tokenizer
+    from . import playground
+
+    return playground.tokenizer()
+
+
+def _tokenize_stage(cfg: ClimbConfig, settings: TokenizeSettings, clusters: Path, out: Path,
+                    markers: _Markers) -> Path:
+    from .formats.tokenize import tokenize
+
+    target = out / "store"
+    print(f"[2/3] tokenize: {clusters} → {target}")
+    start = time.perf_counter()
+    # tokenize() is idempotent on its own: same inputs and settings leave the store as it is.
+    result = tokenize(clusters, target, _tokenizer_for(cfg), seed=cfg.seed, overwrite=True,
+                      validation_fraction=settings.validation_fraction, num_proc=settings.num_proc)
+    markers.mark("tokenize", result.fingerprint, time.perf_counter() - start)
+    return target
+
+
+def _search_stage(cfg: ClimbConfig, search_cfg: Any, store: Path, out: Path) -> Any:
+    from .search import run_search
+
+    target = out / "search"
+    print(f"[3/3] search: proxy runs → predictor → next round ({target})")
+    # run_search resumes by itself: finished proxy runs are never redone.
+    return run_search(store, cfg.target, target, search_cfg)
+
+
+def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
+    """Run every stage; returns the paths and the headline numbers it printed."""
+    from .formats.token_store import TokenStore
+    from .mixture import Mixture
+
+    out = Path(cfg.output)
+    cluster_cfg, settings, search_cfg = _stage_configs(cfg)
+    markers = _Markers(out)
+    clusters = _cluster_stage(cfg, cluster_cfg, out, markers)
+    store_path = _tokenize_stage(cfg, settings, clusters, out, markers)
+    result = _search_stage(cfg, search_cfg, store_path, out)
+    if result.status == "pending":
+        raise HFMixtureError(
+            f"The search in '{out / 'search'}' has proxy runs waiting to be run elsewhere; run them, "
+            "then rerun `hf-mixture climb` to finish."
+        )
+    store = TokenStore(store_path)
+    mixture = Mixture.load(result.mixture_path)
+    shutil.copyfile(result.mixture_path, out / "mixture.yaml")
+    total = cfg.plan_tokens or sum(store.num_tokens(c) for c in store.components)
+    plan = mixture.plan(total, store)
+    atomic_write_text(out / "plan.md", plan.to_markdown() + "\n")
+    summary = {
+        "clusters": str(clusters),
+        "store": str(store_path),
+        "search": str(out / "search"),
+        "mixture": str(out / "mixture.yaml"),
+        "plan": str(out / "plan.md"),
+        "report": str(result.report_path),
+        "cluster_report": str(clusters / "report.md"),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    print()
+    print(plan)
+    print()
+    for key, value in summary.items():
+        print(f"{key + ':':16s}{value}")
+    return summary
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "climb", help="Run the whole chain: cluster → tokenize → search → mixture + report.",
+        description="Cluster a corpus (the playground by default), tokenize it, search the best "
+                    "mixture with proxy models and write it with its plan and reports.")
+    parser.add_argument("--config", help="YAML file: shared keys plus cluster:/tokenize:/search: sections.")
+    parser.add_argument("--input", help=ClimbConfig.__dataclass_fields__["input"].metadata["help"])
+    parser.add_argument("--output", help="Output folder (default: runs/climb).")
+    parser.add_argument("--target", help=ClimbConfig.__dataclass_fields__["target"].metadata["help"])
+    parser.add_argument("--seed", type=int, help="Seed of every stage (default: 0).")
+    parser.add_argument("--tokenizer", help=ClimbConfig.__dataclass_fields__["tokenizer"].metadata["help"])
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {k: getattr(args, k) for k in ("input", "output", "target", "seed", "tokenizer")}
+    if args.config:
+        cfg = ClimbConfig.from_file(args.config, **overrides)
+    else:
+        cfg = dataclass_from_dict(ClimbConfig, {k: v for k, v in overrides.items() if v is not None})
+    run_climb(cfg)
+    return 0

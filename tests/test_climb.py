@@ -1,0 +1,77 @@
+"""`hf-mixture climb`: the whole chain on a tiny corpus, resumable, with clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from hf_mixture.cli import main
+from hf_mixture.formats import ClusteredCorpus, TokenStore
+from hf_mixture.mixture import Mixture
+
+SEARCH = {"rounds": [2, 2], "predictor": "linear", "candidates": 500, "final_top_k": 10,
+          "proxy_tokens": 1024, "proxy_seq_len": 32, "proxy_batch_size": 4, "proxy_eval_points": 3,
+          "proxy_eval_tokens": 128, "proxy_learning_rate": 5e-3, "workers": 1}
+
+
+@pytest.fixture
+def climb_config(tmp_path, tiny_texts, tiny_tokenizer_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t, "source": s}) + "\n" for s, t in tiny_texts))
+    config = {
+        "input": str(corpus), "output": str(tmp_path / "out"), "seed": 3,
+        "tokenizer": str(tiny_tokenizer_path),
+        "cluster": {"num_clusters": 6, "final_clusters": 3, "max_seq_length": 32, "prune": False},
+        "tokenize": {"validation_fraction": 0.2},
+        "search": SEARCH,
+    }
+    path = tmp_path / "climb.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_climb_runs_every_stage_then_skips_them_on_rerun(climb_config, tmp_path, capsys):
+    assert main(["climb", "--config", str(climb_config)]) == 0
+    out = tmp_path / "out"
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("mixture", "plan", "report", "cluster_report", "store", "clusters"):
+        assert summary[key] in printed
+    assert ClusteredCorpus(out / "clusters").cluster_ids == [0, 1, 2]
+    store = TokenStore(out / "store")
+    assert store.manifest["seed"] == 3
+    mixture = Mixture.load(out / "mixture.yaml")
+    assert sorted(mixture.component_names) == store.components
+    assert abs(sum(mixture.weights().values()) - 1) < 1e-9
+    assert "effective" in (out / "plan.md").read_text().lower()
+    runs = (out / "search" / "runs.jsonl").read_text().splitlines()
+    assert len(runs) == 4
+
+    # A rerun with the same settings redoes nothing: clusters are skipped, the store is
+    # current and every proxy run is finished.
+    before = (out / "clusters" / "clusters.json").stat().st_mtime_ns
+    assert main(["climb", "--config", str(climb_config)]) == 0
+    assert "cluster: up to date" in capsys.readouterr().out
+    assert (out / "clusters" / "clusters.json").stat().st_mtime_ns == before
+    assert (out / "search" / "runs.jsonl").read_text().splitlines() == runs
+
+
+def test_climb_bad_config_is_one_sentence(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "clustr": {}}))
+    assert main(["climb", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "clustr" in err and str(bad) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+    bad.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "cluster": {"num_clustrs": 3}}))
+    assert main(["climb", "--config", str(bad)]) == 2
+    assert "num_clustrs" in capsys.readouterr().err
+
+
+def test_climb_missing_input_names_it(tmp_path, capsys):
+    missing = tmp_path / "nope.jsonl"
+    assert main(["climb", "--input", str(missing), "--output", str(tmp_path / "out")]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
