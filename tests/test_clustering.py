@@ -380,6 +380,35 @@ def test_weighted_ward_folds_small_outlier_into_neighbour():
     assert unweighted.tolist() == [0, 0, 1]
 
 
+def test_lexical_view_separates_forms_and_is_deterministic():
+    from hf_mixture.clustering.lexical import LexicalFeaturizer, combine_views
+
+    corpus = make_corpus(15)
+    kinds = np.array(corpus["source"])
+    lex = LexicalFeaturizer(dims=8, sample=30, seed=0)
+    x = lex.transform(corpus["text"])
+    assert x.shape == (45, 8) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert np.array_equal(x, LexicalFeaturizer(dims=8, sample=30, seed=0).transform(corpus["text"]))
+    # nearest neighbour (cosine) of every document is of the same kind: form alone separates them
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    assert (kinds[sims.argmax(axis=1)] == kinds).mean() > 0.95
+    both = combine_views(np.eye(45, 4, dtype=np.float32), x, 1.0)
+    assert both.shape == (45, 12)
+    assert combine_views(x, None, 1.0).shape == x.shape
+
+
+def test_embeddings_only_path(tmp_path, corpus, embedder, tiny_tokenizer_path):
+    result = _run(corpus, tmp_path / "out", embedder, tiny_tokenizer_path, lexical_weight=0.0)
+    truth = np.array(corpus["source"])[result.kept_rows]
+    assert clustering_scores(result.labels, truth)["nmi"] > 0.9
+    assert (
+        json.loads((tmp_path / "out" / "clusters.json").read_text())["clustering"]["lexical"]
+        is None
+    )
+    assert "Lexical view: off" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_dedup_normalizes_whitespace_and_case():
     rows, dup, empty = dedup_rows(["Hello  world", "hello world\n", "  ", "other", "Other"])
     assert rows.tolist() == [0, 3] and dup == 2 and empty == 1
@@ -501,3 +530,70 @@ def test_cli_happy_path_with_defaults(tmp_path, capsys):
     # default k = round(sqrt(60)) = 8, merged to 3
     assert manifest["clustering"]["num_clusters"] == 8 and len(manifest["clusters"]) == 3
     assert (tmp_path / "out.cache" / "embeddings").is_dir()
+
+
+# ----------------------------------------------------------------------------- data parallel
+_DP_SCRIPT = """
+import json, sys
+import datasets
+from hf_mixture.clustering import SentenceEmbedder, cluster_corpus
+ds = datasets.load_dataset("parquet", data_files=sys.argv[1], split="train")
+result = cluster_corpus(
+    ds, sys.argv[2], embedder=SentenceEmbedder(max_seq_length=32), progress=False,
+    num_clusters=6, final_clusters=3, chunk_size=16, lexical_dims=16, cache_dir=sys.argv[3],
+    tokenizer=sys.argv[4],
+)
+if result is not None:  # rank 0 only
+    json.dump({"labels": result.labels.tolist(), "embedded": result.embedding["embedded"]},
+              open(sys.argv[5], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_data_parallel_embedding_under_torchrun(tmp_path, tiny_tokenizer_path, embedder):
+    """Two CPU ranks (gloo) embed disjoint chunk ranges; rank 0 alone clusters and writes,
+    and the assignments equal a single-process run's."""
+    import subprocess
+    import sys
+
+    corpus = make_corpus(20)
+    data = tmp_path / "corpus.parquet"
+    corpus.to_parquet(str(data))
+    script = tmp_path / "dp.py"
+    script.write_text(_DP_SCRIPT)
+    out, cache, result_file = tmp_path / "out", tmp_path / "cache", tmp_path / "result.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(data),
+        str(out),
+        str(cache),
+        str(tiny_tokenizer_path),
+        str(result_file),
+    ]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(result_file.read_text())
+    assert got["embedded"] < len(corpus)  # rank 0 embedded only its share of the chunks
+    chunks = sorted(p.name for p in cache.glob("embeddings/*/chunk_*.npy"))
+    assert chunks == [f"chunk_{i:05d}.npy" for i in range(4)]  # 60 docs / 16 per chunk
+    assert (out / "clusters.json").is_file() and not list(tmp_path.glob(".out.tmp-*"))
+
+    single = cluster_corpus(
+        datasets.load_dataset("parquet", data_files=str(data), split="train"),
+        tmp_path / "single",
+        embedder=embedder,
+        progress=False,
+        num_clusters=6,
+        final_clusters=3,
+        chunk_size=16,
+        lexical_dims=16,
+        cache_dir=str(tmp_path / "c1"),
+        tokenizer=str(tiny_tokenizer_path),
+    )
+    assert got["labels"] == single.labels.tolist()

@@ -63,7 +63,7 @@ class ClusterConfig:
         default=128,
         metadata=_help(
             "Tokens per document the embedder reads (MiniLM was trained on 128-token inputs; "
-            "longer inputs cost quadratically and add little for topic)."
+            "longer inputs cost more and add little for topic)."
         ),
     )
     batch_size: int = field(default=16, metadata=_help("Documents per embedding batch."))
@@ -79,6 +79,14 @@ class ClusterConfig:
         default=2048,
         metadata=_help(
             "Documents per cached embedding chunk (the unit an interrupted run resumes from)."
+        ),
+    )
+    num_threads: int | None = field(
+        default=None,
+        metadata=_help(
+            "Threads for embedding, the lexical view and k-means (default: the cores other work "
+            "leaves idle, from the 1-minute load average, at least 1; on a busy machine fewer "
+            "threads run faster)."
         ),
     )
     cache_dir: str | None = field(
@@ -175,6 +183,7 @@ class ClusterConfig:
             "num_clusters": self.num_clusters,
             "final_clusters": self.final_clusters,
             "kmeans_sample": self.kmeans_sample,
+            "num_threads": self.num_threads,
         }
         for name, value in positive.items():
             if value is not None and (not isinstance(value, int) or value < 1):

@@ -44,7 +44,7 @@ from .._io import atomic_path
 from ..errors import HFMixtureError
 from .config import ClusterConfig
 from .describe import ClusterDescriber, plot_centroid_map, plot_cluster_sizes
-from .embed import Embedder, SentenceEmbedder, embed_corpus
+from .embed import Embedder, SentenceEmbedder, compute_threads, embed_corpus
 from .kmeans import KMeansClusterer
 from .lexical import LexicalFeaturizer, combine_views
 from .merge import CentroidMerger
@@ -253,7 +253,13 @@ def cluster_corpus(
 
     >>> r = cluster_corpus("corpus.parquet", "out", num_clusters=100, final_clusters=8)  # doctest: +SKIP
     """
-    with _datasets_bars(progress):
+    if config is None:
+        config = ClusterConfig(**options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    # One thread budget for every stage (embedding, lexical SVD, k-means): see
+    # embed.default_num_threads for why it follows the machine's idle cores.
+    with _datasets_bars(progress), compute_threads(config.num_threads) as threads:
         return _cluster_corpus(
             dataset_or_path,
             output_dir,
@@ -265,14 +271,14 @@ def cluster_corpus(
             merger=merger,
             describer=describer,
             progress=progress,
-            **options,
+            threads=threads,
         )
 
 
 def _cluster_corpus(
     dataset_or_path: Any,
     output_dir: str | os.PathLike,
-    config: ClusterConfig | None,
+    config: ClusterConfig,
     *,
     embedder: Embedder | None,
     lexical: LexicalFeaturizer | None,
@@ -281,12 +287,8 @@ def _cluster_corpus(
     merger: CentroidMerger | None,
     describer: ClusterDescriber | None,
     progress: bool,
-    **options: Any,
+    threads: int,
 ) -> ClusteringResult | None:
-    if config is None:
-        config = ClusterConfig(**options)
-    elif options:
-        config = dataclasses.replace(config, **options)
     output_dir = Path(output_dir)
     _check_output(output_dir, config.overwrite)
     timings: dict[str, float] = {}
@@ -337,7 +339,12 @@ def _cluster_corpus(
             else output_dir.with_name(output_dir.name + ".cache")
         )
         emb, emb_stats = embed_corpus(
-            texts, embedder, cache_dir, chunk_size=config.chunk_size, progress=progress
+            texts,
+            embedder,
+            cache_dir,
+            chunk_size=config.chunk_size,
+            progress=progress,
+            num_threads=threads,
         )
         timings["embed"] = time.perf_counter() - t
         if not emb_stats["is_main_process"]:
@@ -575,7 +582,11 @@ def render_report(
         f"- Embedding: `{summary['embedder']['model']}` (max {summary['embedder']['max_seq_length']} "
         f"tokens, {'bfloat16 autocast' if summary['embedder']['bf16'] else 'float32'}); "
         f"{emb_stats['embedded']} embedded"
-        + (f" at {docs_per_s:.1f} docs/s" if docs_per_s else "")
+        + (
+            f" at {docs_per_s:.1f} docs/s ({emb_stats.get('threads')} torch threads)"
+            if docs_per_s
+            else ""
+        )
         + f", {emb_stats['cached']} read from the cache.",
         (
             f"- Lexical view: {summary['lexical']['method']} ({summary['lexical']['dims']} dims), "
