@@ -19,7 +19,7 @@ a file, a folder, or a dataset id
 
 Only the text column of a target set is read: any ``source`` column is ignored.
 
->>> spec = prepare_target("mean", store=None, output_dir="out")     # doctest: +SKIP
+>>> spec = prepare_target("mean", store=None, output_dir="out")
 >>> spec.kind, spec.name
 ('mean', 'mean validation loss')
 """
