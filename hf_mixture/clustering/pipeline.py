@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,19 +174,26 @@ def check_text_column(dataset, text_column: str, where: str = "INPUT") -> None:
 _SPACE = re.compile(r"\s+")
 
 
-def dedup_rows(texts: list[str]) -> tuple[np.ndarray, int, int]:
-    """Rows to keep: first occurrence of each normalized text, empty texts dropped.
+def dedup_rows(
+    texts: Iterable[str], limit: int | None = None
+) -> tuple[np.ndarray, list[str], int, int]:
+    """First occurrence of each normalized text, empty texts dropped, stopping at ``limit``.
 
     Normalization (lower case, whitespace runs collapsed, ends stripped) catches
-    copies that differ only in layout.  Returns ``(rows, duplicates, empties)``.
+    copies that differ only in layout.  Returns ``(rows, kept_texts, duplicates,
+    empties)``; duplicates and empties are counted up to where reading stopped.
 
-    >>> dedup_rows(["A  b", "a b", "", "c"])
-    (array([0, 3]), 1, 1)
+    >>> rows, kept, dup, empty = dedup_rows(["A  b", "a b", "", "c"])
+    >>> rows.tolist(), kept, dup, empty
+    ([0, 3], ['A  b', 'c'], 1, 1)
     """
     seen: set[bytes] = set()
-    keep = []
+    keep: list[int] = []
+    kept: list[str] = []
     dup = empty = 0
     for i, text in enumerate(texts):
+        if limit is not None and len(keep) >= limit:
+            break
         norm = _SPACE.sub(" ", text).strip().lower()
         if not norm:
             empty += 1
@@ -196,7 +204,15 @@ def dedup_rows(texts: list[str]) -> tuple[np.ndarray, int, int]:
             continue
         seen.add(h)
         keep.append(i)
-    return np.asarray(keep, dtype=np.int64), dup, empty
+        kept.append(text)
+    return np.asarray(keep, dtype=np.int64), kept, dup, empty
+
+
+def _iter_column(dataset, column: str, batch: int = 10_000) -> Iterator[str]:
+    """The column's values in row order, read in Arrow batches (no full copy up front)."""
+    arrow = dataset.with_format("arrow")
+    for lo in range(0, len(dataset), batch):
+        yield from arrow[lo : lo + batch][column].to_pylist()
 
 
 def _check_output(output_dir: Path, overwrite: bool) -> None:
@@ -305,16 +321,13 @@ def _cluster_corpus(
         t = stage("load")
         dataset = load_input(dataset_or_path, config)
         check_text_column(dataset, config.text_column)
-        texts_all = dataset[config.text_column]
-        rows, n_dup, n_empty = dedup_rows(texts_all)
-        if config.max_docs is not None:
-            rows = rows[: config.max_docs]
+        rows, texts, n_dup, n_empty = dedup_rows(
+            _iter_column(dataset, config.text_column), config.max_docs
+        )
         if len(rows) == 0:
             raise HFMixtureError(
                 f"INPUT has no non-empty documents in column '{config.text_column}'."
             )
-        texts = [texts_all[i] for i in rows]
-        del texts_all
         k = clusterer.k if clusterer is not None else config.resolved_num_clusters(len(texts))
         if k > len(texts):
             raise HFMixtureError(

@@ -51,8 +51,9 @@ RULES: dict[str, tuple[float, float]] = {
     "alpha_word_ratio": (0.5, 0.2),
     # Share of characters that are not letters/digits/space/common punctuation (mojibake, art).
     "odd_char_ratio": (0.1, 0.3),
-    # Share of non-space characters that are punctuation/symbols at all; code is ~25%.
-    "symbol_char_ratio": (0.45, 0.7),
+    # Share of non-space characters that are punctuation/symbols at all: code and markup run
+    # 25-45%, ASCII art and box drawings 80%+.
+    "symbol_char_ratio": (0.5, 0.8),
     # Gopher: duplicated lines hold at most 20% of characters; code repeats short lines, so
     # only lines of 20+ characters count and the ramp is 0.3 -> 0.7.
     "dup_line_char_ratio": (0.3, 0.7),
