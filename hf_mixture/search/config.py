@@ -1,7 +1,7 @@
 """The search's settings: one dataclass whose fields are both ``--flags`` and ``search.yaml`` keys.
 
 The defaults are the CPU-sized search (3 rounds of 8/4/4 proxies of a ≈1M-parameter
-Llama on 150k tokens each: about 10 minutes on 2 cores).  :meth:`SearchConfig.gpu`
+Llama on 150k tokens each: 11.7 minutes on a shared, loaded 2-core machine).  :meth:`SearchConfig.gpu`
 is CLIMB's setting (64/32/16 proxies of 62M parameters).
 
 >>> SearchConfig().rounds
