@@ -68,8 +68,9 @@ class ClimbConfig:
     tokenizer: str | None = field(
         default=None, metadata={"help": "Tokenizer (folder or Hub id); default: the playground's."})
     plan_tokens: int | None = field(
-        default=None, metadata={"help": "Run length the final plan table is computed for "
-                                        "(default: the store's training tokens)."})
+        default=None, metadata={"help": "Length in tokens of the run the mixture is for: the search's "
+                                        "repetition caps and the plan table use it (default: the "
+                                        "store's training tokens, one natural epoch)."})
     cluster: dict[str, Any] = field(default_factory=dict, metadata={"help": "ClusterConfig keys."})
     tokenize: dict[str, Any] = field(default_factory=dict, metadata={"help": "TokenizeSettings keys."})
     search: dict[str, Any] = field(default_factory=dict, metadata={"help": "SearchConfig keys."})
@@ -178,16 +179,19 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
     markers = _Markers(out)
     clusters = _cluster_stage(cfg, cluster_cfg, out, markers)
     store_path = _tokenize_stage(cfg, settings, clusters, out, markers)
+    store = TokenStore(store_path)
+    # The run the mixture is for: its length sets the search's repetition caps and the plan.
+    total = cfg.plan_tokens or sum(store.num_tokens(c) for c in store.components)
+    if "run_tokens" not in cfg.search:
+        search_cfg = dataclasses.replace(search_cfg, run_tokens=total)
     result = _search_stage(cfg, search_cfg, store_path, out)
     if result.status == "pending":
         raise HFMixtureError(
             f"The search in '{out / 'search'}' has proxy runs waiting to be run elsewhere; run them, "
             "then rerun `hf-mixture climb` to finish."
         )
-    store = TokenStore(store_path)
     mixture = Mixture.load(result.mixture_path)
     shutil.copyfile(result.mixture_path, out / "mixture.yaml")
-    total = cfg.plan_tokens or sum(store.num_tokens(c) for c in store.components)
     plan = mixture.plan(total, store)
     atomic_write_text(out / "plan.md", plan.to_markdown() + "\n")
     summary = {
