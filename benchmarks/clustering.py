@@ -2,8 +2,9 @@
 
 Three measurements, each against its peer in the same run:
 
-1. **Quality.** ``cluster_corpus`` on the playground with ``--final-clusters`` = the
-   number of sources (7); the pipeline never reads ``source``.  Printed: NMI and purity
+1. **Quality.** ``cluster_corpus`` on the playground (or ``--corpus FILE.parquet``) with
+   ``--final-clusters`` = the number of sources (7); the ``source`` column (``--label-column``)
+   is removed before the pipeline sees the data.  Printed: NMI and purity
    of the final cluster ids against ``source`` (target NMI >= 0.75), for the default
    pipeline (embedding + lexical view) and for embeddings alone (``lexical_weight=0``,
    CLIMB's representation), both from the same cached embeddings.
@@ -18,6 +19,7 @@ Three measurements, each against its peer in the same run:
     python benchmarks/clustering.py                           # ~20 min on a busy 2-core CPU
     python benchmarks/clustering.py --work-dir /tmp/cl        # keeps (and reuses) the cache
     python benchmarks/clustering.py --skip-quality --kmeans-n 20000   # smoke run
+    python benchmarks/clustering.py --corpus other.parquet --label-column source --skip-speed
 
 The last line is ``key=value ...`` for scripts.
 """
@@ -36,20 +38,28 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def quality(work: Path, seed: int) -> dict[str, float]:
+def quality(work: Path, seed: int, corpus: str | None, label_column: str) -> dict[str, float]:
+    import datasets
     import numpy as np
 
     from hf_mixture import playground
     from hf_mixture.clustering import cluster_corpus, clustering_scores
 
-    sources = np.array(playground.load()["source"])  # evaluation only: never passed in
+    if corpus is None:
+        data = playground.load()
+    else:
+        data = datasets.load_dataset("parquet", data_files=corpus, split="train")
+    # Evaluation only: the pipeline gets the dataset without the label column.
+    labels = np.array(data[label_column])
+    data = data.remove_columns(label_column)
+    num_labels = len(set(labels.tolist()))
     out: dict[str, float] = {}
     for tag, options in (("", {}), ("_embedding_only", {"lexical_weight": 0.0})):
         start = time.perf_counter()
         result = cluster_corpus(
-            None,
+            data,
             work / f"clusters{tag}",
-            final_clusters=len(playground.SOURCES),
+            final_clusters=num_labels,
             cache_dir=str(work / "cache"),
             seed=seed,
             overwrite=True,
@@ -57,7 +67,7 @@ def quality(work: Path, seed: int) -> dict[str, float]:
         )
         seconds = time.perf_counter() - start
         kept = result.labels >= 0
-        truth = sources[result.kept_rows][kept]
+        truth = labels[result.kept_rows][kept]
         scores = clustering_scores(result.labels[kept], truth)
         name = "default (embedding + lexical)" if not tag else "embeddings only"
         print(
@@ -167,6 +177,16 @@ def main() -> None:
     parser.add_argument("--kmeans-k", type=int, default=256)
     parser.add_argument("--kmeans-iterations", type=int, default=20)
     parser.add_argument("--skip-quality", action="store_true", help="Speed measurements only.")
+    parser.add_argument("--skip-speed", action="store_true", help="Quality measurements only.")
+    parser.add_argument(
+        "--corpus",
+        help="Parquet file to measure quality on instead of the playground (needs --label-column).",
+    )
+    parser.add_argument(
+        "--label-column",
+        default="source",
+        help="Reference labels (removed before clustering; final clusters = distinct labels).",
+    )
     args = parser.parse_args()
 
     import torch
@@ -181,11 +201,12 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="hf_mixture-clustering-"))
     try:
         if not args.skip_quality:
-            results.update(quality(work, args.seed))
-        results.update(embedding_speed(args.embed_docs, args.seed, args.embed_rounds))
-        results.update(
-            kmeans_speed(args.kmeans_n, args.kmeans_k, args.kmeans_iterations, args.seed)
-        )
+            results.update(quality(work, args.seed, args.corpus, args.label_column))
+        if not args.skip_speed:
+            results.update(embedding_speed(args.embed_docs, args.seed, args.embed_rounds))
+            results.update(
+                kmeans_speed(args.kmeans_n, args.kmeans_k, args.kmeans_iterations, args.seed)
+            )
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
