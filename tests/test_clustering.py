@@ -409,6 +409,33 @@ def test_embeddings_only_path(tmp_path, corpus, embedder, tiny_tokenizer_path):
     assert "Lexical view: off" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_plain_transformers_model_folder_is_mean_pooled(tmp_path):
+    """A transformers encoder without sentence-transformers files still embeds (mean pooling)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from hf_mixture.clustering.embed import default_model_path
+
+    folder = tmp_path / "tiny-bert"
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    emb = SentenceEmbedder(str(folder), max_seq_length=16, dtype="float32")
+    out = emb.embed(["a cat sat", "def f(x): return x", "a cat sat"])
+    assert out.shape == (3, 32) and out.dtype == np.float32
+    assert np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    assert np.allclose(out[0], out[2]) and not np.allclose(out[0], out[1])
+    assert emb.fingerprint["model"] == "tiny-bert"  # no local path in manifests
+
+
 def test_dedup_normalizes_whitespace_and_case():
     rows, kept, dup, empty = dedup_rows(["Hello  world", "hello world\n", "  ", "other", "Other"])
     assert rows.tolist() == [0, 3] and kept == ["Hello  world", "other"]
