@@ -215,6 +215,34 @@ def _iter_column(dataset, column: str, batch: int = 10_000) -> Iterator[str]:
         yield from arrow[lo : lo + batch][column].to_pylist()
 
 
+def group_means(
+    x: np.ndarray, labels: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean row and row count of each label in ``ids`` (sorted, each present in ``labels``).
+
+    One sparse (ids x rows) indicator product: no per-id masks, no copy of ``x``.
+
+    >>> m, n = group_means(np.array([[0.0], [2.0], [5.0]]), np.array([1, 1, 3]), np.array([1, 3]))
+    >>> m.ravel().tolist(), n.tolist()
+    ([1.0, 5.0], [2, 1])
+    """
+    from scipy import sparse
+
+    pos = np.searchsorted(ids, labels)
+    member = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == labels)
+    rows = np.flatnonzero(member)
+    indicator = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (pos[rows], rows)), shape=(len(ids), len(labels))
+    )
+    counts = np.bincount(pos[rows], minlength=len(ids))
+    if np.any(counts == 0):
+        raise ValueError("group_means: every id needs at least one row")
+    # float32 throughout: a float64 copy of a million-row matrix would cost gigabytes, and
+    # centroids need no more precision than the embeddings have.
+    sums = np.asarray(indicator @ np.asarray(x, dtype=np.float32))
+    return (sums / counts[:, None]).astype(np.float32), counts.astype(np.int64)
+
+
 def _check_output(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists():
         if not overwrite:
@@ -401,8 +429,7 @@ def _cluster_corpus(
         # 5. merge surviving clusters by their centroids (means of their documents)
         t = stage("merge")
         alive = np.unique(km_labels[keep])
-        centroids = np.stack([features[km_labels == c].mean(axis=0) for c in alive])
-        sizes = np.array([(km_labels == c).sum() for c in alive])
+        centroids, sizes = group_means(features, km_labels, alive)
         if merger is None:
             merger = CentroidMerger(
                 final_clusters=config.resolved_final_clusters(len(alive)),
@@ -416,8 +443,9 @@ def _cluster_corpus(
         order = np.lexsort((np.arange(len(merged_sizes)), -merged_sizes))
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
-        to_final = {int(c): int(rank[m]) for c, m in zip(alive, merged)}
-        labels = np.array([to_final.get(int(c), -1) for c in km_labels], dtype=np.int64)
+        lookup = np.full(int(km_labels.max()) + 1, -1, dtype=np.int64)
+        lookup[alive] = rank[merged]
+        labels = lookup[km_labels]
         labels[~keep] = -1
         timings["merge"] = time.perf_counter() - t
         stages.update()
@@ -443,7 +471,9 @@ def _cluster_corpus(
         kept_texts = [texts[i] for i in kept_idx]
         describer = describer or ClusterDescriber(top_terms=config.top_terms, seed=config.seed)
         facts = describer.describe(kept_texts, labels[kept_idx], features[kept_idx], token_counts)
-        final_centroids = {c: features[kept_idx][labels[kept_idx] == c].mean(axis=0) for c in facts}
+        final_ids = np.array(sorted(facts))
+        final_means, _ = group_means(features, labels, final_ids)
+        final_centroids = dict(zip(final_ids.tolist(), final_means))
         timings["describe"] = time.perf_counter() - t
         stages.update()
 
