@@ -66,7 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hf-mixture {args.command}: interrupted; rerun to resume.", file=sys.stderr)
         return 130
+    _close_process_group()
     return int(result or 0)
+
+
+def _close_process_group() -> None:
+    """Under ``accelerate launch``/torchrun, tear the process group down before exit: a gloo
+    group left to interpreter shutdown can abort a rank after a clean run ("terminate called
+    without an active exception")."""
+    if "torch.distributed" not in sys.modules:  # never import torch just for this
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,6 +93,9 @@ def _worker(out: Path, callback: str) -> None:
         "eval_history": cb.eval_history,
         "first_batch": first[0],
     }))
+    # An undestroyed gloo group can abort the process at interpreter exit.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -577,6 +577,10 @@ result = cluster_corpus(
 if result is not None:  # rank 0 only
     json.dump({"labels": result.labels.tolist(), "embedded": result.embedding["embedded"]},
               open(sys.argv[5], "w"))
+import torch.distributed as dist  # an undestroyed gloo group can abort a rank at exit
+if dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
