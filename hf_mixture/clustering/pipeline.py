@@ -457,7 +457,7 @@ def _cluster_corpus(
         subset = subset.add_column("cluster_id", labels[kept_idx].tolist())
         tokenizer = None
         if "tokens" not in subset.column_names or config.tokenizer:
-            from ..formats.clustered import load_tokenizer
+            from ..formats.clustered import load_tokenizer, tokenize_dataset
 
             if config.tokenizer:
                 tokenizer = load_tokenizer(config.tokenizer)
@@ -466,7 +466,7 @@ def _cluster_corpus(
 
                 tokenizer = playground.tokenizer()
         if "tokens" not in subset.column_names:
-            subset = _tokenize(subset, tokenizer, config.text_column)
+            subset = tokenize_dataset(subset, tokenizer, config.text_column, where="INPUT")
         token_counts = np.asarray(subset.with_format("arrow")["token_count"].to_numpy())
         kept_texts = [texts[i] for i in kept_idx]
         describer = describer or ClusterDescriber(top_terms=config.top_terms, seed=config.seed)
@@ -575,29 +575,6 @@ def _cached_lexical(
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
     return arr
-
-
-def _tokenize(dataset, tokenizer, text_column: str):
-    """``tokens``/``token_count`` columns from the fast tokenizer (batched, no special tokens)."""
-    import datasets
-
-    from ..formats.clustered import encode_texts, tokenizer_fingerprint
-
-    backend = tokenizer.backend_tokenizer
-
-    def encode(batch):
-        ids = encode_texts(backend, batch[text_column], where="INPUT")
-        return {"tokens": ids, "token_count": [len(x) for x in ids]}
-
-    features = dataset.features.copy()
-    features["tokens"] = datasets.List(datasets.Value("int32"))
-    features["token_count"] = datasets.Value("int64")
-    fingerprint = hashlib.sha256(
-        f"{dataset._fingerprint}|{tokenizer_fingerprint(tokenizer)['sha256']}|{text_column}".encode()
-    ).hexdigest()[:16]
-    return dataset.map(
-        encode, batched=True, features=features, new_fingerprint=fingerprint, desc="tokenize"
-    )
 
 
 def _cell(text: str) -> str:

@@ -930,6 +930,30 @@ def write_clustered_corpus(
     return out
 
 
+def tokenize_dataset(dataset: datasets.Dataset, tokenizer: Any, text_column: str, *,
+                     where: str = "dataset", sha256: str | None = None) -> datasets.Dataset:
+    """``dataset`` plus ``tokens``/``token_count`` from a fast tokenizer (batched, no special tokens).
+
+    ``where`` names the input in error messages; ``sha256`` (the tokenizer's content hash,
+    computed when not given) names the tokenizer in the ``datasets`` cache fingerprint so
+    ``datasets`` need not hash the tokenizer object.
+    """
+    backend = tokenizer.backend_tokenizer
+    sha256 = sha256 or tokenizer_fingerprint(tokenizer)["sha256"]
+
+    def encode(batch):
+        ids = encode_texts(backend, batch[text_column], where=where)
+        return {"tokens": ids, "token_count": [len(x) for x in ids]}
+
+    features = dataset.features.copy()
+    features["tokens"] = datasets.List(datasets.Value("int32"))
+    features["token_count"] = datasets.Value("int64")
+    fingerprint = hashlib.sha256(
+        f"{dataset._fingerprint}|{sha256}|{text_column}".encode()).hexdigest()[:16]
+    return dataset.map(encode, batched=True, features=features, new_fingerprint=fingerprint,
+                       desc="tokenize")
+
+
 def _with_tokens(dataset: datasets.Dataset, tok, tok_info, text_column: str) -> datasets.Dataset:
     """``dataset`` with checked ``tokens`` and ``token_count`` columns (computed when absent)."""
     schema = dataset.features.arrow_schema
@@ -943,22 +967,7 @@ def _with_tokens(dataset: datasets.Dataset, tok, tok_info, text_column: str) -> 
             raise HFMixtureError(
                 f"The dataset has neither field 'tokens' nor the text field '{text_column}'."
             )
-        backend = tok.backend_tokenizer
-
-        def encode(batch):
-            ids = encode_texts(backend, batch[text_column], where="dataset")
-            return {"tokens": ids, "token_count": [len(x) for x in ids]}
-
-        features = dataset.features.copy()
-        features["tokens"] = datasets.List(datasets.Value("int32"))
-        features["token_count"] = datasets.Value("int64")
-        # The fingerprint names the tokenizer by content, so datasets need not hash the object.
-        fingerprint = hashlib.sha256(
-            f"{dataset._fingerprint}|{tok_info['sha256']}|{text_column}".encode()
-        ).hexdigest()[:16]
-        return dataset.map(
-            encode, batched=True, features=features, new_fingerprint=fingerprint, desc="Tokenizing"
-        )
+        return tokenize_dataset(dataset, tok, text_column, sha256=tok_info["sha256"])
     if not _is_int_list(schema.field("tokens").type):
         raise HFMixtureError(
             f"The dataset's field 'tokens' has type {schema.field('tokens').type}, expected a list of integers."
