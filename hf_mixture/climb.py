@@ -9,7 +9,7 @@ marker holds their fingerprint), so an interrupted run resumes where it stopped:
       clusters/      clustered corpus (cluster_<k>/*.parquet, README configs, clusters.json, report.md)
       store/         token store (per-cluster memmaps + held-out validation slices)
       search/        proxy runs, runs.jsonl, report.md, mixture.yaml
-      mixture.yaml   the mixture found (a copy of search/mixture.yaml)
+      mixture.yaml   the mixture found (search/mixture.yaml, named after OUTPUT)
       plan.md        its MPT-style plan table
 
 A config file has one section per stage plus the shared keys::
@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +190,9 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
             "then rerun `hf-mixture climb` to finish."
         )
     mixture = Mixture.load(result.mixture_path)
-    shutil.copyfile(result.mixture_path, out / "mixture.yaml")
+    # Named after the climb folder (the search names it after its own folder, "search").
+    mixture = dataclasses.replace(mixture, name=f"climb-{out.resolve().name}")
+    mixture.save(out / "mixture.yaml")
     plan = mixture.plan(total, store)
     atomic_write_text(out / "plan.md", plan.to_markdown() + "\n")
     summary = {

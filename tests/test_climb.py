@@ -44,6 +44,7 @@ def test_climb_runs_every_stage_then_skips_them_on_rerun(climb_config, tmp_path,
     assert store.manifest["seed"] == 3
     mixture = Mixture.load(out / "mixture.yaml")
     assert sorted(mixture.component_names) == store.components
+    assert mixture.name == "climb-out"
     assert abs(sum(mixture.weights().values()) - 1) < 1e-9
     assert "effective" in (out / "plan.md").read_text().lower()
     runs = (out / "search" / "runs.jsonl").read_text().splitlines()
