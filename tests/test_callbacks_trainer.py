@@ -20,10 +20,11 @@ from hf_mixture.callbacks import (
     ScheduleCallback,
     domain_eval_datasets,
 )
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
+from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
+from _trainer_helpers import Recording, StopAt
 from hf_mixture.formats.token_store import TokenStore, TokenStoreWriter
-from hf_mixture.mixture import Mixture, MixtureDataset, MixtureTrainer, Stage
+from hf_mixture.mixture import Mixture, MixtureDataset, Stage
 
 VOCAB, EOS, SEQ_LEN = 96, 0, 32
 DOMAINS = ["counting", "noise", "pairs"]
@@ -53,25 +54,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-class Recording(MixtureTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.seen: list[torch.Tensor] = []
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        self.seen.append(inputs["input_ids"].detach().cpu().clone())
-        return super().training_step(model, inputs, num_items_in_batch)
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def run(store, out, make_callback, *, max_steps=12, eval_steps=3, save_steps=6, stop_at=None,

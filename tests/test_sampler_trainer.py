@@ -10,8 +10,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
 
 from hf_mixture.errors import HFMixtureError
+from _trainer_helpers import Recording, StopAt
 from hf_mixture.formats.token_store import TokenStore, TokenStoreWriter
-from hf_mixture.mixture import Mixture, MixtureDataset, MixtureTrainer
+from hf_mixture.mixture import Mixture, MixtureDataset
 from hf_mixture.mixture.trainer import STATE_FILE
 
 SEQ_LEN = 16
@@ -38,16 +39,6 @@ def store(tmp_path_factory):
     return TokenStore(path)
 
 
-class Recording(MixtureTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.seen: list[torch.Tensor] = []
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        self.seen.append(inputs["input_ids"].detach().cpu().clone())
-        return super().training_step(model, inputs, num_items_in_batch)
-
-
 class ChangeWeightsAt(TrainerCallback):
     """A stand-in for an adaptive-mixture callback: new weights after one step."""
 
@@ -58,15 +49,6 @@ class ChangeWeightsAt(TrainerCallback):
         if state.global_step == self.step:
             self.data.live.set_weights({"cluster_0": 0.1, "cluster_1": 0.1, "cluster_2": 5},
                                        reason="test callback")
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def make_trainer(store, out, *callbacks_for):
