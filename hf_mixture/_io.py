@@ -7,6 +7,7 @@ place only once complete (``os.replace`` is atomic on one filesystem).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -56,3 +57,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, read in ``chunk``-byte blocks (never whole in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def short_hash(obj: Any) -> str:
+    """16 hex digits of SHA-256 over ``obj``: a string as is, anything else as sorted JSON.
+
+    The one fingerprint of hf_mixture's caches, manifests and up-to-date checks.
+
+    >>> short_hash({"b": 1, "a": 2}) == short_hash({"a": 2, "b": 1})
+    True
+    """
+    blob = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_path
 from .errors import HFMixtureError
+from .formats.hubstyle import files_fingerprint, stamp_configs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mixture import Mixture
@@ -124,6 +125,7 @@ class Materialized:
     seq_len: int
     tokens: int
     shards: int
+    fingerprint: str  # content of the data/ shards: stamps the README config (formats.hubstyle)
 
 
 def render_mixture_card(mixture: Mixture, repo_id: str, *, store: Any = None,
@@ -167,8 +169,9 @@ def render_mixture_card(mixture: Mixture, repo_id: str, *, store: Any = None,
     pictures = [f for f in report_files if f.lower().endswith(PICTURE_SUFFIXES)]
     configs = None
     if materialized is not None:
-        configs = [{"config_name": "default",
-                    "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
+        configs = stamp_configs([{"config_name": "default",
+                                  "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}],
+                                materialized.fingerprint)
     card_data = DatasetCardData(
         license=license, pretty_name=mixture.name or repo_id.split("/")[-1],
         task_categories=["text-generation"], tags=["hf-mixture", "data-mixture"],
@@ -259,7 +262,9 @@ def _materialize(mixture: Mixture, store: Any, folder: Path, *, tokens: int, seq
             pq.write_table(table, folder / "data" / f"train-{shard:05d}-of-{shards:05d}.parquet")
             done += n
             bar.update(n)
-    return Materialized(sequences=count, seq_len=seq_len, tokens=count * seq_len, shards=shards)
+    fingerprint, _ = files_fingerprint(folder, [f"data/{p.name}" for p in (folder / "data").iterdir()])
+    return Materialized(sequences=count, seq_len=seq_len, tokens=count * seq_len, shards=shards,
+                        fingerprint=fingerprint)
 
 
 def stage_mixture_repo(mixture: Mixture, folder: str | os.PathLike, *, repo_id: str,

@@ -209,3 +209,24 @@ def make_climblab(tmp_path) -> Callable[..., Path]:
 @pytest.fixture
 def climblab_dir(make_climblab) -> Path:
     return make_climblab()
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_texts, tiny_tokenizer_path):
+    """A token store of the tiny texts, one component per source (20% validation)."""
+    import datasets
+
+    from hf_mixture.formats import tokenize_corpus, write_clustered_corpus
+    from hf_mixture.formats.clustered import load_tokenizer
+
+    root = tmp_path_factory.mktemp("hub")
+    sources = sorted({s for s, _ in tiny_texts})
+    ds = datasets.Dataset.from_dict({
+        "text": [t for _, t in tiny_texts], "source": [s for s, _ in tiny_texts],
+        "cluster_id": [sources.index(s) for s, _ in tiny_texts]})
+    write_clustered_corpus(ds, root / "corpus", tokenizer=load_tokenizer(tiny_tokenizer_path))
+    tokenize_corpus(root / "corpus", root / "store", str(tiny_tokenizer_path),
+                    validation_fraction=0.2)
+    from hf_mixture.formats import TokenStore
+
+    return TokenStore(root / "store")

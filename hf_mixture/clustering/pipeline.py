@@ -124,7 +124,9 @@ def load_input(dataset_or_path: Any, config: ClusterConfig):
                 raise HFMixtureError(f"INPUT '{given}' is empty: it has no documents to cluster.")
             return datasets.load_dataset(builder, data_files=str(path), split=config.split)
         if path.is_dir():
-            return datasets.load_dataset(str(path), name=config.config_name, split=config.split)
+            from ..formats.hubstyle import load_folder
+
+            return load_folder(path, config.config_name, config.split)
         if given.startswith((".", "/", "~")) or given.count("/") > 1:
             raise HFMixtureError(f"INPUT '{given}' does not exist.")
         return datasets.load_dataset(given, name=config.config_name, split=config.split)
@@ -501,6 +503,7 @@ def _cluster_corpus(
             write_clustered_corpus(
                 subset,
                 tmp,
+                name=output_dir.name,
                 tokenizer=tokenizer,
                 text_column=config.text_column,
                 # docs/tokens are counted by the writer itself

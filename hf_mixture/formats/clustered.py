@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from .._io import atomic_path
 from ..errors import HFMixtureError
+from .hubstyle import files_fingerprint, stamp_configs
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ _RESERVED_MANIFEST_KEYS = {
     "docs",
     "tokens",
     "columns",
+    "files",
+    "fingerprint",
 }
 
 
@@ -658,7 +661,10 @@ class ClusteredCorpusBuilder(datasets.ArrowBasedBuilder):
                 f"{', '.join(self.builder_configs)}."
             )
         self._detokenizer = None
-        cache_key = f"{self.corpus.fingerprint}"
+        # Content (sizes + mtimes, or the Hub commit) and where it lives: two corpora of the
+        # same folder name never share a cache entry (see formats.hubstyle).
+        where = self.corpus.repo_id or str(Path(self.corpus.path).resolve())
+        cache_key = f"{self.corpus.fingerprint}|{where}"
         if detokenize_with is not None:
             if not self.corpus.has_tokens:
                 raise HFMixtureError(
@@ -796,6 +802,7 @@ def write_clustered_corpus(
     extra_manifest: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     max_rows_per_file: int = DEFAULT_MAX_ROWS_PER_FILE,
+    name: str | None = None,
 ) -> Path:
     """Write ``dataset`` (with an int ``cluster_id`` column) as a clustered corpus folder.
 
@@ -804,7 +811,13 @@ def write_clustered_corpus(
     other column is kept.  ``descriptions`` maps cluster id to JSON-able facts
     (``description``, ``top_terms``, ``examples``, ...) merged into clusters.json;
     entries for clusters with no documents are ignored, like those clusters.  The
-    folder is written under a temporary name and renamed when complete.
+    folder is written under a temporary name and renamed when complete.  ``name`` is
+    the card's title (default: the folder's name).
+
+    ``clusters.json`` records every file's size and SHA-256 and the corpus
+    ``fingerprint`` over them; each README config carries that fingerprint in its
+    ``description``, so ``datasets.load_dataset`` never serves another corpus of the
+    same folder name from its cache (see :mod:`hf_mixture.formats.hubstyle`).
 
     >>> import datasets, tempfile, os
     >>> ds = datasets.Dataset.from_dict({"tokens": [[1, 2], [3]], "cluster_id": [4, 4]})
@@ -908,6 +921,10 @@ def write_clustered_corpus(
                 ],
             }
         )
+        fingerprint, files = files_fingerprint(
+            tmp, [p.relative_to(tmp).as_posix() for p in tmp.glob("cluster_*/*.parquet")])
+        configs = stamp_configs(configs, fingerprint, {
+            c["config_name"]: c["description"] for c in clusters if c.get("description")})
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -916,10 +933,13 @@ def write_clustered_corpus(
             "docs": int(sum(c["docs"] for c in clusters)),
             "tokens": int(sum(c["tokens"] for c in clusters)),
             "clusters": clusters,
+            "fingerprint": fingerprint,
+            "files": files,
             **extra,
         }
         (tmp / CLUSTERS_JSON).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(_render_card(manifest, out.name, configs), encoding="utf-8")
+        (tmp / "README.md").write_text(_render_card(manifest, name or out.name, configs),
+                                       encoding="utf-8")
     logger.info(
         "wrote clustered corpus %s: %d clusters, %d docs, %d tokens",
         out,

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .._io import _tmp_sibling
+from .._io import _tmp_sibling, file_sha256
 from ..errors import HFMixtureError
 
 FORMAT = "hf_mixture.token_store"
@@ -51,14 +51,6 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     if vocab_size <= 0:
         raise HFMixtureError(f"vocab_size must be positive, got {vocab_size}.")
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class TokenStoreWriter:

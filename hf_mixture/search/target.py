@@ -82,6 +82,8 @@ def load_target_texts(source: str, *, text_column: str = "text", split: str = "t
     import datasets
     from datasets.utils import logging as ds_logging
 
+    from ..formats.hubstyle import load_folder
+
     path = Path(source)
     # A target set is small and read once: its "Generating split" bars would only be noise.
     bars_were_on = ds_logging.is_progress_bar_enabled()
@@ -100,7 +102,7 @@ def load_target_texts(source: str, *, text_column: str = "text", split: str = "t
             if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
                 ds = datasets.load_from_disk(str(path))
             else:
-                ds = datasets.load_dataset(str(path))
+                ds = load_folder(path)
         else:
             ds = datasets.load_dataset(source)
     except HFMixtureError:
