@@ -26,8 +26,9 @@ from hf_mixture.clustering import (
     clustering_scores,
     rule_quality_scores,
 )
+from hf_mixture.clustering import ExecutorConfig
 from hf_mixture.clustering.config import add_config_arguments
-from hf_mixture.clustering.pipeline import dedup_rows
+from hf_mixture.clustering.pipeline import normalized_text
 from hf_mixture.errors import HFMixtureError
 
 pytest.importorskip("sentence_transformers")
@@ -135,23 +136,29 @@ def make_corpus(n_per_kind: int = 40, seed: int = 0) -> datasets.Dataset:
 
 
 class CountingEmbedder:
-    """Delegates to a real embedder; counts texts embedded; can fail after some calls."""
+    """Delegates to a real embedder; counts texts embedded in a file (pipeline steps are
+    copied per task, so an attribute would count on the copy); can fail after some calls."""
 
-    def __init__(self, inner: SentenceEmbedder, fail_after_calls: int | None = None):
+    def __init__(self, inner: SentenceEmbedder, counter: Path, fail_after_calls: int | None = None):
         self.inner = inner
+        self.counter = Path(counter)
         self.fail_after_calls = fail_after_calls
-        self.calls = 0
-        self.texts = 0
 
     @property
     def fingerprint(self) -> dict:
         return self.inner.fingerprint
 
+    @property
+    def texts(self) -> int:
+        return sum(int(x) for x in self.counter.read_text().split()) if self.counter.exists() \
+            else 0
+
     def embed(self, texts: list[str]) -> np.ndarray:
-        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+        calls = len(self.counter.read_text().split()) if self.counter.exists() else 0
+        if self.fail_after_calls is not None and calls >= self.fail_after_calls:
             raise KeyboardInterrupt  # what Ctrl-C looks like mid-run
-        self.calls += 1
-        self.texts += len(texts)
+        with open(self.counter, "a") as fh:
+            fh.write(f"{len(texts)}\n")
         return self.inner.embed(texts)
 
 
@@ -165,22 +172,16 @@ def corpus() -> datasets.Dataset:
     return make_corpus()
 
 
-SMALL = {"num_clusters": 6, "final_clusters": 3, "chunk_size": 32, "lexical_dims": 16}
-# Embeddings of the module's corpora, shared by tests that do not test the cache itself
-# (tests that do pass their own cache_dir).
-_SHARED_CACHE: list[Path] = []
+# 120 documents in shards of 50 rows: 3 datatrove tasks, run one after the other in this
+# process (workers=1; tests of several worker processes are in test_cluster_scale.py).
+SMALL = {"num_clusters": 6, "final_clusters": 3, "lexical_dims": 16, "shard_rows": 50}
+ONE_WORKER = ExecutorConfig(workers=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_cache(tmp_path_factory):
-    _SHARED_CACHE[:] = [tmp_path_factory.mktemp("embedding-cache")]
-    yield _SHARED_CACHE[0]
-    _SHARED_CACHE.clear()
-
-
-def _run(corpus, out: Path, embedder, tokenizer, **kw):
-    options = {**SMALL, "tokenizer": str(tokenizer), "cache_dir": str(_SHARED_CACHE[0]), **kw}
-    return cluster_corpus(corpus, out, embedder=embedder, progress=False, **options)
+def _run(corpus, out: Path, embedder, tokenizer, executor=ONE_WORKER, **kw):
+    options = {**SMALL, "tokenizer": str(tokenizer), **kw}
+    return cluster_corpus(corpus, out, embedder=embedder, executor=executor, progress=False,
+                          **options)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -222,9 +223,10 @@ def test_cluster_writes_loadable_corpus_and_report(tmp_path, corpus, embedder, t
 def test_same_input_and_seed_give_identical_assignments(
     tmp_path, corpus, embedder, tiny_tokenizer_path
 ):
-    # Separate caches: the second run recomputes everything instead of reading the first.
-    a = _run(corpus, tmp_path / "a", embedder, tiny_tokenizer_path, cache_dir=str(tmp_path / "ca"))
-    b = _run(corpus, tmp_path / "b", embedder, tiny_tokenizer_path, cache_dir=str(tmp_path / "cb"))
+    # Separate work folders: the second run recomputes everything instead of reading the first.
+    a = _run(corpus, tmp_path / "a", embedder, tiny_tokenizer_path)
+    b = _run(corpus, tmp_path / "b", embedder, tiny_tokenizer_path)
+    assert a.tasks == 3
     assert a.embedding["embedded"] == b.embedding["embedded"] == len(corpus)
     assert np.array_equal(a.kmeans_labels, b.kmeans_labels)
     assert np.array_equal(a.labels, b.labels)
@@ -234,26 +236,28 @@ def test_same_input_and_seed_give_identical_assignments(
     )
 
 
-def test_interrupted_run_resumes_from_embedding_cache(
+def test_interrupted_run_resumes_finished_tasks_are_not_redone(
     tmp_path, corpus, embedder, tiny_tokenizer_path
 ):
     reference = _run(corpus, tmp_path / "ref", embedder, tiny_tokenizer_path)
-    out, cache = tmp_path / "out", str(tmp_path / "cache")
-    failing = CountingEmbedder(embedder, fail_after_calls=2)  # 2 of 4 chunks, then Ctrl-C
+    out, work = tmp_path / "out", str(tmp_path / "work")
+    # one embedding call per task (50 rows < the 256-document batch): task 0 finishes, then Ctrl-C
+    failing = CountingEmbedder(embedder, tmp_path / "failing.txt", fail_after_calls=1)
     with pytest.raises(KeyboardInterrupt):
-        _run(corpus, out, failing, tiny_tokenizer_path, cache_dir=cache)
+        _run(corpus, out, failing, tiny_tokenizer_path, work_dir=work)
     assert not out.exists()
-    assert failing.texts == 64
+    assert failing.texts == 50
 
-    resumed = CountingEmbedder(embedder)
-    result = _run(corpus, out, resumed, tiny_tokenizer_path, cache_dir=cache)
-    assert resumed.texts == len(corpus) - 64  # only the missing chunks
-    assert result.embedding["cached"] == 64
+    resumed = CountingEmbedder(embedder, tmp_path / "resumed.txt")
+    result = _run(corpus, out, resumed, tiny_tokenizer_path, work_dir=work)
+    assert resumed.texts == len(corpus) - 50  # only the unfinished tasks
     assert np.array_equal(result.labels, reference.labels)
+    assert (json.loads((out / "clusters.json").read_text())["clusters"]
+            == json.loads((tmp_path / "ref" / "clusters.json").read_text())["clusters"])
 
-    again = CountingEmbedder(embedder)
-    _run(corpus, tmp_path / "out2", again, tiny_tokenizer_path, cache_dir=cache)
-    assert again.texts == 0
+    again = CountingEmbedder(embedder, tmp_path / "again.txt")
+    _run(corpus, tmp_path / "out2", again, tiny_tokenizer_path, work_dir=work)
+    assert again.texts == 0  # every task of every stage is done: nothing is recomputed
 
 
 def test_quality_prune_drops_garbage_cluster(tmp_path, corpus, embedder, tiny_tokenizer_path):
@@ -437,12 +441,47 @@ def test_plain_transformers_model_folder_is_mean_pooled(tmp_path):
 
 
 def test_dedup_normalizes_whitespace_and_case():
-    rows, kept, dup, empty = dedup_rows(["Hello  world", "hello world\n", "  ", "other", "Other"])
-    assert rows.tolist() == [0, 3] and kept == ["Hello  world", "other"]
-    assert dup == 2 and empty == 1
-    # --max-docs stops reading once enough distinct documents are found
-    rows, kept, dup, empty = dedup_rows(iter(["a", "A", "b", "c", "d"]), limit=2)
-    assert rows.tolist() == [0, 2] and dup == 1
+    from datatrove.data import Document
+
+    texts = ["Hello  world", "hello world\n", "other", "Other"]
+    keys = [normalized_text(Document(text=t, id=str(i))) for i, t in enumerate(texts)]
+    assert keys == ["hello world", "hello world", "other", "other"]
+
+
+@pytest.mark.parametrize("dedup", ["exact", "minhash"])
+def test_datatrove_dedup_removes_copies_across_tasks(tmp_path, corpus, embedder,
+                                                     tiny_tokenizer_path, dedup):
+    rows = corpus.to_list()
+    copies = [dict(r, text=r["text"].upper() + "  ", doc_id=r["doc_id"] + "-copy")
+              for r in rows[:20]]
+    empties = [{"text": "   ", "source": "none", "doc_id": f"e-{i}"} for i in range(3)]
+    dirty = datasets.Dataset.from_list(rows + copies + empties)
+    result = _run(dirty, tmp_path / "out", embedder, tiny_tokenizer_path, dedup=dedup)
+    # the copies sit in another task than their originals; MinHash also takes the templated
+    # corpus' own near-duplicates
+    if dedup == "exact":
+        assert result.num_duplicates == 20
+    else:
+        assert 20 <= result.num_duplicates <= 40
+    assert result.num_docs == len(rows) + 20 - result.num_duplicates
+    summary = json.loads((tmp_path / "out" / "clusters.json").read_text())["clustering"]
+    assert summary["empty_removed"] == 3 and summary["dedup"] == dedup
+    assert f"{result.num_duplicates} duplicates removed" in (tmp_path / "out" / "report.md"
+                                                             ).read_text()
+
+
+def test_long_document_is_cut_before_embedding(tmp_path, corpus, embedder, tiny_tokenizer_path):
+    rows = corpus.to_list()
+    rows.append({"text": "word " * 60_000, "source": "long", "doc_id": "long"})  # 300k chars
+    result = _run(datasets.Dataset.from_list(rows), tmp_path / "out", embedder,
+                  tiny_tokenizer_path, max_doc_chars=100_000, dedup="none")
+    summary = json.loads((tmp_path / "out" / "clusters.json").read_text())["clustering"]
+    assert summary["long_documents"] == 1
+    assert result.num_docs == len(rows) - 1 + 3  # three pieces of at most 100k characters
+    truncated = _run(datasets.Dataset.from_list(rows), tmp_path / "trunc", embedder,
+                     tiny_tokenizer_path, max_doc_chars=100_000, long_docs="truncate",
+                     dedup="none")
+    assert truncated.num_docs == len(rows)
 
 
 def test_every_config_field_is_a_flag_with_help():
@@ -454,8 +493,8 @@ def test_every_config_field_is_a_flag_with_help():
     dests = {a.dest: a for a in parser._actions}
     for f in dataclasses.fields(ClusterConfig):
         assert f.name in dests and dests[f.name].help, f.name
-    args = parser.parse_args(["--no-prune", "--num-clusters", "12", "--config", "en"])
-    assert args.prune is False and args.num_clusters == 12 and args.config_name == "en"
+    args = parser.parse_args(["--no-prune", "--num-clusters", "12", "--dataset-config", "en"])
+    assert args.prune is False and args.num_clusters == 12 and args.dataset_config == "en"
 
 
 def test_default_rules_documented_in_config():
@@ -560,75 +599,4 @@ def test_cli_happy_path_with_defaults(tmp_path, capsys):
     manifest = json.loads((out / "clusters.json").read_text())
     # default k = round(sqrt(60)) = 8, merged to 3
     assert manifest["clustering"]["num_clusters"] == 8 and len(manifest["clusters"]) == 3
-    assert (tmp_path / "out.cache" / "embeddings").is_dir()
-
-
-# ----------------------------------------------------------------------------- data parallel
-_DP_SCRIPT = """
-import json, sys
-import datasets
-from hf_mixture.clustering import SentenceEmbedder, cluster_corpus
-ds = datasets.load_dataset("parquet", data_files=sys.argv[1], split="train")
-result = cluster_corpus(
-    ds, sys.argv[2], embedder=SentenceEmbedder(max_seq_length=32), progress=False,
-    num_clusters=6, final_clusters=3, chunk_size=16, lexical_dims=16, cache_dir=sys.argv[3],
-    tokenizer=sys.argv[4],
-)
-if result is not None:  # rank 0 only
-    json.dump({"labels": result.labels.tolist(), "embedded": result.embedding["embedded"]},
-              open(sys.argv[5], "w"))
-import torch.distributed as dist  # an undestroyed gloo group can abort a rank at exit
-if dist.is_initialized():
-    dist.barrier()
-    dist.destroy_process_group()
-"""
-
-
-@pytest.mark.slow
-def test_data_parallel_embedding_under_torchrun(tmp_path, tiny_tokenizer_path, embedder):
-    """Two CPU ranks (gloo) embed disjoint chunk ranges; rank 0 alone clusters and writes,
-    and the assignments equal a single-process run's."""
-    import subprocess
-    import sys
-
-    corpus = make_corpus(20)
-    data = tmp_path / "corpus.parquet"
-    corpus.to_parquet(str(data))
-    script = tmp_path / "dp.py"
-    script.write_text(_DP_SCRIPT)
-    out, cache, result_file = tmp_path / "out", tmp_path / "cache", tmp_path / "result.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(script),
-        str(data),
-        str(out),
-        str(cache),
-        str(tiny_tokenizer_path),
-        str(result_file),
-    ]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(result_file.read_text())
-    assert got["embedded"] < len(corpus)  # rank 0 embedded only its share of the chunks
-    chunks = sorted(p.name for p in cache.glob("embeddings/*/chunk_*.npy"))
-    assert chunks == [f"chunk_{i:05d}.npy" for i in range(4)]  # 60 docs / 16 per chunk
-    assert (out / "clusters.json").is_file() and not list(tmp_path.glob(".out.tmp-*"))
-
-    single = cluster_corpus(
-        datasets.load_dataset("parquet", data_files=str(data), split="train"),
-        tmp_path / "single",
-        embedder=embedder,
-        progress=False,
-        num_clusters=6,
-        final_clusters=3,
-        chunk_size=16,
-        lexical_dims=16,
-        cache_dir=str(tmp_path / "c1"),
-        tokenizer=str(tiny_tokenizer_path),
-    )
-    assert got["labels"] == single.labels.tolist()
+    assert (tmp_path / "out.work").is_dir()  # the stages' files and completion markers

@@ -1,4 +1,5 @@
-"""Discover domains in an unlabeled corpus: embed -> k-means -> quality prune -> merge -> describe.
+"""Discover domains in an unlabeled corpus: embed -> k-means -> quality prune -> merge -> describe,
+as datatrove pipelines on a local, Slurm or Ray executor.
 
 The three names most users need:
 
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 from .config import ClusterConfig
 from .describe import ClusterDescriber
-from .embed import SentenceEmbedder, embed_corpus
+from .embed import SentenceEmbedder
+from .executors import ExecutorConfig
 from .kmeans import KMeansClusterer
 from .merge import CentroidMerger
 from .metrics import clustering_scores
@@ -27,11 +29,11 @@ __all__ = [
     "ClusterConfig",
     "ClusterDescriber",
     "ClusteringResult",
+    "ExecutorConfig",
     "KMeansClusterer",
     "QualityPruner",
     "SentenceEmbedder",
     "cluster_corpus",
     "clustering_scores",
-    "embed_corpus",
     "rule_quality_scores",
 ]

@@ -37,17 +37,39 @@ class ClusterConfig:
 
     # --- input
     text_column: str = field(default="text", metadata=_help("Column holding the document text."))
-    config_name: str | None = field(
+    dataset_config: str | None = field(
         default=None,
-        metadata=_help(
-            "Dataset configuration of INPUT (datasets.load_dataset's `name`).", flag="--config"
-        ),
+        metadata=_help("Dataset configuration of INPUT (a README `configs:` name or a Hub "
+                       "dataset's config)."),
     )
     split: str = field(default="train", metadata=_help("Split of INPUT to cluster."))
-    max_docs: int | None = field(
-        default=None,
+    shard_rows: int = field(
+        default=4096,
         metadata=_help(
-            "Cluster at most this many documents (the first ones, after deduplication)."
+            "Rows per input shard: parquet files are cut along their row groups into shards of "
+            "at most this many rows (other files are one shard each); tasks take shards "
+            "round-robin."
+        ),
+    )
+    max_doc_chars: int = field(
+        default=100_000,
+        metadata=_help(
+            "Documents longer than this many characters are cut into pieces (or truncated, "
+            "--long-docs truncate) before anything else reads them."
+        ),
+    )
+    long_docs: str = field(
+        default="chunk",
+        metadata=_help("What happens to a document over --max-doc-chars: chunk (each piece "
+                       "becomes a document) or truncate (the first piece is kept).",
+                       choices=("chunk", "truncate")),
+    )
+    dedup: str = field(
+        default="exact",
+        metadata=_help(
+            "Duplicate removal with datatrove's dedup stages: exact (normalized text: case and "
+            "whitespace ignored), minhash (near duplicates, 5-gram MinHash LSH) or none.",
+            choices=("exact", "minhash", "none"),
         ),
     )
     seed: int = field(default=0, metadata=_help("Seed of the k-means sample and initialization."))
@@ -75,12 +97,6 @@ class ClusterConfig:
             choices=("auto", "bfloat16", "float32"),
         ),
     )
-    chunk_size: int = field(
-        default=2048,
-        metadata=_help(
-            "Documents per cached embedding chunk (the unit an interrupted run resumes from)."
-        ),
-    )
     num_threads: int | None = field(
         default=None,
         metadata=_help(
@@ -89,10 +105,12 @@ class ClusterConfig:
             "threads run faster)."
         ),
     )
-    cache_dir: str | None = field(
+    work_dir: str | None = field(
         default=None,
         metadata=_help(
-            "Where embedding chunks are cached (default: OUTPUT.cache beside the output)."
+            "Work folder of the stages (default: OUTPUT.work beside the output): embeddings, "
+            "summaries and datatrove's completion markers; a rerun skips finished tasks. Must "
+            "be on a filesystem every worker sees."
         ),
     )
     lexical_weight: float = field(
@@ -130,7 +148,14 @@ class ClusterConfig:
         default=1,
         metadata=_help("k-means initializations tried; the lowest-objective one is kept."),
     )
-    # --- prune
+    # --- quality
+    quality_flags: bool = field(
+        default=True,
+        metadata=_help(
+            "Record datatrove's Gopher quality, Gopher repetition and FineWeb quality verdicts "
+            "(1/0) per document as columns, and their pass rates per cluster in the report."
+        ),
+    )
     prune: bool = field(
         default=True,
         metadata=_help("Drop clusters whose mean quality score is below --prune-threshold."),
@@ -179,7 +204,6 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         positive = {
-            "max_docs": self.max_docs,
             "num_clusters": self.num_clusters,
             "final_clusters": self.final_clusters,
             "kmeans_sample": self.kmeans_sample,
@@ -193,7 +217,8 @@ class ClusterConfig:
         for name in (
             "max_seq_length",
             "batch_size",
-            "chunk_size",
+            "shard_rows",
+            "max_doc_chars",
             "kmeans_iterations",
             "kmeans_restarts",
             "top_terms",
@@ -288,9 +313,9 @@ def _parse_type(f: dataclasses.Field):
     return str
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :class:`ClusterConfig` field (help text from the field)."""
-    for f in fields(ClusterConfig):
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = ClusterConfig) -> None:
+    """Add one flag per field of the dataclass ``cls`` (help text from the field)."""
+    for f in fields(cls):
         help_text = f.metadata.get("help", "")
         if str(f.type) == "bool":
             if f.default is True:
@@ -317,6 +342,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def config_from_args(args: argparse.Namespace) -> ClusterConfig:
-    """The :class:`ClusterConfig` that parsed flags describe (validated)."""
-    return ClusterConfig(**{f.name: getattr(args, f.name) for f in fields(ClusterConfig)})
+def config_from_args(args: argparse.Namespace, cls: type = ClusterConfig):
+    """The ``cls`` (default :class:`ClusterConfig`) that parsed flags describe (validated)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})

@@ -12,13 +12,10 @@ things make the default path fast on a CPU:
   instructions (AVX512-BF16 / AMX, or a bf16 GPU); embeddings are returned as
   L2-normalized float32.
 
-:func:`embed_corpus` splits the corpus into fixed chunks of ``chunk_size``
-documents and saves each one as ``chunk_<i>.npy`` under a folder keyed by the
-model, the settings and a hash of the texts: a rerun after an interruption only
-embeds the missing chunks.  Under ``accelerate launch`` every rank embeds a
-contiguous range of chunks, all ranks wait for each other, and every rank then
-reads the assembled matrix (chunks are defined globally, so the result does not
-depend on the number of ranks).
+The embedding itself runs as the prepare stage of the clustering pipeline
+(:class:`~hf_mixture.clustering.stages.FeatureWriter`): each datatrove task embeds its
+own shard and writes its own embedding file, so data parallelism comes from the
+executor (local processes, Slurm array, Ray), not from ``accelerate launch``.
 
 >>> emb = SentenceEmbedder(max_seq_length=32).embed(["a cat", "a dog"])   # doctest: +SKIP
 >>> emb.shape, emb.dtype                                                   # doctest: +SKIP
@@ -29,18 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from .._imports import require
-from .._io import atomic_path, atomic_write_json
 from ..errors import HFMixtureError
 
 logger = logging.getLogger(__name__)
@@ -190,38 +184,6 @@ class SentenceEmbedder:
         return out / np.maximum(norms, 1e-12)
 
 
-def texts_sha256(texts: Sequence[str]) -> str:
-    """Order-sensitive hash of a list of texts (length-prefixed, so no two lists collide)."""
-    digest = hashlib.sha256()
-    for t in texts:
-        b = t.encode("utf-8", "surrogatepass")
-        digest.update(len(b).to_bytes(8, "little"))
-        digest.update(b)
-    return digest.hexdigest()
-
-
-class _Dist:
-    """Rank facts: accelerate's PartialState under a multi-process launch, else one process."""
-
-    def __init__(self):
-        self.state = None
-        self.rank, self.world = 0, 1
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            import torch
-            from accelerate import PartialState
-
-            self.state = PartialState(cpu=not torch.cuda.is_available())
-            self.rank, self.world = self.state.process_index, self.state.num_processes
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.state is not None:
-            self.state.wait_for_everyone()
-
-
 def default_num_threads(world: int = 1) -> int:
     """Torch threads per rank: the cores this process may use that other work leaves idle.
 
@@ -262,114 +224,3 @@ def compute_threads(num_threads: int | None = None, world: int = 1) -> Iterator[
             yield n
     finally:
         torch.set_num_threads(before)
-
-
-class EmbeddingCache:
-    """Chunk files ``chunk_<i>.npy`` in a folder keyed by model, settings and texts."""
-
-    def __init__(self, root: str | os.PathLike, key: dict, num_docs: int, chunk_size: int):
-        self.key = dict(key, num_docs=num_docs, chunk_size=chunk_size)
-        blob = json.dumps(self.key, sort_keys=True).encode()
-        self.dir = Path(root) / "embeddings" / hashlib.sha256(blob).hexdigest()[:16]
-        self.num_docs, self.chunk_size = num_docs, chunk_size
-        self.num_chunks = math.ceil(num_docs / chunk_size)
-
-    def prepare(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "meta.json"
-        if not meta.exists():
-            with contextlib.suppress(FileExistsError, OSError):
-                atomic_write_json(
-                    meta, {"format": CACHE_FORMAT, "version": CACHE_VERSION, **self.key}
-                )
-
-    def bounds(self, i: int) -> tuple[int, int]:
-        return i * self.chunk_size, min((i + 1) * self.chunk_size, self.num_docs)
-
-    def path(self, i: int) -> Path:
-        return self.dir / f"chunk_{i:05d}.npy"
-
-    def load(self, i: int) -> np.ndarray | None:
-        """The cached chunk, or ``None`` when it is missing or unreadable (then re-embedded)."""
-        p = self.path(i)
-        if not p.exists():
-            return None
-        lo, hi = self.bounds(i)
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (OSError, ValueError):
-            return None
-        return arr if arr.ndim == 2 and arr.shape[0] == hi - lo else None
-
-    def save(self, i: int, arr: np.ndarray) -> None:
-        with atomic_path(self.path(i)) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
-
-
-def embed_corpus(
-    texts: Sequence[str],
-    embedder: Embedder,
-    cache_dir: str | os.PathLike,
-    *,
-    chunk_size: int = 2048,
-    progress: bool = True,
-    num_threads: int | None = None,
-) -> tuple[np.ndarray, dict]:
-    """Embeddings of ``texts`` (rows in input order) and stats ``{embedded, cached, seconds}``.
-
-    Chunks already in the cache are read, not recomputed; under ``accelerate
-    launch`` each rank embeds ``chunks[rank * C / W : (rank + 1) * C / W]``.
-
-    >>> emb, stats = embed_corpus(["a", "b"], SentenceEmbedder(), "cache")   # doctest: +SKIP
-    """
-    import time
-
-    import torch
-    from tqdm.auto import tqdm
-
-    if chunk_size < 1:
-        raise HFMixtureError(f"chunk_size must be a positive integer, got {chunk_size}.")
-    dist = _Dist()
-    key = {"embedder": embedder.fingerprint, "texts_sha256": texts_sha256(texts)}
-    cache = EmbeddingCache(cache_dir, key, len(texts), chunk_size)
-    cache.prepare()
-    lo_c = cache.num_chunks * dist.rank // dist.world
-    hi_c = cache.num_chunks * (dist.rank + 1) // dist.world
-    todo = [i for i in range(lo_c, hi_c) if cache.load(i) is None]
-    n_todo = sum(cache.bounds(i)[1] - cache.bounds(i)[0] for i in todo)
-    stats = {"embedded": n_todo, "cached": 0, "seconds": 0.0, "chunks": cache.num_chunks}
-    start = time.perf_counter()
-    with (
-        compute_threads(num_threads, dist.world),
-        tqdm(
-            total=n_todo,
-            desc="embed" if dist.world == 1 else f"embed (rank {dist.rank})",
-            unit="doc",
-            disable=not progress or not dist.is_main,
-        ) as bar,
-    ):
-        for i in todo:
-            lo, hi = cache.bounds(i)
-            arr = embedder.embed(list(texts[lo:hi]))
-            if arr.shape[0] != hi - lo:
-                raise HFMixtureError(
-                    f"The embedder returned {arr.shape[0]} vectors for {hi - lo} texts."
-                )
-            cache.save(i, arr)
-            bar.update(hi - lo)
-        stats["threads"] = torch.get_num_threads()
-    stats["seconds"] = time.perf_counter() - start
-    dist.barrier()
-    parts = []
-    for i in range(cache.num_chunks):
-        arr = cache.load(i)
-        if arr is None:  # another rank failed: its chunk is missing
-            raise HFMixtureError(
-                f"Embedding chunk {cache.path(i)} is missing after all ranks finished."
-            )
-        parts.append(arr)
-    stats["cached"] = len(texts) - n_todo
-    emb = np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), dtype=np.float32)
-    stats["cache_dir"] = str(cache.dir)
-    stats["is_main_process"] = dist.is_main
-    return emb, stats

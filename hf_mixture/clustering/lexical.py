@@ -21,6 +21,8 @@ documents; all documents are then transformed in batches.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from ..errors import HFMixtureError
@@ -68,15 +70,10 @@ class LexicalFeaturizer:
             "seed": self.seed,
         }
 
-    def transform(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        from sklearn.decomposition import TruncatedSVD
-        from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
-        from tqdm.auto import tqdm
+    def _hasher(self):
+        from sklearn.feature_extraction.text import HashingVectorizer
 
-        n = len(texts)
-        if n == 0:
-            return np.zeros((0, self.dims), dtype=np.float32)
-        hasher = HashingVectorizer(
+        return HashingVectorizer(
             analyzer="char_wb",
             ngram_range=self.ngram_range,
             n_features=self.n_features,
@@ -85,15 +82,20 @@ class LexicalFeaturizer:
             dtype=np.float32,
         )
 
-        def featurize(rows) -> object:
-            return hasher.transform([texts[i][: self.max_chars] for i in rows])
+    def fit(self, texts: list[str]) -> LexicalFeaturizer:
+        """Fit IDF and the SVD basis on ``texts`` (at most ``sample`` of them, seeded)."""
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfTransformer
 
+        n = len(texts)
+        if n == 0:
+            raise HFMixtureError("The lexical view needs at least one document to fit on.")
         rng = np.random.default_rng(self.seed)
-        fit_rows = (
-            np.arange(n) if n <= self.sample else np.sort(rng.choice(n, self.sample, replace=False))
-        )
-        tfidf = TfidfTransformer(sublinear_tf=True)
-        fit_matrix = tfidf.fit_transform(featurize(fit_rows)).tocsr()
+        rows = np.arange(n) if n <= self.sample else np.sort(rng.choice(n, self.sample,
+                                                                         replace=False))
+        counts = self._hasher().transform([texts[i][: self.max_chars] for i in rows])
+        tfidf = TfidfTransformer(sublinear_tf=True).fit(counts)
+        fit_matrix = tfidf.transform(counts).tocsr()
         # Only hash buckets seen in the sample can carry SVD weight.  Dropping the others
         # before the SVD matters: randomized SVD works with dense (columns x dims)
         # matrices, 2^20 columns would cost seconds even for a hundred documents.
@@ -102,13 +104,56 @@ class LexicalFeaturizer:
         # TruncatedSVD needs fewer components than the fit matrix has rows/columns.
         dims = max(1, min(self.dims, fit_matrix.shape[0] - 1, fit_matrix.shape[1] - 1))
         svd = TruncatedSVD(dims, n_iter=3, random_state=self.seed).fit(fit_matrix)
-        out = np.zeros((n, self.dims), dtype=np.float32)
-        for lo in tqdm(range(0, n, BATCH), desc="lexical", unit="batch", disable=not progress):
-            rows = np.arange(lo, min(lo + BATCH, n))
-            batch = tfidf.transform(featurize(rows)).tocsr()[:, cols]
-            out[rows, :dims] = svd.transform(batch)
+        self.cols_ = cols.astype(np.int64)
+        self.idf_ = np.asarray(tfidf.idf_, dtype=np.float32)[cols]
+        self.components_ = np.asarray(svd.components_, dtype=np.float32)  # (dims', len(cols))
+        return self
+
+    def transform_fitted(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), dims)`` unit rows with the fitted basis (any batch, any process)."""
+        from sklearn.preprocessing import normalize
+
+        if not hasattr(self, "components_"):
+            raise HFMixtureError("The lexical view is not fitted: call fit() or load() first.")
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
+        if not texts:
+            return out
+        counts = self._hasher().transform([t[: self.max_chars] for t in texts]).tocsr()
+        counts = counts[:, self.cols_]
+        # TfidfTransformer(sublinear_tf=True): 1 + log(tf), times idf, then L2 per row.
+        counts.data = (1.0 + np.log(counts.data)).astype(np.float32)
+        counts = normalize(counts.multiply(self.idf_[None, :]).tocsr(), norm="l2")
+        out[:, : self.components_.shape[0]] = counts @ self.components_.T
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
+
+    def save(self, path) -> None:
+        """The fitted basis as a plain ``.npz`` (no pickle): what the assign tasks load."""
+        np.savez(path, cols=self.cols_, idf=self.idf_, components=self.components_,
+                 settings=np.frombuffer(json.dumps(self.fingerprint).encode(), dtype=np.uint8))
+
+    @classmethod
+    def load(cls, path) -> LexicalFeaturizer:
+        with np.load(path, allow_pickle=False) as z:
+            fp = json.loads(z["settings"].tobytes().decode())
+            out = cls(fp["dims"], sample=fp["sample"], max_chars=fp["max_chars"],
+                      ngram_range=tuple(fp["ngram_range"]), n_features=fp["n_features"],
+                      seed=fp["seed"])
+            out.cols_, out.idf_, out.components_ = z["cols"], z["idf"], z["components"]
+        return out
+
+    def transform(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """Fit on a sample of ``texts`` and transform them all (in batches)."""
+        from tqdm.auto import tqdm
+
+        if not texts:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        self.fit(texts)
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
+        for lo in tqdm(range(0, len(texts), BATCH), desc="lexical", unit="batch",
+                       disable=not progress):
+            out[lo: lo + BATCH] = self.transform_fitted(texts[lo: lo + BATCH])
+        return out
 
 
 def combine_views(embeddings: np.ndarray, lexical: np.ndarray | None, weight: float) -> np.ndarray:

@@ -1,23 +1,30 @@
-"""``cluster_corpus``: input -> dedup -> embed -> k-means -> prune -> merge -> describe -> write.
+"""``cluster_corpus``: read -> dedup -> score -> embed -> centroids -> assign -> merge -> write.
 
-Each stage is a small object with one method, so any of them can be replaced
-(``cluster_corpus(..., embedder=MyEmbedder(), pruner=QualityPruner(scorer=clf))``):
+One code path from the playground to a multi-terabyte corpus: each stage is a datatrove
+pipeline (:mod:`.stages`) run by a datatrove executor (:mod:`.executors`: local, Slurm or
+Ray); only the executor differs.  No stage holds more than a batch of documents per
+worker: k-means trains on a reservoir sample drawn across all tasks, every document is
+then assigned in a streaming pass, and prune / merge / describe work on per-task
+summaries.
 
-====================  ===========================================  =====================
-stage                 default                                      method
-====================  ===========================================  =====================
-embed                 :class:`~.embed.SentenceEmbedder` (MiniLM)   ``embed(texts)``
-lexical view          :class:`~.lexical.LexicalFeaturizer`         ``transform(texts)``
-k-means               :class:`~.kmeans.KMeansClusterer`            ``fit(x)``
-quality prune         :class:`~.quality.QualityPruner`             ``prune(texts, labels)``
-merge                 :class:`~.merge.CentroidMerger`              ``merge(centroids, sizes)``
-describe              :class:`~.describe.ClusterDescriber`         ``describe(texts, labels, ...)``
-====================  ===========================================  =====================
+========  ============================================================  ===========
+stage     steps                                                         tasks
+========  ============================================================  ===========
+dedup     datatrove ``ExactDedupSignature`` / ``ExactFindDedups``       N, 1
+          (``--dedup exact``) or the four MinHash stages (``minhash``)
+prepare   :class:`.reader.CorpusReader` -> dedup filter ->              N
+          :class:`.stages.QualityScorer` -> :class:`.stages.FeatureWriter`
+centroids :class:`.stages.FitCentroids`                                 1
+assign    :class:`.stages.AssignClusters`                               N
+merge     :class:`.stages.MergeClusters`                                1
+write     :class:`.stages.WriteClusters`                                N
+finalize  :class:`.stages.FinalizeCorpus`                               1
+========  ============================================================  ===========
 
-The output is written under a temporary name and renamed when complete: a
-failed or interrupted run leaves nothing at ``output_dir``.  Embeddings are
-cached beside it (``<output_dir>.cache`` unless ``cache_dir`` is set), so a
-rerun resumes from the last finished chunk.
+The run's work folder (``OUTPUT.work/<key>``, ``key`` = the input's content fingerprint and
+every setting that changes the result) holds each stage's files and datatrove's
+completion markers: an interrupted run resumes, finished tasks are never redone, and the
+output folder appears only when the last stage renames the finished corpus into place.
 
 >>> from hf_mixture.clustering import cluster_corpus
 >>> result = cluster_corpus(None, "playground_clusters", final_clusters=7)   # doctest: +SKIP
@@ -29,27 +36,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
+import functools
+import json
 import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._io import atomic_path
+from .._io import atomic_write_json, short_hash
 from ..errors import HFMixtureError
 from .config import ClusterConfig
-from .describe import ClusterDescriber, plot_centroid_map, plot_cluster_sizes
-from .embed import Embedder, SentenceEmbedder, compute_threads, embed_corpus
-from .kmeans import KMeansClusterer
-from .lexical import LexicalFeaturizer, combine_views
-from .merge import CentroidMerger
-from .quality import QualityPruner
+from .executors import ExecutorConfig, Stage, run_stages
+from .reader import CorpusReader, plan_input
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +60,17 @@ REPORT = "report.md"
 REPORT_DIR = "report"
 SIZES_PNG = "cluster_sizes.png"
 MAP_PNG = "centroid_map.png"
-_DATA_EXTENSIONS = {
-    ".parquet": "parquet",
-    ".jsonl": "json",
-    ".json": "json",
-    ".csv": "csv",
-    ".txt": "text",
-    ".arrow": "arrow",
-}
+# Characters handed to the embedder per token it reads: generous for any tokenizer
+# (~4 characters per token in English), and what bounds a 100 MB document's cost.
+CHARS_PER_TOKEN = 10
+# Options that never change the result: left out of the work folder's key.
+_NOT_IN_KEY = {"overwrite", "num_threads", "work_dir"}
 
 
 @dataclass
 class ClusteringResult:
-    """What :func:`cluster_corpus` did.  Row-aligned arrays follow the deduplicated input."""
+    """What :func:`cluster_corpus` did.  Row-aligned arrays follow the clustered documents
+    (after dedup, before pruning), task by task."""
 
     output_dir: Path
     report_path: Path
@@ -85,164 +86,32 @@ class ClusteringResult:
     clusters: dict[int, dict[str, Any]]
     timings: dict[str, float] = field(default_factory=dict)
     embedding: dict[str, Any] = field(default_factory=dict)
-    kept_rows: np.ndarray | None = None  # indices into the *input* dataset of the clustered docs
-
-
-# ----------------------------------------------------------------------------- input
-def load_input(dataset_or_path: Any, config: ClusterConfig):
-    """A ``datasets.Dataset`` from a Dataset, a file/folder/Hub id, or ``None`` (the playground)."""
-    import datasets
-
-    if dataset_or_path is None:
-        from .. import playground
-
-        return playground.load(config.split)
-    if isinstance(dataset_or_path, datasets.DatasetDict):
-        if config.split not in dataset_or_path:
-            raise HFMixtureError(
-                f"The dataset has no split '{config.split}'; it has {', '.join(dataset_or_path)}."
-            )
-        return dataset_or_path[config.split]
-    if isinstance(dataset_or_path, datasets.Dataset):
-        return dataset_or_path
-    if not isinstance(dataset_or_path, (str, os.PathLike)):
-        raise HFMixtureError(
-            f"INPUT must be a datasets.Dataset, a path or a Hub dataset id, got "
-            f"{type(dataset_or_path).__name__}."
-        )
-    given = str(dataset_or_path)
-    path = Path(given).expanduser()
-    try:
-        if path.is_file():
-            builder = _DATA_EXTENSIONS.get(path.suffix.lower())
-            if builder is None:
-                raise HFMixtureError(
-                    f"INPUT '{given}' has extension '{path.suffix}', not one of "
-                    f"{', '.join(sorted(_DATA_EXTENSIONS))}."
-                )
-            if _is_empty_file(path):
-                raise HFMixtureError(f"INPUT '{given}' is empty: it has no documents to cluster.")
-            return datasets.load_dataset(builder, data_files=str(path), split=config.split)
-        if path.is_dir():
-            from ..formats.hubstyle import load_folder
-
-            return load_folder(path, config.config_name, config.split)
-        if given.startswith((".", "/", "~")) or given.count("/") > 1:
-            raise HFMixtureError(f"INPUT '{given}' does not exist.")
-        return datasets.load_dataset(given, name=config.config_name, split=config.split)
-    except HFMixtureError:
-        raise
-    except Exception as err:  # noqa: BLE001 - datasets raises many types for unreadable input
-        first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-        raise HFMixtureError(f"INPUT '{given}' could not be loaded: {first.strip()}") from None
-
-
-def _is_empty_file(path: Path) -> bool:
-    """A zero-byte file, or a parquet file with no rows (``datasets`` fails on those)."""
-    if path.stat().st_size == 0:
-        return True
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.ParquetFile(path).metadata.num_rows == 0
-        except Exception:  # noqa: BLE001 - not parquet after all: let datasets report it
-            return False
-    return False
-
-
-def check_text_column(dataset, text_column: str, where: str = "INPUT") -> None:
-    """Raise one sentence when ``text_column`` is missing or does not hold strings."""
-    import pyarrow as pa
-
-    if text_column not in dataset.column_names:
-        raise HFMixtureError(
-            f"{where} has no column '{text_column}'; its columns are "
-            f"{', '.join(dataset.column_names) or 'none'} (choose one with --text-column)."
-        )
-    arrow_type = dataset.features.arrow_schema.field(text_column).type
-    if not (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)):
-        raise HFMixtureError(
-            f"{where} column '{text_column}' holds {arrow_type} values, not strings."
-        )
-    if len(dataset) == 0:
-        raise HFMixtureError(f"{where} is empty: it has no documents to cluster.")
-    col = dataset.with_format("arrow")[text_column]
-    if col.null_count:
-        first = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise HFMixtureError(f"{where} row {first}: column '{text_column}' is null, not a string.")
+    kept_rows: np.ndarray | None = None  # row of each document in the whole input
+    work_dir: Path | None = None
+    tasks: int = 1
 
 
 _SPACE = re.compile(r"\s+")
 
 
-def dedup_rows(
-    texts: Iterable[str], limit: int | None = None
-) -> tuple[np.ndarray, list[str], int, int]:
-    """First occurrence of each normalized text, empty texts dropped, stopping at ``limit``.
+def normalized_text(doc) -> str:
+    """What exact dedup compares: lower case, whitespace runs collapsed, ends stripped.
 
-    Normalization (lower case, whitespace runs collapsed, ends stripped) catches
-    copies that differ only in layout.  Returns ``(rows, kept_texts, duplicates,
-    empties)``; duplicates and empties are counted up to where reading stopped.
-
-    >>> rows, kept, dup, empty = dedup_rows(["A  b", "a b", "", "c"])
-    >>> rows.tolist(), kept, dup, empty
-    ([0, 3], ['A  b', 'c'], 1, 1)
+    >>> from datatrove.data import Document
+    >>> normalized_text(Document(text="A  b\\n", id="0")) == normalized_text(Document(text="a b", id="1"))
+    True
     """
-    seen: set[bytes] = set()
-    keep: list[int] = []
-    kept: list[str] = []
-    dup = empty = 0
-    for i, text in enumerate(texts):
-        if limit is not None and len(keep) >= limit:
-            break
-        norm = _SPACE.sub(" ", text).strip().lower()
-        if not norm:
-            empty += 1
-            continue
-        h = hashlib.blake2b(norm.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if h in seen:
-            dup += 1
-            continue
-        seen.add(h)
-        keep.append(i)
-        kept.append(text)
-    return np.asarray(keep, dtype=np.int64), kept, dup, empty
+    return _SPACE.sub(" ", doc.text).strip().lower()
 
 
-def _iter_column(dataset, column: str, batch: int = 10_000) -> Iterator[str]:
-    """The column's values in row order, read in Arrow batches (no full copy up front)."""
-    arrow = dataset.with_format("arrow")
-    for lo in range(0, len(dataset), batch):
-        yield from arrow[lo : lo + batch][column].to_pylist()
+class _Given:
+    """An embedder factory that returns an embedder object the caller built."""
 
+    def __init__(self, embedder):
+        self.embedder = embedder
 
-def group_means(
-    x: np.ndarray, labels: np.ndarray, ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean row and row count of each label in ``ids`` (sorted, each present in ``labels``).
-
-    One sparse (ids x rows) indicator product: no per-id masks, no copy of ``x``.
-
-    >>> m, n = group_means(np.array([[0.0], [2.0], [5.0]]), np.array([1, 1, 3]), np.array([1, 3]))
-    >>> m.ravel().tolist(), n.tolist()
-    ([1.0, 5.0], [2, 1])
-    """
-    from scipy import sparse
-
-    pos = np.searchsorted(ids, labels)
-    member = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == labels)
-    rows = np.flatnonzero(member)
-    indicator = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (pos[rows], rows)), shape=(len(ids), len(labels))
-    )
-    counts = np.bincount(pos[rows], minlength=len(ids))
-    if np.any(counts == 0):
-        raise ValueError("group_means: every id needs at least one row")
-    # float32 throughout: a float64 copy of a million-row matrix would cost gigabytes, and
-    # centroids need no more precision than the embeddings have.
-    sums = np.asarray(indicator @ np.asarray(x, dtype=np.float32))
-    return (sums / counts[:, None]).astype(np.float32), counts.astype(np.int64)
+    def __call__(self):
+        return self.embedder
 
 
 def _check_output(output_dir: Path, overwrite: bool) -> None:
@@ -259,43 +128,149 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
             )
 
 
-@contextlib.contextmanager
-def _datasets_bars(enabled: bool):
-    """Silence ``datasets``' own progress bars for a quiet run, then restore the setting."""
+def _dataset_input(dataset, work_root: Path, config: ClusterConfig) -> Path:
+    """A ``datasets.Dataset`` given in Python, saved once as parquet so tasks can shard it."""
     import datasets
 
-    was_disabled = datasets.are_progress_bars_disabled()
-    if not enabled:
-        datasets.disable_progress_bars()
-    try:
+    if isinstance(dataset, datasets.DatasetDict):
+        if config.split not in dataset:
+            raise HFMixtureError(
+                f"The dataset has no split '{config.split}'; it has {', '.join(dataset)}.")
+        dataset = dataset[config.split]
+    path = work_root / "input" / f"{dataset._fingerprint}.parquet"
+    if not path.is_file():
+        from .._io import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            dataset.to_parquet(str(tmp), batch_size=10_000)
+    return path
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """Without progress: silence the bars of datatrove, datasets, transformers and the Hub
+    (in this process and the workers it starts, which inherit the environment)."""
+    if enabled:
         yield
+        return
+    names = ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS",
+             "TRANSFORMERS_NO_PROGRESS_BAR")
+    before = {n: os.environ.get(n) for n in names}
+    os.environ.update({n: "1" for n in names})
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    # Bars of libraries imported before (tqdm reads TQDM_DISABLE at import) print to stderr:
+    # while the stages run quietly, stderr goes nowhere; errors still reach the caller as
+    # exceptions, and every task's log file keeps everything.
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+            yield
     finally:
-        if not enabled and not was_disabled:
+        for n, v in before.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+        if was:
             datasets.enable_progress_bars()
 
 
-# ----------------------------------------------------------------------------- pipeline
+def _dedup_stages(config: ClusterConfig, reader: CorpusReader, work: Path, tasks: int):
+    """``(stages before prepare, the filter step that prepare runs)`` for ``config.dedup``."""
+    if config.dedup == "none":
+        return [], None
+    if config.dedup == "exact":
+        from datatrove.pipeline.dedup.exact_dedup import (
+            ExactDedupConfig,
+            ExactDedupFilter,
+            ExactDedupSignature,
+            ExactFindDedups,
+        )
+
+        cfg = ExactDedupConfig(content_getter=normalized_text)
+        sigs, dups = work / "dedup" / "signatures", work / "dedup" / "duplicates"
+        return [Stage("dedup-signatures", [reader, ExactDedupSignature(str(sigs), cfg)], tasks),
+                Stage("dedup-find", [ExactFindDedups(str(sigs), str(dups), cfg)], 1)], \
+            ExactDedupFilter(str(dups), cfg)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+
+    cfg = MinhashConfig(seed=config.seed + 1)  # datatrove's defaults: 14 bands x 8 hashes, 5-grams
+    base = work / "dedup"
+    return [
+        Stage("dedup-signatures", [reader, MinhashDedupSignature(str(base / "signatures"),
+                                                                 config=cfg)], tasks),
+        Stage("dedup-buckets", [MinhashDedupBuckets(str(base / "signatures"), str(base / "buckets"),
+                                                    config=cfg)], cfg.num_buckets),
+        Stage("dedup-cluster", [MinhashDedupCluster(str(base / "buckets"), str(base / "remove"),
+                                                    config=cfg)], 1),
+    ], MinhashDedupFilter(str(base / "remove"))
+
+
+def _stat(stats_file: Path, label: str) -> int:
+    """Sum of datatrove counter ``label`` over the steps of a stage's ``stats.json``."""
+    if not stats_file.is_file():
+        return 0
+    total = 0
+    for step in json.loads(stats_file.read_text()):
+        value = step.get("stats", {}).get(label)
+        if isinstance(value, dict):
+            total += int(value.get("total", 0))
+        elif isinstance(value, (int, float)):
+            total += int(value)
+    return total
+
+
+def _merged_stats(work: Path, stage: str, tasks: int) -> Path:
+    """datatrove writes a stage's merged stats only when the whole stage ran in one go; a
+    resumed stage has per-task files: merge them the same way."""
+    from datatrove.utils.stats import PipelineStats
+
+    folder = work / "logs" / stage / "stats"
+    out = work / "logs" / stage / "stats.merged.json"
+    merged = PipelineStats()
+    for t in range(tasks):
+        f = folder / f"{t:05d}.json"
+        if f.is_file():
+            with open(f) as fh:
+                merged += PipelineStats.from_json(json.load(fh))
+    with open(out, "w") as fh:
+        merged.save_to_disk(fh)
+    return out
+
+
+# ----------------------------------------------------------------------------- entry point
 def cluster_corpus(
     dataset_or_path: Any = None,
     output_dir: str | os.PathLike = "clusters",
     config: ClusterConfig | None = None,
     *,
-    embedder: Embedder | None = None,
-    lexical: LexicalFeaturizer | None = None,
-    clusterer: KMeansClusterer | None = None,
-    pruner: QualityPruner | None = None,
-    merger: CentroidMerger | None = None,
-    describer: ClusterDescriber | None = None,
+    executor: ExecutorConfig | None = None,
+    embedder=None,
+    lexical=None,
+    clusterer=None,
+    pruner=None,
+    merger=None,
+    describer=None,
     progress: bool = True,
     **options: Any,
 ) -> ClusteringResult | None:
     """Discover domains in a corpus and write them as a clustered corpus at ``output_dir``.
 
-    ``dataset_or_path``: a ``datasets.Dataset``, a parquet/jsonl/csv file or folder, a Hub
-    dataset id, or ``None`` for the playground.  ``options`` are
-    :class:`ClusterConfig` fields (or pass ``config``).  Stage objects replace the
-    defaults built from the config.  Under ``accelerate launch`` every rank embeds its
-    share; only the main process clusters and writes (the others return ``None``).
+    ``dataset_or_path``: a parquet/jsonl/csv/txt file or folder (README ``configs:`` are
+    followed), a Hub dataset id, a ``datasets.Dataset``, or ``None`` for the playground.
+    ``options`` are :class:`ClusterConfig` fields (or pass ``config``); ``executor`` says
+    where the tasks run (default: local, one worker per core).  Stage objects replace the
+    defaults built from the config; they must be picklable when ``workers > 1``.  Returns
+    ``None`` when the stages were queued on Slurm (the output appears when they finish).
 
     >>> r = cluster_corpus("corpus.parquet", "out", num_clusters=100, final_clusters=8)  # doctest: +SKIP
     """
@@ -303,351 +278,226 @@ def cluster_corpus(
         config = ClusterConfig(**options)
     elif options:
         config = dataclasses.replace(config, **options)
-    # One thread budget for every stage (embedding, lexical SVD, k-means): see
-    # embed.default_num_threads for why it follows the machine's idle cores.
-    with _datasets_bars(progress), compute_threads(config.num_threads) as threads:
-        return _cluster_corpus(
-            dataset_or_path,
-            output_dir,
-            config,
-            embedder=embedder,
-            lexical=lexical,
-            clusterer=clusterer,
-            pruner=pruner,
-            merger=merger,
-            describer=describer,
-            progress=progress,
-            threads=threads,
-        )
+    with _progress_bars(progress):
+        return _cluster_corpus(dataset_or_path, output_dir, config, executor or ExecutorConfig(),
+                               embedder=embedder, lexical=lexical, clusterer=clusterer,
+                               pruner=pruner, merger=merger, describer=describer,
+                               progress=progress)
 
 
-def _cluster_corpus(
-    dataset_or_path: Any,
-    output_dir: str | os.PathLike,
-    config: ClusterConfig,
-    *,
-    embedder: Embedder | None,
-    lexical: LexicalFeaturizer | None,
-    clusterer: KMeansClusterer | None,
-    pruner: QualityPruner | None,
-    merger: CentroidMerger | None,
-    describer: ClusterDescriber | None,
-    progress: bool,
-    threads: int,
-) -> ClusteringResult | None:
+def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
+                    executor: ExecutorConfig, *, embedder, lexical, clusterer, pruner, merger,
+                    describer, progress: bool) -> ClusteringResult | None:
     output_dir = Path(output_dir)
     _check_output(output_dir, config.overwrite)
+    started = time.perf_counter()
+
+    work_root = Path(config.work_dir) if config.work_dir else output_dir.with_name(
+        output_dir.name + ".work")
+    source = dataset_or_path
+    try:
+        import datasets
+
+        if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+            source = _dataset_input(source, work_root, config)
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+    plan = plan_input(source, text_column=config.text_column, config_name=config.dataset_config,
+                      split=config.split, shard_rows=config.shard_rows)
+    tasks = executor.tasks or min(len(plan.shards), 1000)
+
+    if embedder is None:
+        from .embed import SentenceEmbedder
+
+        factory = functools.partial(SentenceEmbedder, config.embedding_model,
+                                    max_seq_length=config.max_seq_length,
+                                    batch_size=config.batch_size, dtype=config.embed_dtype)
+        from .embed import DEFAULT_MODEL_NAME
+
+        embedder_id: Any = {"model": config.embedding_model or DEFAULT_MODEL_NAME,
+                            "max_seq_length": config.max_seq_length, "dtype": config.embed_dtype}
+    else:
+        factory = _Given(embedder)
+        embedder_id = getattr(embedder, "fingerprint", None) or type(embedder).__name__
+    custom = [type(o).__name__ for o in (lexical, clusterer, pruner, merger, describer) if o]
+    key = short_hash({
+        "input": plan.fingerprint, "tasks": tasks, "embedder": embedder_id, "custom": custom,
+        "scorer": getattr(getattr(pruner, "scorer", None), "__name__", None),
+        "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY},
+    })
+    work = work_root / key
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "plan.json", plan.to_dict())
+
+    reader = CorpusReader(plan, max_doc_chars=config.max_doc_chars, long_docs=config.long_docs,
+                          seed=config.seed)
+    before, dedup_filter = _dedup_stages(config, reader, work, tasks)
+    max_sample = config.kmeans_sample or 256 * (config.num_clusters or 1000)
+    st = _stages()
+    prepare = [reader] + ([dedup_filter] if dedup_filter is not None else []) + [
+        st.QualityScorer(scorer=getattr(pruner, "scorer", None), flags=config.quality_flags),
+        st.FeatureWriter(str(work), factory, max_sample,
+                         max_chars=config.max_seq_length * CHARS_PER_TOKEN,
+                         threads=config.num_threads),
+    ]
+    tokenizer = config.tokenizer
+    if tokenizer is None and not (plan.schema is not None and "tokens" in plan.schema.names):
+        from .. import playground
+
+        tokenizer = str(playground.tokenizer_dir())
+    summary = {
+        "config": config.to_dict(), "executor": executor.executor, "tasks": tasks,
+        "embedder": embedder_id if isinstance(embedder_id, dict) else {"model": str(embedder_id)},
+        "input": {"name": plan.name, "files": len(plan.files), "shards": len(plan.shards),
+                  "fingerprint": plan.fingerprint},
+    }
+    stages = before + [
+        Stage("prepare", prepare, tasks, gpu=True),
+        Stage("centroids", [st.FitCentroids(str(work), tasks, config, clusterer, lexical)], 1),
+        Stage("assign", [st.AssignClusters(str(work), config)], tasks),
+        Stage("merge", [st.MergeClusters(str(work), tasks, config, merger, describer, pruner)], 1),
+        Stage("write", [st.WriteClusters(str(work), tokenizer, plan.schema_b64,
+                                         config.text_column)], tasks),
+    ]
+    finalize = _finalize(work, tasks, output_dir, tokenizer, summary, config)
+    if executor.executor == "slurm":
+        run_stages(executor, stages + [finalize], work)  # one chained submission
+        logger.warning("queued %d Slurm stages; %s appears when the last one finishes "
+                       "(logs: %s)", len(stages) + 1, output_dir, work / "logs")
+        return None
     timings: dict[str, float] = {}
     from tqdm.auto import tqdm
 
-    stages = tqdm(total=7, desc="cluster", unit="stage", disable=not progress)
+    with tqdm(total=len(stages) + 1, desc="cluster", unit="stage", disable=not progress) as bar:
+        for stage in stages + [finalize]:
+            bar.set_postfix_str(stage.name)
+            if stage is finalize:
+                atomic_write_json(work / "timings.json", timings)
+            t = time.perf_counter()
+            run_stages(executor, [stage], work)
+            timings[stage.name] = time.perf_counter() - t
+            bar.update()
+    import shutil
 
-    def stage(name: str) -> float:
-        stages.set_postfix_str(name)
-        return time.perf_counter()
+    shutil.rmtree(work / "logs" / "finalize" / "completions", ignore_errors=True)  # see Finalize
+    return _result(work, tasks, output_dir, timings, time.perf_counter() - started)
 
-    try:
-        # 1. input + dedup.  The `source` column (or any other) is carried, never read.
-        t = stage("load")
-        dataset = load_input(dataset_or_path, config)
-        check_text_column(dataset, config.text_column)
-        rows, texts, n_dup, n_empty = dedup_rows(
-            _iter_column(dataset, config.text_column), config.max_docs
-        )
-        if len(rows) == 0:
-            raise HFMixtureError(
-                f"INPUT has no non-empty documents in column '{config.text_column}'."
-            )
-        k = clusterer.k if clusterer is not None else config.resolved_num_clusters(len(texts))
-        if k > len(texts):
-            raise HFMixtureError(
-                f"num_clusters={k} exceeds the number of documents to cluster ({len(texts)}); "
-                "pass a smaller --num-clusters."
-            )
-        timings["load"] = time.perf_counter() - t
-        stages.update()
 
-        # 2. embed (resumable; data-parallel under accelerate launch)
-        t = stage("embed")
-        if embedder is None:
-            embedder = SentenceEmbedder(
-                config.embedding_model,
-                max_seq_length=config.max_seq_length,
-                batch_size=config.batch_size,
-                dtype=config.embed_dtype,
-            )
-        cache_dir = (
-            Path(config.cache_dir)
-            if config.cache_dir
-            else output_dir.with_name(output_dir.name + ".cache")
-        )
-        emb, emb_stats = embed_corpus(
-            texts,
-            embedder,
-            cache_dir,
-            chunk_size=config.chunk_size,
-            progress=progress,
-            num_threads=threads,
-        )
-        timings["embed"] = time.perf_counter() - t
-        if not emb_stats["is_main_process"]:
-            return None
-        # The lexical view (form) beside the embedding (topic); see lexical.py for why.
-        t = time.perf_counter()
-        lex = None
-        if config.lexical_weight > 0:
-            lexical = lexical or LexicalFeaturizer(config.lexical_dims, seed=config.seed)
-            lex = _cached_lexical(texts, lexical, cache_dir, progress)
-            timings["lexical"] = time.perf_counter() - t
-        features = combine_views(emb, lex, config.lexical_weight)
-        del emb
-        stages.update()
+def collect_summary(work: Path, tasks: int, base: dict[str, Any]) -> dict[str, Any]:
+    """The run's facts for ``clusters.json`` and the report, read from the work folder."""
+    prep = _merged_stats(work, "prepare", tasks)
+    timings_file = work / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    embedded = _stat(prep, "embedded")
+    seconds = timings.get("prepare", 0.0)
+    model = json.loads((work / "model" / "model.json").read_text())
+    return {**base,
+            "input_docs": _stat(prep, "documents"), "empty_removed": _stat(prep, "empty"),
+            "long_documents": _stat(prep, "long_documents"),
+            "duplicates_removed": _stat(prep, "dropped"), "dedup": base["config"]["dedup"],
+            "embedded": embedded,
+            "docs_per_s": round(embedded / seconds, 1) if seconds > 0 else None,
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+            "num_clusters": model["k"], "kmeans_backend": model["backend"],
+            "kmeans_sample": model["sample"], "lexical": model["lexical"]}
 
-        # 3. k-means
-        t = stage("k-means")
-        if clusterer is None:
-            clusterer = KMeansClusterer(
-                k,
-                backend=config.kmeans_backend,
-                sample=config.kmeans_sample,
-                iterations=config.kmeans_iterations,
-                restarts=config.kmeans_restarts,
-                seed=config.seed,
-            )
-        km_labels, _ = clusterer.fit(features)
-        timings["kmeans"] = time.perf_counter() - t
-        stages.update()
 
-        # 4. quality prune (whole clusters)
-        t = stage("prune")
-        prune_report = None
-        keep = np.ones(len(texts), dtype=bool)
-        if config.prune or pruner is not None:
-            pruner = pruner or QualityPruner(threshold=config.prune_threshold)
-            keep, prune_report = pruner.prune(texts, km_labels)
-        timings["prune"] = time.perf_counter() - t
-        stages.update()
+def _stages():
+    from . import stages
 
-        # 5. merge surviving clusters by their centroids (means of their documents)
-        t = stage("merge")
-        alive = np.unique(km_labels[keep])
-        centroids, sizes = group_means(features, km_labels, alive)
-        if merger is None:
-            merger = CentroidMerger(
-                final_clusters=config.resolved_final_clusters(len(alive)),
-                merge_threshold=config.merge_threshold,
-                linkage=config.linkage,
-            )
-        merged = merger.merge(centroids, sizes)
-        # Final ids: by size, largest first (ties: lowest merged id), so ids are stable and
-        # meaningful ("cluster_0 is the biggest domain").
-        merged_sizes = np.bincount(merged, weights=sizes)
-        order = np.lexsort((np.arange(len(merged_sizes)), -merged_sizes))
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        lookup = np.full(int(km_labels.max()) + 1, -1, dtype=np.int64)
-        lookup[alive] = rank[merged]
-        labels = lookup[km_labels]
-        labels[~keep] = -1
-        timings["merge"] = time.perf_counter() - t
-        stages.update()
+    return stages
 
-        # 6. tokenize + describe
-        t = stage("describe")
-        kept_idx = np.flatnonzero(keep)
-        subset = dataset.select(rows[kept_idx])
-        subset = subset.add_column("cluster_id", labels[kept_idx].tolist())
-        tokenizer = None
-        if "tokens" not in subset.column_names or config.tokenizer:
-            from ..formats.clustered import load_tokenizer, tokenize_dataset
 
-            if config.tokenizer:
-                tokenizer = load_tokenizer(config.tokenizer)
-            else:
-                from .. import playground
+def _finalize(work: Path, tasks: int, output_dir: Path, tokenizer, summary, config) -> Stage:
+    return Stage("finalize", [_stages().FinalizeCorpus(str(work), tasks, str(output_dir),
+                                                        tokenizer, summary, config.overwrite)], 1)
 
-                tokenizer = playground.tokenizer()
-        if "tokens" not in subset.column_names:
-            subset = tokenize_dataset(subset, tokenizer, config.text_column, where="INPUT")
-        token_counts = np.asarray(subset.with_format("arrow")["token_count"].to_numpy())
-        kept_texts = [texts[i] for i in kept_idx]
-        describer = describer or ClusterDescriber(top_terms=config.top_terms, seed=config.seed)
-        facts = describer.describe(kept_texts, labels[kept_idx], features[kept_idx], token_counts)
-        final_ids = np.array(sorted(facts))
-        final_means, _ = group_means(features, labels, final_ids)
-        final_centroids = dict(zip(final_ids.tolist(), final_means))
-        timings["describe"] = time.perf_counter() - t
-        stages.update()
 
-        # 7. write everything under a temporary name; rename when complete
-        t = stage("write")
-        dropped = prune_report.dropped_ids if prune_report else []
-        manifest = {
-            "clustering": {
-                "config": config.to_dict(),
-                "embedder": embedder.fingerprint,
-                "lexical": lexical.fingerprint if lex is not None else None,
-                "kmeans_backend": clusterer.backend,
-                "num_clusters": int(k),
-                "final_clusters": len(facts),
-                "input_docs": len(dataset),
-                "duplicates_removed": int(n_dup),
-                "empty_removed": int(n_empty),
-                "pruned_clusters": dropped,
-                "pruned_docs": int((~keep).sum()),
-            }
-        }
-        from ..formats.clustered import write_clustered_corpus
+def _result(work: Path, tasks: int, output_dir: Path, timings: dict,
+            seconds: float) -> ClusteringResult:
+    import pyarrow.parquet as pq
 
-        with atomic_path(output_dir) as tmp:
-            write_clustered_corpus(
-                subset,
-                tmp,
-                name=output_dir.name,
-                tokenizer=tokenizer,
-                text_column=config.text_column,
-                # docs/tokens are counted by the writer itself
-                descriptions={
-                    k_: {n: v for n, v in f.items() if n not in ("docs", "tokens")}
-                    for k_, f in facts.items()
-                },
-                extra_manifest=manifest,
-            )
-            (tmp / REPORT_DIR).mkdir()
-            plot_cluster_sizes(facts, tmp / REPORT_DIR / SIZES_PNG)
-            plot_centroid_map(final_centroids, facts, tmp / REPORT_DIR / MAP_PNG)
-            (tmp / REPORT).write_text(
-                render_report(
-                    facts,
-                    manifest["clustering"],
-                    prune_report.to_dict() if prune_report else None,
-                    emb_stats,
-                    timings,
-                    len(texts),
-                ),
-                encoding="utf-8",
-            )
-        timings["write"] = time.perf_counter() - t
-        stages.update()
-    finally:
-        stages.close()
-
+    manifest = json.loads((output_dir / "clusters.json").read_text())
+    summary = manifest["clustering"]
+    merge = json.loads((work / "merge.json").read_text())
+    lookup = np.asarray(merge["lookup"], dtype=np.int64)
+    km, rows = [], []
+    for t in range(tasks):
+        with np.load(work / "assign" / f"{t:05d}.npz", allow_pickle=False) as z:
+            km.append(z["labels"].astype(np.int64))
+        pf = pq.ParquetFile(work / "docs" / f"{t:05d}.parquet")
+        rows.append(pf.read(columns=["_row"]).column("_row").to_numpy()
+                    if pf.metadata.num_rows else np.zeros(0, np.int64))
+    km_labels = np.concatenate(km) if km else np.zeros(0, np.int64)
+    labels = lookup[km_labels]
+    clusters = {c["id"]: c for c in manifest["clusters"]}
+    prune = merge["prune"] or {}
+    timings = {**timings, "total": seconds}
     return ClusteringResult(
-        output_dir=output_dir,
-        report_path=output_dir / REPORT,
-        num_input_docs=len(dataset),
-        num_docs=len(texts),
-        num_duplicates=int(n_dup),
-        num_clusters=int(k),
-        final_clusters=len(facts),
-        kept_docs=int(keep.sum()),
-        kmeans_labels=km_labels,
-        labels=labels,
-        dropped_clusters=dropped,
-        clusters=facts,
+        output_dir=output_dir, report_path=output_dir / REPORT,
+        num_input_docs=summary["input_docs"] + summary["empty_removed"],
+        num_docs=len(km_labels), num_duplicates=summary["duplicates_removed"],
+        num_clusters=summary["num_clusters"], final_clusters=len(clusters),
+        kept_docs=int((labels >= 0).sum()), kmeans_labels=km_labels, labels=labels,
+        dropped_clusters=[d["cluster"] for d in prune.get("dropped", [])], clusters=clusters,
         timings=timings,
-        embedding={k_: v for k_, v in emb_stats.items() if k_ != "is_main_process"},
-        kept_rows=rows,
-    )
+        embedding={"embedded": summary["embedded"], "docs_per_s": summary["docs_per_s"]},
+        kept_rows=np.concatenate(rows) if rows else None, work_dir=work, tasks=tasks)
 
 
-def _cached_lexical(
-    texts: list[str], lexical: LexicalFeaturizer, cache_dir: Path, progress: bool
-) -> np.ndarray:
-    """The lexical view, read from / saved to ``cache_dir/lexical/<key>.npy``."""
-    import json
-
-    from .embed import texts_sha256
-
-    fp = getattr(lexical, "fingerprint", None)
-    if fp is None:  # a custom featurizer without a fingerprint is not cached
-        return np.asarray(lexical.transform(texts), dtype=np.float32)
-    key = hashlib.sha256(
-        json.dumps({"lexical": fp, "texts_sha256": texts_sha256(texts)}, sort_keys=True).encode()
-    ).hexdigest()[:16]
-    path = cache_dir / "lexical" / f"{key}.npy"
-    if path.exists():
-        try:
-            arr = np.load(path, allow_pickle=False)
-            if arr.shape[0] == len(texts):
-                return arr
-        except (OSError, ValueError):
-            pass  # unreadable cache entry: recompute
-    arr = np.asarray(lexical.transform(texts, progress=progress), dtype=np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
-    return arr
-
-
+# ----------------------------------------------------------------------------- report
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def render_report(
-    facts: dict[int, dict[str, Any]],
-    summary: dict[str, Any],
-    prune: dict[str, Any] | None,
-    emb_stats: dict[str, Any],
-    timings: dict[str, float],
-    num_docs: int,
-) -> str:
+def render_report(facts: dict[int, dict[str, Any]], summary: dict[str, Any],
+                  prune: dict[str, Any] | None, stats: dict | None = None) -> str:
     """The Markdown report: what was clustered, how, what was dropped, and each cluster."""
     cfg = summary["config"]
-    docs_per_s = emb_stats["embedded"] / emb_stats["seconds"] if emb_stats["seconds"] > 0 else None
+    emb = summary.get("embedder") or {}
     lines = [
         "# Clustering report",
         "",
-        (
-            f"- Documents: {summary['input_docs']} in the input, {summary['duplicates_removed']} exact "
-            f"duplicates and {summary['empty_removed']} empty texts removed, {num_docs} clustered."
-        ),
-        f"- Embedding: `{summary['embedder']['model']}` (max {summary['embedder']['max_seq_length']} "
-        f"tokens, {'bfloat16 autocast' if summary['embedder']['bf16'] else 'float32'}); "
-        f"{emb_stats['embedded']} embedded"
-        + (
-            f" at {docs_per_s:.1f} docs/s ({emb_stats.get('threads')} torch threads)"
-            if docs_per_s
-            else ""
-        )
-        + f", {emb_stats['cached']} read from the cache.",
-        (
-            f"- Lexical view: {summary['lexical']['method']} ({summary['lexical']['dims']} dims), "
-            f"weight {cfg['lexical_weight']} beside the embedding."
-            if summary.get("lexical")
-            else "- Lexical view: off (embeddings only)."
-        ),
-        f"- k-means: k = {summary['num_clusters']} ({summary['kmeans_backend']}, seed {cfg['seed']}).",
+        (f"- Documents: {summary['input_docs']} read from {summary['input']['files']} file(s) "
+         f"in {summary['input']['shards']} shards ({summary['long_documents']} long documents cut "
+         f"at {cfg['max_doc_chars']:,} characters), {summary['empty_removed']} empty texts and "
+         f"{summary['duplicates_removed']} duplicates removed ({summary['dedup']} dedup), "
+         f"{summary['embedded']} clustered."),
+        (f"- Engine: datatrove {summary['executor']} executor, {summary['tasks']} tasks."),
+        (f"- Embedding: `{emb.get('model')}` (max {cfg['max_seq_length']} tokens)"
+         + (f" at {summary['docs_per_s']} docs/s (prepare stage)" if summary.get("docs_per_s")
+            else "") + "."),
+        (f"- Lexical view: {summary['lexical']['method']} ({summary['lexical']['dims']} dims), "
+         f"weight {cfg['lexical_weight']} beside the embedding." if summary.get("lexical")
+         else "- Lexical view: off (embeddings only)."),
+        (f"- k-means: k = {summary['num_clusters']} ({summary['kmeans_backend']}, seed "
+         f"{cfg['seed']}), centroids trained on a {summary['kmeans_sample']}-document sample, "
+         "every document assigned."),
     ]
     if prune is None:
         lines.append("- Quality pruning: off.")
     else:
         lines.append(
             f"- Quality pruning ({prune['scorer']}, threshold {prune['threshold']}): "
-            f"{len(prune['dropped'])} clusters ({summary['pruned_docs']} documents) dropped."
-        )
-    lines.append(
-        f"- Merge: {cfg['linkage']} linkage on centroids -> {summary['final_clusters']} clusters."
-    )
-    lines.append(
-        "- Time: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in timings.items()) + "."
-    )
-    lines += [
-        "",
-        f"![cluster sizes]({REPORT_DIR}/{SIZES_PNG})",
-        "",
-        f"![centroid map]({REPORT_DIR}/{MAP_PNG})",
-        "",
-        "## Clusters",
-        "",
-        "| cluster | docs | tokens | top terms |",
-        "|---:|---:|---:|---|",
-    ]
+            f"{len(prune['dropped'])} clusters ({summary['pruned_docs']} documents) dropped.")
+    lines.append(f"- Merge: {cfg['linkage']} linkage on centroids -> "
+                 f"{summary['final_clusters']} clusters.")
+    lines.append("- Time: " + ", ".join(f"{name} {sec:.1f} s"
+                                        for name, sec in summary["timings"].items()) + ".")
+    lines += ["", f"![cluster sizes]({REPORT_DIR}/{SIZES_PNG})", "",
+              f"![centroid map]({REPORT_DIR}/{MAP_PNG})", "", "## Clusters", ""]
+    flags = any("quality_pass_rates" in f for f in facts.values())
+    head = "| cluster | docs | tokens | mean quality |" + (
+        " Gopher / repetition / FineWeb pass |" if flags else "") + " top terms |"
+    lines += [head, "|---:|---:|---:|---:|" + ("---|" if flags else "") + "---|"]
     for k in sorted(facts):
         f = facts[k]
+        rates = f.get("quality_pass_rates")
         lines.append(
-            f"| {k} | {f['docs']} | {f.get('tokens', '')} | {_cell(', '.join(f['top_terms']))} |"
-        )
+            f"| {k} | {f['docs']} | {f.get('tokens', '')} | {f.get('mean_quality', '')} |"
+            + (f" {' / '.join(f'{100 * v:.0f}%' for v in rates.values())} |" if flags and rates
+               else (" |" if flags else ""))
+            + f" {_cell(', '.join(f['top_terms']))} |")
     for k in sorted(facts):
         lines += ["", f"### cluster_{k}: {_cell(facts[k]['description'])}", ""]
         for ex in facts[k]["examples"]:
@@ -657,8 +507,8 @@ def render_report(
         lines += ["", "## Dropped by quality pruning", ""]
         for d in prune["dropped"]:
             reasons = ", ".join(f"{r} ({n})" for r, n in d["reasons"].items()) or "low scores"
+            example = _cell(d["examples"][0])[:160] if d["examples"] else ""
             lines.append(
                 f"- k-means cluster {d['cluster']}: {d['docs']} docs, mean score "
-                f"{d['mean_score']}; main failures: {reasons}. Example: `{_cell(d['examples'][0])[:160]}`"
-            )
+                f"{d['mean_score']}; main failures (sampled): {reasons}. Example: `{example}`")
     return "\n".join(lines).rstrip() + "\n"

@@ -43,9 +43,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .._io import atomic_path
+from .._io import atomic_path, atomic_write_json, file_sha256, short_hash
 from ..errors import HFMixtureError
-from .hubstyle import files_fingerprint, stamp_configs
+from .hubstyle import stamp_configs
 
 logger = logging.getLogger(__name__)
 
@@ -886,68 +886,94 @@ def write_clustered_corpus(
     order = np.argsort(ids, kind="stable")  # stable: each cluster keeps the input's row order
     uniq, starts = np.unique(ids[order], return_index=True)
     bounds = list(starts) + [len(order)]
-    clusters: list[dict[str, Any]] = []
-    configs: list[dict[str, Any]] = []
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
+        files: dict[str, dict[str, Any]] = {}
         for j, k in enumerate(int(u) for u in uniq):
             rows = order[bounds[j] : bounds[j + 1]]
-            name = cluster_config_name(k)
-            (tmp / name).mkdir()
+            folder_name = cluster_config_name(k)
+            (tmp / folder_name).mkdir()
             subset = dataset.select(rows)
             for i, lo in enumerate(range(0, len(rows), max_rows_per_file)):
-                shard = subset.select(range(lo, min(lo + max_rows_per_file, len(rows))))
-                shard.to_parquet(str(tmp / name / FILE_PATTERN.format(k=k, i=i)))
-            entry = {
-                "id": k,
-                "config_name": name,
-                "docs": len(rows),
-                "tokens": int(counts[rows].sum()),
-                "description": None,
-            }
-            entry.update(desc.get(k, {}))
-            clusters.append(entry)
-            configs.append(
-                {
-                    "config_name": name,
-                    "data_files": [{"split": "train", "path": f"{name}/*.parquet"}],
-                }
-            )
-        configs.append(
-            {
-                "config_name": "default",
-                "data_files": [
-                    {"split": "train", "path": [f"{c['config_name']}/*.parquet" for c in clusters]}
-                ],
-            }
-        )
-        fingerprint, files = files_fingerprint(
-            tmp, [p.relative_to(tmp).as_posix() for p in tmp.glob("cluster_*/*.parquet")])
-        configs = stamp_configs(configs, fingerprint, {
-            c["config_name"]: c["description"] for c in clusters if c.get("description")})
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "tokenizer": tok_info,
-            "columns": dataset.column_names,
-            "docs": int(sum(c["docs"] for c in clusters)),
-            "tokens": int(sum(c["tokens"] for c in clusters)),
-            "clusters": clusters,
-            "fingerprint": fingerprint,
-            "files": files,
-            **extra,
-        }
-        (tmp / CLUSTERS_JSON).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(_render_card(manifest, name or out.name, configs),
-                                       encoding="utf-8")
+                hi = min(lo + max_rows_per_file, len(rows))
+                rel = f"{folder_name}/{FILE_PATTERN.format(k=k, i=i)}"
+                subset.select(range(lo, hi)).to_parquet(str(tmp / rel))
+                files[rel] = {"cluster": k, "docs": hi - lo,
+                              "tokens": int(counts[rows[lo:hi]].sum())}
+        for rel, entry in files.items():
+            entry.update(bytes=(tmp / rel).stat().st_size, sha256=file_sha256(tmp / rel))
+        manifest = finish_clustered_corpus(tmp, files, name=name or out.name, tokenizer=tok_info,
+                                           descriptions=desc, extra_manifest=extra)
     logger.info(
         "wrote clustered corpus %s: %d clusters, %d docs, %d tokens",
         out,
-        len(clusters),
+        len(manifest["clusters"]),
         manifest["docs"],
         manifest["tokens"],
     )
     return out
+
+
+def finish_clustered_corpus(
+    folder: str | os.PathLike,
+    files: Mapping[str, Mapping[str, Any]],
+    *,
+    name: str,
+    tokenizer: dict[str, Any] | None,
+    descriptions: Mapping | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``clusters.json`` and the README card (stamped ``configs:``) of a folder whose
+    parquet files are in place; returns the manifest.
+
+    ``files``: ``{relative path: {"cluster", "docs", "tokens", "bytes", "sha256"}}`` -- what
+    each writer task recorded of its own files, so nothing is re-read here.
+    """
+    folder = Path(folder)
+    desc = _normalize_descriptions(descriptions)
+    extra = dict(extra_manifest or {})
+    by_cluster: dict[int, dict[str, int]] = {}
+    for entry in files.values():
+        c = by_cluster.setdefault(int(entry["cluster"]), {"docs": 0, "tokens": 0})
+        c["docs"] += int(entry["docs"])
+        c["tokens"] += int(entry["tokens"])
+    if not by_cluster:
+        raise HFMixtureError(f"Clustered corpus '{folder}' would have no documents.")
+    clusters: list[dict[str, Any]] = []
+    configs: list[dict[str, Any]] = []
+    for k in sorted(by_cluster):
+        config_name = cluster_config_name(k)
+        entry = {"id": k, "config_name": config_name, **by_cluster[k], "description": None}
+        entry.update(desc.get(k, {}))
+        clusters.append(entry)
+        configs.append({"config_name": config_name,
+                        "data_files": [{"split": "train", "path": f"{config_name}/*.parquet"}]})
+    configs.append({
+        "config_name": "default",
+        "data_files": [{"split": "train",
+                        "path": [f"{c['config_name']}/*.parquet" for c in clusters]}],
+    })
+    fingerprint = short_hash([[rel, files[rel]["sha256"]] for rel in sorted(files)])
+    configs = stamp_configs(configs, fingerprint, {
+        c["config_name"]: c["description"] for c in clusters if c.get("description")})
+    first = folder / sorted(files)[0]
+    columns = pq.ParquetFile(first).schema_arrow.names
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "tokenizer": tokenizer,
+        "columns": columns,
+        "docs": int(sum(c["docs"] for c in clusters)),
+        "tokens": int(sum(c["tokens"] for c in clusters)),
+        "clusters": clusters,
+        "fingerprint": fingerprint,
+        "files": {rel: {"bytes": int(files[rel]["bytes"]), "sha256": files[rel]["sha256"]}
+                  for rel in sorted(files)},
+        **extra,
+    }
+    atomic_write_json(folder / CLUSTERS_JSON, manifest)
+    (folder / "README.md").write_text(_render_card(manifest, name, configs), encoding="utf-8")
+    return manifest
 
 
 def tokenize_dataset(dataset: datasets.Dataset, tokenizer: Any, text_column: str, *,

@@ -74,10 +74,10 @@ def config_data_files(folder: str | os.PathLike, name: str | None = None
     Follows the folder's README ``configs:`` when it has them (``name`` = None picks the
     default config, as ``datasets`` does) and ``datasets``' own file patterns otherwise.
     """
-    from huggingface_hub import DatasetCard
     from datasets.data_files import DataFilesDict, get_data_patterns, sanitize_patterns
     from datasets.load import infer_module_for_data_files
     from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard
 
     folder = Path(folder).expanduser().resolve()
     readme = folder / "README.md"

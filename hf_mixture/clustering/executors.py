@@ -1,0 +1,234 @@
+"""Where the corpus stages run: datatrove's local, Slurm or Ray executor, one code path.
+
+Every corpus stage (read -> dedup -> score -> embed -> centroids -> assign -> merge ->
+write) is a list of datatrove ``PipelineStep`` s run by a datatrove executor over
+``tasks`` tasks.  Only the executor differs between a laptop and a cluster:
+
+==========  ==========================================  ===================================
+executor    what runs the tasks                         finished work
+==========  ==========================================  ===================================
+local       ``LocalPipelineExecutor`` (a process pool)   ``completions/<task>`` per stage
+slurm       ``SlurmPipelineExecutor`` (one job array     same; stages chained by ``depends=``
+            per stage, chained with ``afterok``)
+ray         ``RayPipelineExecutor`` on a Ray cluster     same
+==========  ==========================================  ===================================
+
+A finished task is never redone: datatrove marks it in the stage's logging folder, and
+a rerun skips it.  The work folder must therefore be on a filesystem every worker sees
+(a shared filesystem for Slurm and multi-node Ray).
+
+>>> ExecutorConfig(workers=2).resolved_workers()
+2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import HFMixtureError
+
+logger = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "slurm", "ray")
+# datatrove prints every task's INFO lines (pipeline, stats) on stderr; they stay in each
+# task's log file, and the console shows warnings unless HF_MIXTURE_VERBOSE=1 (`-v`).
+CONSOLE_LEVEL_ENV = "HF_MIXTURE_VERBOSE"
+
+
+def _console_level(task: bool = False) -> str:
+    if os.environ.get(CONSOLE_LEVEL_ENV, "") not in ("", "0"):
+        return "INFO"
+    # A failing task's exception reaches the caller (the CLI prints one sentence); datatrove's
+    # own copy of its traceback stays in the task's log file.
+    return "CRITICAL" if task else "WARNING"
+
+
+def quiet_datatrove_console() -> None:
+    """Route datatrove's console output through :data:`CONSOLE_LEVEL_ENV`; files keep DEBUG.
+
+    Applied in every process that imports this module (the executor's workers unpickle
+    our steps, which imports it), before a task's logger is set up.
+    """
+    import sys
+
+    import datatrove.executor.base as base
+    import datatrove.utils.logging as dlog
+    from loguru import logger as loguru_logger
+
+    if getattr(dlog, "_hf_mixture_quiet", False):
+        return
+
+    def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
+        loguru_logger.remove()
+        logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+        fmt = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}"
+        loguru_logger.add(sys.stderr, level=_console_level(task=True) if local_rank == 0 else "CRITICAL",
+                          format=fmt, colorize=False)
+        loguru_logger.add(logfile, level="DEBUG", format=fmt, colorize=False)
+        loguru_logger.info(f"Launching pipeline for {rank=}")
+        return logfile
+
+    def setup_default_logger():
+        loguru_logger.remove()
+        loguru_logger.add(sys.stderr, level=_console_level(), colorize=False)
+
+    dlog.add_task_logger = base.add_task_logger = add_task_logger
+    dlog.setup_default_logger = setup_default_logger
+    dlog._hf_mixture_quiet = True
+    setup_default_logger()
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class ExecutorConfig:
+    """How the corpus stages' tasks are launched (``--executor local|slurm|ray``)."""
+
+    executor: str = field(default="local", metadata=_help(
+        "Engine that runs the tasks: local (a process pool on this machine), slurm (one job "
+        "array per stage) or ray (tasks on a running Ray cluster).", choices=EXECUTORS))
+    tasks: int | None = field(default=None, metadata=_help(
+        "Tasks the per-document stages are split into (default: one per input shard of "
+        "--shard-rows rows, at most 1000). The result depends on the shards, never on "
+        "--workers."))
+    workers: int | None = field(default=None, metadata=_help(
+        "Tasks run at the same time (default: local, one per CPU core; slurm/ray: all)."))
+    slurm_partition: str | None = field(default=None, metadata=_help(
+        "Slurm partition (required with --executor slurm)."))
+    slurm_time: str = field(default="24:00:00", metadata=_help("Slurm time limit per task."))
+    slurm_cpus_per_task: int = field(default=4, metadata=_help("Slurm CPUs per task."))
+    slurm_gpus_per_task: int = field(default=0, metadata=_help(
+        "Slurm GPUs per task of the embedding stage (other stages use none)."))
+    slurm_mem_per_cpu_gb: int = field(default=4, metadata=_help("Slurm memory per CPU (GB)."))
+    slurm_job_name: str = field(default="hf-mixture", metadata=_help(
+        "Slurm job name prefix; each stage appends its name."))
+    slurm_logs_dir: str | None = field(default=None, metadata=_help(
+        "Folder for Slurm's own stdout/stderr files (default: in the work folder)."))
+    slurm_env_command: str | None = field(default=None, metadata=_help(
+        "Shell command each Slurm job runs first (e.g. 'source .venv/bin/activate')."))
+    ray_address: str | None = field(default=None, metadata=_help(
+        "Address of the Ray cluster (ray.init(address=...)); default: a Ray instance already "
+        "initialized in this process, else a local one."))
+    ray_cpus_per_task: int = field(default=1, metadata=_help("CPUs Ray reserves per task."))
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise HFMixtureError(
+                f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}.")
+        for name in ("tasks", "workers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise HFMixtureError(f"{name} must be a positive integer, got {value!r}.")
+        defaults = {f.name: f.default for f in fields(self)}
+        for prefix, executor in (("slurm_", "slurm"), ("ray_", "ray")):
+            if self.executor == executor:
+                continue
+            changed = [f"--{n.replace('_', '-')}" for n in defaults
+                       if n.startswith(prefix) and getattr(self, n) != defaults[n]]
+            if changed:
+                raise HFMixtureError(
+                    f"{', '.join(changed)} only apply with --executor {executor}, not "
+                    f"--executor {self.executor}.")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise HFMixtureError("--executor slurm needs --slurm-partition.")
+
+    def resolved_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        if self.executor == "local":
+            return os.cpu_count() or 1
+        return -1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Stage:
+    """One datatrove pipeline over ``tasks`` tasks, logged under ``work/<name>``."""
+
+    name: str
+    pipeline: list
+    tasks: int = 1
+    gpu: bool = False  # only the embedding stage asks the scheduler for GPUs
+
+
+def _make(config: ExecutorConfig, stage: Stage, logging_dir: Path, depends):
+    workers = min(config.resolved_workers(), stage.tasks) if config.resolved_workers() > 0 \
+        else -1
+    if config.executor == "local":
+        from datatrove.executor import LocalPipelineExecutor
+
+        return LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=workers,
+                                     logging_dir=str(logging_dir), depends=depends)
+    if config.executor == "ray":
+        from datatrove.executor import RayPipelineExecutor
+
+        return RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=workers,
+                                   logging_dir=str(logging_dir), depends=depends,
+                                   cpus_per_task=config.ray_cpus_per_task,
+                                   mem_per_cpu_gb=1)
+    from datatrove.executor import SlurmPipelineExecutor
+
+    logs = config.slurm_logs_dir or str(logging_dir.parent / "slurm_logs" / stage.name)
+    return SlurmPipelineExecutor(
+        stage.pipeline, tasks=stage.tasks, workers=workers, time=config.slurm_time,
+        partition=config.slurm_partition, cpus_per_task=config.slurm_cpus_per_task,
+        gpus_per_task=config.slurm_gpus_per_task if stage.gpu else 0,
+        mem_per_cpu_gb=config.slurm_mem_per_cpu_gb,
+        job_name=f"{config.slurm_job_name}-{stage.name}", env_command=config.slurm_env_command,
+        logging_dir=str(logging_dir), slurm_logs_folder=logs, depends=depends)
+
+
+def build_executors(config: ExecutorConfig, stages: list[Stage], work_dir: Path) -> list:
+    """One datatrove executor per stage, each depending on the one before (``depends=``)."""
+    out: list = []
+    for stage in stages:
+        out.append(_make(config, stage, work_dir / "logs" / stage.name, out[-1] if out else None))
+    return out
+
+
+def _init_ray(config: ExecutorConfig) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        if config.ray_address:
+            ray.init(address=config.ray_address)
+        else:
+            ray.init(num_cpus=config.resolved_workers() if config.workers else None)
+
+
+def run_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path) -> bool:
+    """Run ``stages`` in order; ``True`` when they all finished here, ``False`` when queued.
+
+    Local and Ray run stage after stage in this process and check that every task of a
+    stage completed before the next starts (a failed task is one sentence naming the stage
+    and its log).  Slurm submits the whole chain at once and returns (``False``): the last
+    stage writes the output when the cluster gets to it.
+    """
+    executors = build_executors(config, stages, work_dir)
+    if config.executor == "slurm":
+        executors[-1].run()  # submits every stage, each with afterok on the one before
+        logger.info("submitted %d Slurm stages; logs under %s", len(stages), work_dir / "logs")
+        return False
+    if config.executor == "ray":
+        _init_ray(config)
+    for stage, executor in zip(stages, executors):
+        executor.depends = None  # run in order here, with our own completion check
+        executor.run()
+        missing = executor.get_incomplete_ranks(skip_completed=True)
+        if missing:
+            log = work_dir / "logs" / stage.name / "logs" / f"task_{missing[0]:05d}.log"
+            raise HFMixtureError(
+                f"Stage '{stage.name}' did not finish task {missing[0]} ({len(missing)} of "
+                f"{stage.tasks} tasks incomplete); see {log}. Rerun to resume: finished tasks "
+                "are skipped.")
+    return True

@@ -1,0 +1,690 @@
+"""The datatrove steps of ``hf-mixture cluster``: one small class per job, files between them.
+
+Every step is a datatrove ``PipelineStep`` whose ``run(data, rank, world_size)`` does one
+thing; a stage's executor runs it over its tasks and marks each finished task, so a rerun
+skips it.  Steps pass work through files under the run's work folder ``W``:
+
+============================  =================================================  =========
+step (stage)                  writes                                             tasks
+============================  =================================================  =========
+:class:`QualityScorer`        ``quality`` (rule score) + datatrove Gopher /      N
+(prepare)                     FineWeb pass flags into each document's metadata
+:class:`FeatureWriter`        ``W/docs/<t>.parquet`` (documents), ``W/emb/<t>``   N
+(prepare)                     (float32 embeddings), ``W/sample/<t>.parquet``
+                              (the task's smallest-key documents)
+:class:`FitCentroids`         ``W/model/``: lexical basis (npz) + k-means         1
+(centroids)                   centroids, trained on the global reservoir sample
+:class:`AssignClusters`       ``W/assign/<t>.npz``: k-means label per document,  N
+(assign)                      per-cluster counts / feature sums / quality sums,
+                              and a bounded per-cluster sample of texts
+:class:`MergeClusters`        ``W/merge.json``: prune -> merge -> describe from   1
+(merge)                       the reduced summaries only
+:class:`WriteClusters`        ``W/out/cluster_<k>/cluster_<k>_<t>.tokenized.      N
+(write)                       parquet`` + ``W/written/<t>.json``
+:class:`FinalizeCorpus`       README configs, ``clusters.json``, report, then    1
+(finalize)                    ``W/out`` renamed onto the output folder
+============================  =================================================  =========
+
+No step holds more than a batch of documents, a task's sample, or the per-cluster
+summaries in memory; embeddings of a task are read back through a memory map.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+
+from .._io import atomic_path, atomic_write_json, file_sha256
+from ..errors import HFMixtureError
+from .executors import quiet_datatrove_console
+
+quiet_datatrove_console()
+logger = logging.getLogger(__name__)
+
+BATCH = 256  # documents embedded / scored / tokenized at a time
+SAMPLE_CHARS = 2000  # characters of a sampled text kept for the lexical fit and descriptions
+DESCRIBE_PER_CLUSTER = 64  # sampled texts per k-means cluster for top terms and examples
+QUALITY_FLAGS = ("gopher_quality", "gopher_repetition", "fineweb_quality")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _batched(data, n: int):
+    batch = []
+    for doc in data:
+        batch.append(doc)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ----------------------------------------------------------------------------- prepare
+class QualityScorer(PipelineStep):
+    """Score each document; record the scores as metadata (nothing is dropped here).
+
+    ``quality``: the soft rule score of :mod:`.quality` (or a user ``scorer``'s), which
+    cluster pruning averages.  ``gopher_quality`` / ``gopher_repetition`` /
+    ``fineweb_quality``: 1.0 when datatrove's filter of that name (its paper thresholds)
+    would keep the document, else 0.0, with the first failing rule in ``quality_failure``;
+    so mixture queries such as ``gopher_quality == 1`` work on the written corpus.
+    """
+
+    type = "hf_mixture"
+    name = "quality"
+
+    def __init__(self, scorer: Callable | None = None, flags: bool = True):
+        super().__init__()
+        self.scorer = scorer
+        self.flags = flags
+
+    def _filters(self):
+        from datatrove.pipeline.filters import (
+            FineWebQualityFilter,
+            GopherQualityFilter,
+            GopherRepetitionFilter,
+        )
+
+        return dict(zip(QUALITY_FLAGS, (GopherQualityFilter(), GopherRepetitionFilter(),
+                                        FineWebQualityFilter())))
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1
+            ) -> DocumentsPipeline:
+        from .quality import QualityPruner
+
+        pruner = QualityPruner(scorer=self.scorer)
+        filters = self._filters() if self.flags else {}
+        for batch in _batched(data, BATCH):
+            with self.track_time("batch"):
+                scores = pruner.score([d.text for d in batch])
+                for doc, score in zip(batch, scores):
+                    doc.metadata["quality"] = float(score)
+                    failure = None
+                    for name, f in filters.items():
+                        kept = f.filter(doc)
+                        ok = kept is True or (isinstance(kept, tuple) and kept[0])
+                        doc.metadata[name] = 1.0 if ok else 0.0
+                        if not ok and failure is None:
+                            failure = f"{name}:{kept[1] if isinstance(kept, tuple) else 'fail'}"
+                        self.stat_update(f"{name}_{'pass' if ok else 'fail'}")
+                    if filters:
+                        doc.metadata["quality_failure"] = failure or ""
+            yield from batch
+
+
+class FeatureWriter(PipelineStep):
+    """Embed each task's documents and write its documents, embeddings and sample.
+
+    ``embedder_factory`` builds the embedder inside the worker (a loaded model is never
+    shipped between processes); ``sample_size``: the task keeps the documents with the
+    smallest ``_key`` (:func:`.reader.doc_key`), so the global sample -- the smallest keys
+    over all tasks -- does not depend on how the input was split.
+    """
+
+    type = "hf_mixture"
+    name = "embed"
+
+    def __init__(self, work_dir: str, embedder_factory: Callable, sample_size: int,
+                 max_chars: int, threads: int | None = None):
+        super().__init__()
+        self.work_dir = str(work_dir)
+        self.embedder_factory = embedder_factory
+        self.sample_size = int(sample_size)
+        self.max_chars = int(max_chars)
+        self.threads = threads
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1
+            ) -> DocumentsPipeline:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .embed import compute_threads
+
+        work = Path(self.work_dir)
+        for sub in ("docs", "emb", "sample"):
+            (work / sub).mkdir(parents=True, exist_ok=True)
+        heap: list[tuple[int, str, list[float], str, int]] = []  # (-key, id, emb, text, row)
+        writer = None
+        n = dim = 0
+        with compute_threads(self.threads) as _, \
+                atomic_path(work / "docs" / f"{rank:05d}.parquet") as docs_tmp, \
+                atomic_path(work / "emb" / f"{rank:05d}.f32") as emb_tmp, \
+                open(emb_tmp, "wb") as emb_fh:
+            embedder = self.embedder_factory()
+            for batch in _batched(data, BATCH):
+                # The embedder reads at most max_seq_length tokens: never hand it more text.
+                with self.track_time("batch"):
+                    emb = np.ascontiguousarray(
+                        embedder.embed([d.text[: self.max_chars] for d in batch]),
+                        dtype=np.float32)
+                if emb.shape[0] != len(batch):
+                    raise HFMixtureError(f"The embedder returned {emb.shape[0]} vectors for "
+                                         f"{len(batch)} documents.")
+                dim = emb.shape[1]
+                emb_fh.write(emb.tobytes())
+                rows = [{"_id": d.id, "text": d.text, **d.metadata} for d in batch]
+                table = pa.Table.from_pylist(rows)
+                if writer is None:
+                    schema = table.schema
+                    writer = pq.ParquetWriter(docs_tmp, schema)
+                writer.write_table(table.cast(writer.schema))
+                for d, e in zip(batch, emb):
+                    item = (-d.metadata["_key"], d.id, e.tolist(), d.text[:SAMPLE_CHARS],
+                            d.metadata["_row"])
+                    if len(heap) < self.sample_size:
+                        heapq.heappush(heap, item)
+                    elif item > heap[0]:
+                        heapq.heapreplace(heap, item)
+                n += len(batch)
+                self.stat_update("embedded", value=len(batch))
+            if writer is None:  # a task with no documents still leaves valid (empty) files
+                pq.write_table(pa.table({"_id": pa.array([], pa.string())}), docs_tmp)
+            else:
+                writer.close()
+        atomic_write_json(work / "emb" / f"{rank:05d}.json", {"rows": n, "dim": dim})
+        heap.sort(key=lambda x: -x[0])  # ascending key
+        sample = pa.table({"_key": pa.array([-h[0] for h in heap], pa.int64()),
+                           "_id": [h[1] for h in heap],
+                           "emb": pa.array([h[2] for h in heap], pa.list_(pa.float32())),
+                           "text": [h[3] for h in heap],
+                           "_row": pa.array([h[4] for h in heap], pa.int64())})
+        with atomic_path(work / "sample" / f"{rank:05d}.parquet") as tmp:
+            pq.write_table(sample, tmp)
+        if False:  # pragma: no cover - generator protocol: this step ends the pipeline
+            yield
+
+
+def task_embeddings(work: Path, rank: int) -> np.ndarray:
+    """A task's embeddings as a read-only memory map (``(rows, dim)`` float32)."""
+    meta = _read_json(work / "emb" / f"{rank:05d}.json")
+    if meta["rows"] == 0:
+        return np.zeros((0, max(1, meta["dim"])), dtype=np.float32)
+    return np.memmap(work / "emb" / f"{rank:05d}.f32", dtype=np.float32, mode="r",
+                     shape=(meta["rows"], meta["dim"]))
+
+
+def _features(emb: np.ndarray, texts: list[str], lexical, weight: float) -> np.ndarray:
+    from .lexical import combine_views
+
+    lex = lexical.transform_fitted(texts) if lexical is not None else None
+    return combine_views(np.asarray(emb, dtype=np.float32), lex, weight)
+
+
+# ----------------------------------------------------------------------------- centroids
+class FitCentroids(PipelineStep):
+    """Global sample (smallest keys over every task) -> lexical basis -> k-means centroids."""
+
+    type = "hf_mixture"
+    name = "centroids"
+
+    def __init__(self, work_dir: str, tasks: int, config, clusterer=None,
+                 lexical=None):
+        super().__init__()
+        self.work_dir = str(work_dir)
+        self.tasks = int(tasks)
+        self.config = config
+        self.clusterer = clusterer
+        self.lexical = lexical
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .embed import compute_threads
+        from .kmeans import KMeansClusterer
+        from .lexical import LexicalFeaturizer
+
+        s = self.config
+        work = Path(self.work_dir)
+        counts = [_read_json(work / "emb" / f"{t:05d}.json")["rows"] for t in range(self.tasks)]
+        num_docs = int(sum(counts))
+        if num_docs == 0:
+            raise HFMixtureError("INPUT has no non-empty documents to cluster.")
+        k = self.clusterer.k if self.clusterer is not None else s.resolved_num_clusters(num_docs)
+        if k > num_docs:
+            raise HFMixtureError(
+                f"num_clusters={k} exceeds the number of documents to cluster ({num_docs}); "
+                "pass a smaller --num-clusters.")
+        m = max(k, min(num_docs, s.kmeans_sample or 256 * k))
+        tables = [pq.read_table(work / "sample" / f"{t:05d}.parquet") for t in range(self.tasks)]
+        # The sample is the m smallest keys (independent of the split into tasks), trained on in
+        # input order (k-means' seeded initialization depends on the order of the points).
+        sample = pa.concat_tables(tables).sort_by("_key").slice(0, m).sort_by(
+            [("_row", "ascending"), ("_id", "ascending")])
+        texts = sample["text"].to_pylist()
+        emb = np.asarray(sample["emb"].to_pylist(), dtype=np.float32).reshape(len(texts), -1)
+        model = work / "model"
+        model.mkdir(parents=True, exist_ok=True)
+        with compute_threads(s.num_threads):
+            lexical = None
+            if s.lexical_weight > 0:
+                lexical = self.lexical or LexicalFeaturizer(s.lexical_dims, seed=s.seed)
+                lexical.fit(texts)
+                lexical.save(model / "lexical.npz")
+            x = _features(emb, texts, lexical, s.lexical_weight)
+            clusterer = self.clusterer or KMeansClusterer(
+                k, backend=s.kmeans_backend, sample=len(x), iterations=s.kmeans_iterations,
+                restarts=s.kmeans_restarts, seed=s.seed)
+            centroids = clusterer._fit_faiss(x) if clusterer.backend == "faiss" \
+                else clusterer._fit_sklearn(x)
+        np.save(model / "centroids.npy", centroids, allow_pickle=False)
+        atomic_write_json(model / "model.json", {
+            "num_docs": num_docs, "k": int(k), "sample": len(x), "backend": clusterer.backend,
+            "used_gpu": bool(clusterer.used_gpu), "dim": int(x.shape[1]),
+            "lexical": lexical.fingerprint if lexical is not None else None})
+
+
+def _load_model(work: Path):
+    from .lexical import LexicalFeaturizer
+
+    model = work / "model"
+    lexical = LexicalFeaturizer.load(model / "lexical.npz") \
+        if (model / "lexical.npz").is_file() else None
+    return lexical, np.load(model / "centroids.npy", allow_pickle=False), \
+        _read_json(model / "model.json")
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray, backend: str) -> np.ndarray:
+    """Index of the nearest centroid (squared L2) of every row."""
+    from .kmeans import KMeansClusterer
+
+    return KMeansClusterer(len(centroids), backend=backend).assign(x, centroids)
+
+
+def _iter_doc_batches(work: Path, rank: int, columns: list[str] | None = None, size: int = BATCH):
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(work / "docs" / f"{rank:05d}.parquet")
+    if pf.metadata.num_rows == 0:
+        return
+    yield from pf.iter_batches(batch_size=size, columns=columns)
+
+
+# ----------------------------------------------------------------------------- assign
+class AssignClusters(PipelineStep):
+    """Nearest centroid of each document of the task, plus the task's per-cluster summary."""
+
+    type = "hf_mixture"
+    name = "assign"
+
+    def __init__(self, work_dir: str, config):
+        super().__init__()
+        self.work_dir = str(work_dir)
+        self.config = config
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .embed import compute_threads
+
+        s = self.config
+        work = Path(self.work_dir)
+        lexical, centroids, model = _load_model(work)
+        k, dim = len(centroids), centroids.shape[1]
+        emb = task_embeddings(work, rank)
+        labels = np.empty(len(emb), dtype=np.int32)
+        count = np.zeros(k, np.int64)
+        sums = np.zeros((k, dim), np.float64)
+        quality = np.zeros(k, np.float64)
+        flags = np.zeros((k, len(QUALITY_FLAGS)), np.float64)
+        keep: list[list[tuple]] = [[] for _ in range(k)]  # per cluster: (-key, text, q, feat)
+        lo = 0
+        columns = ["text", "_key", "quality"] + [f for f in QUALITY_FLAGS if s.quality_flags]
+        with compute_threads(s.num_threads):
+            for batch in _iter_doc_batches(work, rank, columns):
+                texts = batch.column("text").to_pylist()
+                keys = batch.column("_key").to_numpy()
+                q = batch.column("quality").to_numpy()
+                hi = lo + len(texts)
+                x = _features(emb[lo:hi], texts, lexical, s.lexical_weight)
+                lab = nearest(x, centroids, model["backend"]).astype(np.int32)
+                labels[lo:hi] = lab
+                np.add.at(count, lab, 1)
+                np.add.at(sums, lab, x)
+                np.add.at(quality, lab, q)
+                if s.quality_flags:
+                    f = np.stack([batch.column(c).to_numpy() for c in QUALITY_FLAGS], axis=1)
+                    np.add.at(flags, lab, f)
+                for j in range(len(texts)):
+                    item = (-int(keys[j]), texts[j][:SAMPLE_CHARS], float(q[j]), x[j])
+                    h = keep[lab[j]]
+                    if len(h) < DESCRIBE_PER_CLUSTER:
+                        heapq.heappush(h, item[:3] + (item[3].tolist(),))
+                    elif item[0] > h[0][0]:
+                        heapq.heapreplace(h, item[:3] + (item[3].tolist(),))
+                lo = hi
+        if lo != len(emb):
+            raise HFMixtureError(f"Task {rank}: {lo} documents but {len(emb)} embeddings; "
+                                 "the work folder is damaged: delete it and rerun.")
+        (work / "assign").mkdir(parents=True, exist_ok=True)
+        with atomic_path(work / "assign" / f"{rank:05d}.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, labels=labels, count=count, sums=sums, quality=quality, flags=flags)
+        rows = [(c, -h[0], h[1], h[2], h[3]) for c, heap_ in enumerate(keep) for h in heap_]
+        table = pa.table({"cluster": pa.array([r[0] for r in rows], pa.int32()),
+                          "_key": pa.array([r[1] for r in rows], pa.int64()),
+                          "text": [r[2] for r in rows],
+                          "quality": pa.array([r[3] for r in rows], pa.float64()),
+                          "feat": pa.array([r[4] for r in rows], pa.list_(pa.float32()))})
+        with atomic_path(work / "assign" / f"{rank:05d}.sample.parquet") as tmp:
+            pq.write_table(table, tmp)
+
+
+# ----------------------------------------------------------------------------- merge
+class MergeClusters(PipelineStep):
+    """Reduce the task summaries; prune low-quality clusters; merge; describe."""
+
+    type = "hf_mixture"
+    name = "merge"
+
+    def __init__(self, work_dir: str, tasks: int, config, merger=None,
+                 describer=None, pruner=None):
+        super().__init__()
+        self.work_dir = str(work_dir)
+        self.tasks = int(tasks)
+        self.config = config
+        self.merger = merger
+        self.describer = describer
+        self.pruner = pruner
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .describe import ClusterDescriber, _snippet
+        from .merge import CentroidMerger
+        from .quality import main_failure
+
+        s = self.config
+        work = Path(self.work_dir)
+        _, centroids, model = _load_model(work)
+        k = len(centroids)
+        count = np.zeros(k, np.int64)
+        sums = np.zeros((k, centroids.shape[1]), np.float64)
+        quality = np.zeros(k, np.float64)
+        flags = np.zeros((k, len(QUALITY_FLAGS)), np.float64)
+        for t in range(self.tasks):
+            with np.load(work / "assign" / f"{t:05d}.npz", allow_pickle=False) as z:
+                count += z["count"]
+                sums += z["sums"]
+                quality += z["quality"]
+                flags += z["flags"]
+        sample = pa.concat_tables(
+            [pq.read_table(work / "assign" / f"{t:05d}.sample.parquet") for t in range(self.tasks)]
+        ).sort_by([("cluster", "ascending"), ("_key", "ascending")])
+        s_cluster = sample["cluster"].to_numpy()
+        s_text = sample["text"].to_pylist()
+        s_quality = sample["quality"].to_numpy()
+        s_feat = np.asarray(sample["feat"].to_pylist(), dtype=np.float32).reshape(len(s_text), -1)
+
+        present = np.flatnonzero(count > 0)
+        means = {int(c): float(quality[c] / count[c]) for c in present}
+        threshold = s.prune_threshold if (s.prune or self.pruner is not None) else None
+        if self.pruner is not None:
+            threshold = self.pruner.threshold
+        dropped = []
+        if threshold is not None:
+            for c in present:
+                if means[int(c)] >= threshold:
+                    continue
+                rows = np.flatnonzero(s_cluster == c)
+                reasons: dict[str, int] = {}
+                for i in rows:
+                    r = main_failure(s_text[i])
+                    if r:
+                        reasons[r] = reasons.get(r, 0) + 1
+                worst = rows[np.argsort(s_quality[rows], kind="stable")[:1]]
+                dropped.append({
+                    "cluster": int(c), "docs": int(count[c]), "mean_score": round(means[int(c)], 4),
+                    "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:3]),
+                    "examples": [s_text[i][:200] for i in worst]})
+        drop_ids = {d["cluster"] for d in dropped}
+        alive = np.array([c for c in present if int(c) not in drop_ids], dtype=np.int64)
+        if len(alive) == 0:
+            raise HFMixtureError(
+                f"Quality pruning at prune_threshold={threshold} would drop every cluster (best "
+                f"mean score {max(means.values()):.3f}); lower --prune-threshold or pass "
+                "--no-prune.")
+        means_x = (sums[alive] / count[alive, None]).astype(np.float32)
+        merger = self.merger or CentroidMerger(
+            final_clusters=s.resolved_final_clusters(len(alive)), merge_threshold=s.merge_threshold,
+            linkage=s.linkage)
+        merged = merger.merge(means_x, count[alive])
+        # Final ids by size, largest first (ties: lowest merged id): "cluster_0 is the biggest".
+        merged_sizes = np.bincount(merged, weights=count[alive])
+        order = np.lexsort((np.arange(len(merged_sizes)), -merged_sizes))
+        rank_of = np.empty_like(order)
+        rank_of[order] = np.arange(len(order))
+        lookup = np.full(k, -1, dtype=np.int64)
+        lookup[alive] = rank_of[merged]
+
+        final_ids = sorted(set(lookup[alive].tolist()))
+        final_centroids = {}
+        facts: dict[int, dict[str, Any]] = {}
+        s_final = lookup[s_cluster]
+        describer = self.describer or ClusterDescriber(top_terms=s.top_terms, seed=s.seed)
+        live = s_final >= 0
+        terms = describer.top_terms_per_cluster([t for t, ok in zip(s_text, live) if ok],
+                                                s_final[live]) if live.any() else {}
+        for f in final_ids:
+            members = np.flatnonzero(lookup == f)
+            n = int(count[members].sum())
+            center = sums[members].sum(axis=0) / n
+            final_centroids[f] = center.astype(np.float32).tolist()
+            rows = np.flatnonzero(s_final == f)
+            dist = ((s_feat[rows] - center[None, :]) ** 2).sum(axis=1)
+            picks = rows[np.argsort(dist, kind="stable")[: describer.examples]]
+            top = terms.get(f, [])
+            facts[f] = {
+                "description": ("Documents about " + ", ".join(top[:5])) if top else "Documents",
+                "top_terms": top,
+                "examples": [_snippet(s_text[i]) for i in picks],
+                "docs": n,
+                "mean_quality": round(float(quality[members].sum() / n), 4),
+            }
+            if s.quality_flags:
+                facts[f]["quality_pass_rates"] = {
+                    name: round(float(flags[members, j].sum() / n), 4)
+                    for j, name in enumerate(QUALITY_FLAGS)}
+        atomic_write_json(work / "merge.json", {
+            "lookup": lookup.tolist(), "facts": {str(f): v for f, v in facts.items()},
+            "final_centroids": {str(f): v for f, v in final_centroids.items()},
+            "prune": None if threshold is None else {
+                "threshold": threshold,
+                "scorer": "rules" if self.pruner is None or self.pruner.scorer is None
+                else getattr(self.pruner.scorer, "__name__", type(self.pruner.scorer).__name__),
+                "cluster_scores": {str(c): round(v, 4) for c, v in means.items()},
+                "dropped": dropped},
+            "num_docs": int(count.sum()), "pruned_docs": int(sum(d["docs"] for d in dropped)),
+            "kmeans_sizes": count.tolist()})
+
+
+# ----------------------------------------------------------------------------- write
+class WriteClusters(PipelineStep):
+    """Write the task's documents per final cluster: ClimbLab's layout, tokens included."""
+
+    type = "hf_mixture"
+    name = "write"
+
+    def __init__(self, work_dir: str, tokenizer: str | None, schema_b64: str | None,
+                 text_column: str):
+        super().__init__()
+        self.work_dir = str(work_dir)
+        self.tokenizer = tokenizer
+        self.schema_b64 = schema_b64
+        self.text_column = text_column
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ..formats.clustered import cluster_config_name, encode_texts, load_tokenizer
+        from .reader import InputPlan
+
+        work = Path(self.work_dir)
+        merge = _read_json(work / "merge.json")
+        lookup = np.asarray(merge["lookup"], dtype=np.int64)
+        with np.load(work / "assign" / f"{rank:05d}.npz", allow_pickle=False) as z:
+            labels = lookup[z["labels"]]
+        schema = InputPlan("", [], [], self.text_column, self.schema_b64).schema
+        tok = load_tokenizer(self.tokenizer) if self.tokenizer else None
+        backend = tok.backend_tokenizer if tok is not None else None
+        out = work / "out"
+        writers: dict[int, Any] = {}
+        tmp_paths: dict[int, Path] = {}
+        stats: dict[int, dict[str, int]] = {}
+        lo = 0
+        try:
+            for batch in _iter_doc_batches(work, rank):
+                n = batch.num_rows
+                lab = labels[lo: lo + n]
+                lo += n
+                table = pa.Table.from_batches([batch])
+                keep = np.flatnonzero(lab >= 0)
+                if len(keep) == 0:
+                    continue
+                table = table.take(pa.array(keep))
+                lab = lab[keep]
+                texts = table.column("text").to_pylist()
+                if backend is not None:
+                    ids = encode_texts(backend, texts, where=f"task {rank}")
+                    tokens = pa.array(ids, pa.list_(pa.int32()))
+                else:
+                    tokens = table.column("tokens")
+                counts = pa.compute.list_value_length(tokens).cast(pa.int64())
+                table = _output_table(table, tokens, counts, lab, schema, self.text_column)
+                for c in np.unique(lab):
+                    c = int(c)
+                    part = table.filter(pa.array(lab == c))
+                    if c not in writers:
+                        name = cluster_config_name(c)
+                        (out / name).mkdir(parents=True, exist_ok=True)
+                        final = out / name / f"{name}_{rank:05d}.tokenized.parquet"
+                        tmp_paths[c] = final.with_name(f".{final.name}.tmp")
+                        writers[c] = pq.ParquetWriter(tmp_paths[c], part.schema)
+                        stats[c] = {"docs": 0, "tokens": 0}
+                    writers[c].write_table(part)
+                    stats[c]["docs"] += part.num_rows
+                    stats[c]["tokens"] += int(pa.compute.sum(part.column("token_count")).as_py()
+                                              or 0)
+        except BaseException:
+            for w in writers.values():
+                w.close()
+            for p in tmp_paths.values():
+                p.unlink(missing_ok=True)
+            raise
+        files = {}
+        for c, w in writers.items():
+            w.close()
+            final = tmp_paths[c].with_name(tmp_paths[c].name[1:-4])
+            os.replace(tmp_paths[c], final)
+            rel = final.relative_to(out).as_posix()
+            files[rel] = {"bytes": final.stat().st_size, "sha256": file_sha256(final),
+                          "cluster": c, **stats[c]}
+        (work / "written").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(work / "written" / f"{rank:05d}.json", files)
+
+
+def _output_table(table, tokens, counts, labels, schema, text_column: str):
+    """Columns ``tokens, token_count, cluster_id, text``, then the input's, then the scores."""
+    import pyarrow as pa
+
+    cols = {"tokens": tokens, "token_count": counts,
+            "cluster_id": pa.array(labels.astype(np.int64))}
+    cols["text"] = table.column("text")
+    internal = {"_id", "_row", "_key", "text", "tokens", "token_count", "cluster_id"}
+    rest = [c for c in table.column_names if c not in internal]
+    if schema is not None:  # the input's own columns, in its order and types
+        names = [f.name for f in schema if f.name != text_column and f.name not in cols]
+        for name in names:
+            col = table.column(name) if name in table.column_names else pa.nulls(table.num_rows)
+            cols[name] = col.cast(schema.field(name).type)
+        rest = [c for c in rest if c not in names]
+    for name in rest:
+        cols[name] = table.column(name)
+    return pa.table(cols)
+
+
+# ----------------------------------------------------------------------------- finalize
+class FinalizeCorpus(PipelineStep):
+    """Cards, ``clusters.json`` and the report; then the finished folder replaces the output."""
+
+    type = "hf_mixture"
+    name = "finalize"
+
+    def __init__(self, work_dir: str, tasks: int, output_dir: str, tokenizer: str | None,
+                 summary: dict[str, Any], overwrite: bool):
+        super().__init__()
+        self.work_dir = str(work_dir)
+        self.tasks = int(tasks)
+        self.output_dir = str(output_dir)
+        self.tokenizer = tokenizer
+        self.summary = summary
+        self.overwrite = overwrite
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from ..formats.clustered import (
+            finish_clustered_corpus,
+            load_tokenizer,
+            tokenizer_fingerprint,
+        )
+        from .describe import plot_centroid_map, plot_cluster_sizes
+        from .pipeline import MAP_PNG, REPORT, REPORT_DIR, SIZES_PNG, collect_summary, render_report
+
+        work = Path(self.work_dir)
+        merge = _read_json(work / "merge.json")
+        files: dict[str, dict] = {}
+        for t in range(self.tasks):
+            files.update(_read_json(work / "written" / f"{t:05d}.json"))
+        facts = {int(k): dict(v) for k, v in merge["facts"].items()}
+        for f in facts.values():
+            f["tokens"] = 0
+        for entry in files.values():
+            facts[entry["cluster"]]["tokens"] += entry["tokens"]
+        summary = collect_summary(work, self.tasks, self.summary)
+        summary.update({"final_clusters": len(facts), "pruned_docs": merge["pruned_docs"],
+                        "pruned_clusters": [d["cluster"] for d in (merge["prune"] or {}).get(
+                            "dropped", [])]})
+        tok_info = tokenizer_fingerprint(load_tokenizer(self.tokenizer)) if self.tokenizer \
+            else None
+        out = work / "out"
+        finish_clustered_corpus(
+            out, files, name=Path(self.output_dir).name, tokenizer=tok_info,
+            descriptions={k: {n: v for n, v in f.items() if n not in ("docs", "tokens")}
+                          for k, f in facts.items()},
+            extra_manifest={"clustering": summary})
+        (out / REPORT_DIR).mkdir(exist_ok=True)
+        plot_cluster_sizes(facts, out / REPORT_DIR / SIZES_PNG)
+        plot_centroid_map({int(k): np.asarray(v) for k, v in merge["final_centroids"].items()},
+                          facts, out / REPORT_DIR / MAP_PNG)
+        (out / REPORT).write_text(render_report(facts, summary, merge["prune"]),
+                                  encoding="utf-8")
+        final = Path(self.output_dir)
+        if final.exists():
+            if not self.overwrite:
+                raise HFMixtureError(
+                    f"Output '{final}' already exists; pass --overwrite to replace it.")
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(out, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out, final)
+        # The written files now live at the output: a later run from this work folder (another
+        # output, or --overwrite) writes them again from the kept summaries and documents.
+        shutil.rmtree(work / "logs" / "write" / "completions", ignore_errors=True)
+        shutil.rmtree(work / "written", ignore_errors=True)
