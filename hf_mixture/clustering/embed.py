@@ -224,3 +224,43 @@ def compute_threads(num_threads: int | None = None, world: int = 1) -> Iterator[
             yield n
     finally:
         torch.set_num_threads(before)
+
+
+HASHING_MODEL = "hashing"
+
+
+class HashingEmbedder:
+    """A model-free embedder: word uni+bigram hashing, a seeded sparse random projection, L2.
+
+    Thousands of documents per second per core, deterministic, no weights to load: for
+    corpora where running a neural encoder is not worth it, and for scale tests.  Select
+    it with ``--embedding-model hashing``.
+
+    >>> HashingEmbedder(dim=8).embed(["a cat", "a dog"]).shape
+    (2, 8)
+    """
+
+    def __init__(self, dim: int = 256, *, max_chars: int = 2000, seed: int = 0):
+        self.dim = int(dim)
+        self.max_chars = int(max_chars)
+        self.seed = int(seed)
+        self._projection = None
+
+    @property
+    def fingerprint(self) -> dict:
+        return {"model": HASHING_MODEL, "dim": self.dim, "max_chars": self.max_chars,
+                "seed": self.seed}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        from sklearn.feature_extraction.text import HashingVectorizer
+        from sklearn.random_projection import SparseRandomProjection
+
+        hashed = HashingVectorizer(ngram_range=(1, 2), n_features=2**18, alternate_sign=False,
+                                   norm="l2", dtype=np.float32).transform(
+            [t[: self.max_chars] for t in texts])
+        if self._projection is None:
+            self._projection = SparseRandomProjection(self.dim, dense_output=True,
+                                                      random_state=self.seed).fit(hashed[:1])
+        out = np.asarray(self._projection.transform(hashed), dtype=np.float32)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)

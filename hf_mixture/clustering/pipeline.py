@@ -306,6 +306,10 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
                       split=config.split, shard_rows=config.shard_rows)
     tasks = executor.tasks or min(len(plan.shards), 1000)
 
+    if embedder is None and config.embedding_model == "hashing":
+        from .embed import HashingEmbedder
+
+        embedder = HashingEmbedder()
     if embedder is None:
         from .embed import SentenceEmbedder
 
