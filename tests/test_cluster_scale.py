@@ -246,5 +246,6 @@ def test_100mb_single_document_stays_small(tmp_path, tiny_tokenizer_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["docs"] == 1000 + 50
+    # 100M characters in pieces of at most 100k, cut at a space near the end of each
+    assert 1000 + 50 <= got["docs"] <= 1002 + 50
     assert got["peak_mb"] < 2500, got

@@ -350,7 +350,8 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
 
         tokenizer = str(playground.tokenizer_dir())
     summary = {
-        "config": config.to_dict(), "executor": executor.executor, "tasks": tasks,
+        # where the work folder lives is this machine's business, not the corpus'
+        "config": {k: v for k, v in config.to_dict().items() if k != "work_dir"}, "executor": executor.executor, "tasks": tasks,
         "embedder": embedder_id if isinstance(embedder_id, dict) else {"model": str(embedder_id)},
         "input": {"name": plan.name, "files": len(plan.files), "shards": len(plan.shards),
                   "fingerprint": plan.fingerprint},
