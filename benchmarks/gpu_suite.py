@@ -682,9 +682,9 @@ def _rows(name: str, r: dict[str, Any]) -> list[tuple[str, str]]:
         rows = [("model", f"{_params(r['num_parameters'])} params, seq {r['seq_len']}, "
                           f"micro-batch {r['micro_batch']}, {r['dataloader_num_workers']} "
                           "loader workers")]
+        every = r["runs"]["live_weights"].get("every_steps")
         for run, label in (("static", "static weights"),
-                           ("live_weights", "weights changed every "
-                                            f"{r['runs']['live_weights'].get('every_steps')} steps")):
+                           ("live_weights", f"weights changed every {every} steps")):
             x = r["runs"][run]
             mfu = _pct(x["mfu"]) if x["mfu"] is not None else f"n/a ({x['mfu_reason']})"
             rows += [(f"{label}: tokens/s", _num(x["tokens_per_second"])),

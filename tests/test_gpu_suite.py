@@ -70,7 +70,8 @@ def test_dry_run_records_every_section(dry):
     live = train["runs"]["live_weights"]
     steps, every = report["sizes"]["train_steps"], report["sizes"]["live_every"]
     # Every change went through LiveMixture.set_weights and is in the run's history.
-    assert live["weight_changes"] == steps // every and live["history_entries"] == 1 + steps // every
+    assert live["weight_changes"] == steps // every
+    assert live["history_entries"] == 1 + steps // every
     proxy = s["proxy_62m"]["results"]
     assert proxy["model"] == "cpu-1m" and proxy["steps"] == report["sizes"]["proxy_steps"]
     assert _finite_positive(proxy["tokens_per_second"]) and proxy["eval_points"] >= 1
@@ -90,7 +91,8 @@ def test_markdown_table_renders(dry):
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and ln.count("|") == 4]
     for name in report["sections"]:
         assert any(row.startswith(f"| {name} |") for row in rows), name
-    assert "static weights: MFU | 0." in text or "static weights: MFU |" in text
+    mfu = report["sections"]["pretrain_1b"]["results"]["runs"]["static"]["mfu"]
+    assert f"| pretrain_1b | static weights: MFU | {100 * mfu:.1f}% |" in text
     assert "--output DIR --dry-run" in text and str(dry) not in text
 
 
@@ -128,3 +130,15 @@ def test_bad_input_is_one_sentence(tmp_path, capsys, flags, message):
     assert suite.main(["--dry-run", "--output", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_the_real_run_refuses_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the real run would start")
+    proc = subprocess.run([sys.executable, str(SUITE), "--output", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "No CUDA GPU is visible" in proc.stderr
+    assert not (tmp_path / "gpu_suite.json").exists()
