@@ -37,6 +37,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The k-means speed problem (benchmarks/gpu_suite.py times the same one on a GPU):
+# N vectors of MiniLM's width, k centroids, Lloyd iterations.
+KMEANS_N, KMEANS_DIM, KMEANS_K, KMEANS_ITERATIONS = 200_000, 384, 256, 20
+
 
 def quality(work: Path, seed: int, corpus: str | None, label_column: str) -> dict[str, float]:
     import datasets
@@ -142,7 +146,7 @@ def kmeans_speed(n: int, k: int, iterations: int, seed: int) -> dict[str, float]
     from hf_mixture.clustering import KMeansClusterer
     from hf_mixture.clustering.embed import compute_threads
 
-    x = structured_vectors(n, 384, 2 * k, seed)
+    x = structured_vectors(n, KMEANS_DIM, 2 * k, seed)
     seconds, labels = {}, {}
     # The same thread budget for both (the pipeline's rule: the idle cores).
     with compute_threads() as threads:
@@ -173,9 +177,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--embed-docs", type=int, default=512, help="Documents per speed round.")
     parser.add_argument("--embed-rounds", type=int, default=2)
-    parser.add_argument("--kmeans-n", type=int, default=200_000)
-    parser.add_argument("--kmeans-k", type=int, default=256)
-    parser.add_argument("--kmeans-iterations", type=int, default=20)
+    parser.add_argument("--kmeans-n", type=int, default=KMEANS_N)
+    parser.add_argument("--kmeans-k", type=int, default=KMEANS_K)
+    parser.add_argument("--kmeans-iterations", type=int, default=KMEANS_ITERATIONS)
     parser.add_argument("--skip-quality", action="store_true", help="Speed measurements only.")
     parser.add_argument("--skip-speed", action="store_true", help="Quality measurements only.")
     parser.add_argument(

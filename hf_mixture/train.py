@@ -37,7 +37,7 @@ import math
 import os
 import time
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,10 @@ logger = logging.getLogger(__name__)
 RECIPE_KEYS = ("model", "shape", "shapes", "data", "training", "callbacks", "hub")
 # Model keys that are not LlamaConfig fields but say how to build the model.
 _BUILD_KEYS = ("attn_implementation",)
-# Peak dense bf16 tensor-core FLOP/s, for MFU (vendor data sheets, SXM parts, no sparsity).
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12,
-                   "GH200": 989e12, "B200": 2250e12}
+# Peak dense bf16 tensor-core FLOP/s, for MFU (vendor data sheets, no sparsity).  A name
+# matches its longest key: "H100 PCIe" (756) before "H100" (the SXM part, 989).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H100 PCIe": 756e12, "H200": 989e12, "A100": 312e12,
+                   "L40S": 362e12, "GH200": 989e12, "B200": 2250e12}
 
 
 # -- the config --------------------------------------------------------------------------
@@ -329,8 +330,8 @@ def model_flops_per_token(config: Any, seq_len: int) -> float:
     >>> from transformers import LlamaConfig
     >>> c = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
     ...                 num_attention_heads=2, num_key_value_heads=1)
-    >>> model_flops_per_token(c, seq_len=4)   # 6 * (layer 448 + head 800) + 12 * 1 * 8 * 4
-    7872.0
+    >>> model_flops_per_token(c, seq_len=4)   # 6 * (layer 576 + head 800) + 12 * 1 * 8 * 4
+    8640.0
     """
     h = config.hidden_size
     heads = config.num_attention_heads
@@ -501,6 +502,20 @@ def _throughput_callback_class():
     return ThroughputCallback
 
 
+def peak_flops_for_name(name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of a GPU by its device name, or None when it is not known.
+
+    >>> peak_flops_for_name("NVIDIA H100 80GB HBM3"), peak_flops_for_name("NVIDIA H100 PCIe")
+    (989000000000000.0, 756000000000000.0)
+    >>> peak_flops_for_name("cpu") is None
+    True
+    """
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key in name:
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
 def peak_flops_for_device() -> float | None:
     """The bf16 peak of the local GPU by its name (``HF_MIXTURE_PEAK_FLOPS`` overrides), or None."""
     env = os.environ.get("HF_MIXTURE_PEAK_FLOPS")
@@ -510,11 +525,7 @@ def peak_flops_for_device() -> float | None:
 
     if not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name()
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
-        if key in name:
-            return PEAK_BF16_FLOPS[key]
-    return None
+    return peak_flops_for_name(torch.cuda.get_device_name())
 
 
 # -- callbacks by name ------------------------------------------------------------------------
@@ -585,8 +596,14 @@ def _is_main_process() -> bool:
     return is_main_process()
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, *, extra_callbacks: Sequence[Callable[[Any], Any]] = ()
+          ) -> TrainResult:
     """Run a recipe (call it under ``accelerate launch`` or ``torchrun`` for several processes).
+
+    ``extra_callbacks``: functions of the run's :class:`~hf_mixture.mixture.LiveMixture`
+    that return a ``TrainerCallback``, added after the recipe's callbacks — for code
+    that steers or watches a recipe run from Python (the live mixture exists only once
+    the run has built its dataset).
 
     >>> train(load_train_config("recipes/tiny_cpu.yaml", ["data.store=store"]))  # doctest: +SKIP
     """
@@ -631,6 +648,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     trainer.throughput = throughput
     for callback in build_callbacks(cfg.callbacks, train_data.live, where=where):
         callback.attach(trainer)
+    for make in extra_callbacks:
+        trainer.add_callback(make(train_data.live))
 
     resume = args.resume_from_checkpoint
     if resume in ("latest", "last", "true", "True"):

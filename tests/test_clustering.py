@@ -344,6 +344,21 @@ def test_kmeans_backends_recover_blobs(backend):
     assert len(sampled) == len(x) and adjusted_rand_score(truth, sampled) > 0.95
 
 
+def test_kmeans_gpu_switch():
+    faiss = pytest.importorskip("faiss")
+    x = _blobs()
+    cpu = KMeansClusterer(4, backend="faiss", restarts=5, seed=0, gpu=False)
+    labels, _ = cpu.fit(x)
+    assert not cpu.used_gpu
+    auto, _ = KMeansClusterer(4, backend="faiss", restarts=5, seed=0).fit(x)
+    if faiss.get_num_gpus() == 0:
+        assert np.array_equal(labels, auto)   # auto is the CPU here
+        with pytest.raises(HFMixtureError, match="sees no GPU"):
+            KMeansClusterer(4, backend="faiss", gpu=True).fit(x)
+    with pytest.raises(HFMixtureError, match="needs the faiss backend"):
+        KMeansClusterer(4, backend="sklearn", gpu=True)
+
+
 def test_kmeans_k_larger_than_docs():
     with pytest.raises(HFMixtureError, match="exceeds the number of documents"):
         KMeansClusterer(50, backend="sklearn").fit(_blobs(5, 2))

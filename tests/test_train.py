@@ -117,6 +117,29 @@ def test_eight_bit_adamw_on_cpu(store, tmp_path):
     assert result.metrics == {} and result.global_step == 2
 
 
+def test_extra_callbacks_steer_the_live_mixture(store, tmp_path):
+    """A callback made from the run's LiveMixture changes the weights mid-run; it is recorded."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Flip(TrainerCallback):
+        def __init__(self, live):
+            self.live = live
+            seen.append(live)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                self.live.set_weights({"cluster_0": 1.0}, reason="flip")
+
+    result = train(_config(store, tmp_path / "flip", "training.max_steps=3",
+                           "training.save_strategy=no", "training.eval_strategy=no",
+                           "data.eval_sequences=0"), extra_callbacks=[Flip])
+    assert len(seen) == 1 and result.global_step == 3
+    assert [c["reason"] for c in result.weights_history] == ["initial", "flip"]
+    assert result.weights_history[-1]["weights"][0] == 1.0
+
+
 def test_resume_without_checkpoint_is_one_clear_error(store, tmp_path):
     with pytest.raises(HFMixtureError, match="no checkpoint"):
         train(_config(store, tmp_path / "empty", "training.resume_from_checkpoint=latest"))

@@ -43,7 +43,9 @@ class KMeansClusterer:
     ``sample``: rows the centroids are trained on (default ``min(N, 256 * k)``);
     ``iterations``: Lloyd iterations; ``restarts``: initializations tried, the one
     with the lowest objective kept (with hundreds of clusters one is enough: a bad
-    seed costs a little purity, not a domain); ``backend``: ``auto``/``faiss``/``sklearn``.
+    seed costs a little purity, not a domain); ``backend``: ``auto``/``faiss``/``sklearn``;
+    ``gpu`` (faiss only): ``None`` trains on the GPU when faiss sees one, ``False`` on the
+    CPU, ``True`` requires a GPU (for comparing the two on one machine).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class KMeansClusterer:
         iterations: int = 25,
         restarts: int = 1,
         seed: int = 0,
+        gpu: bool | None = None,
     ):
         if k < 1:
             raise HFMixtureError(f"num_clusters must be at least 1, got {k}.")
@@ -66,6 +69,10 @@ class KMeansClusterer:
             raise HFMixtureError(f"kmeans_restarts must be at least 1, got {restarts}.")
         self.restarts = int(restarts)
         self.seed = int(seed)
+        if gpu and self.backend != "faiss":
+            raise HFMixtureError("k-means on the GPU needs the faiss backend (kmeans_backend "
+                                 f"is {self.backend!r}).")
+        self.gpu = gpu
         self.used_gpu = False
 
     def _sample(self, x: np.ndarray) -> np.ndarray:
@@ -97,7 +104,11 @@ class KMeansClusterer:
 
     def _fit_faiss(self, train: np.ndarray) -> np.ndarray:
         faiss = require("faiss", "faiss", "The faiss k-means backend")
-        gpu = faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False
+        available = faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False
+        if self.gpu and not available:
+            raise HFMixtureError("k-means on the GPU was asked for, but this faiss sees no GPU "
+                                 "(install faiss-gpu, or a faiss build with CUDA).")
+        gpu = available if self.gpu is None else self.gpu
         self.used_gpu = bool(gpu)
         km = faiss.Kmeans(
             train.shape[1],
