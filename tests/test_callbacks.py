@@ -50,7 +50,7 @@ def live3(weights=(1, 1, 1)):
                                             (1.2, 3.0, 0.15)])
 def test_power_law_fit_recovers_known_parameters(eps, beta, alpha):
     n = np.geomspace(50, 2e5, 25)
-    law = fit_power_law(n, eps + beta * n ** -alpha)
+    law = fit_power_law(n, eps + beta * n ** -alpha, max_alpha=2.0)  # 0.9 is above the 0.8 default
     assert law.epsilon == pytest.approx(eps, rel=1e-3)
     assert law.beta == pytest.approx(beta, rel=1e-2)
     assert law.alpha == pytest.approx(alpha, rel=1e-3)
@@ -116,7 +116,7 @@ def test_expected_counts_integrates_the_history():
 
 def test_ado_callback_favours_the_domain_that_learns_fastest():
     live = live3()
-    cb = ADOCallback(live, min_points=4)
+    cb = ADOCallback(live, min_points=4, fit_from_step=0)   # the default waits 500 steps
     n = np.array([100, 200, 400, 800, 1600, 3200])
     curves = {"code": 1.0 + 6.0 * n ** -0.5, "prose": 3.0 + 1.0 * n ** -0.2,
               "math": 2.5 + 0.0 * n}
@@ -222,8 +222,9 @@ def test_exp3_by_hand():
     eps, prev = exp3_epsilon(t, 4), exp3_epsilon(t - 1, 4)
     soft = np.exp(prev * R) / np.exp(prev * R).sum()
     assert exp3_probabilities(R, t=t).tolist() == pytest.approx(((1 - 4 * eps) * soft + eps).tolist())
-    assert exp3_update(np.array([1.0, 1.0]), np.array([0.5, 0.5]), np.array([0.25, 0.75]),
-                       decay=0.9).tolist() == pytest.approx([0.9 + 0.1 * 2.0, 0.9 + 0.1 * 0.5 / 0.75])
+    # Full information: no division by the sampling probability (it favoured rare domains).
+    assert exp3_update(np.array([1.0, 1.0]), np.array([0.5, 2.0]),
+                       decay=0.9).tolist() == pytest.approx([0.9 + 0.1 * 0.5, 0.9 + 0.1 * 2.0])
 
 
 @settings(max_examples=60, deadline=None)
@@ -309,7 +310,7 @@ def test_nan_inf_or_missing_loss_keeps_the_weights(tmp_path, caplog, bad):
 
 def test_checkpoint_state_round_trip_and_resume(tmp_path):
     live = live3()
-    cb = ADOCallback(live, min_points=3)
+    cb = ADOCallback(live, min_points=3, fit_from_step=0)
     for i, s in enumerate([100, 200, 400, 800]):
         cb.observe({"code": 3 - 0.3 * i, "prose": 3 - 0.1 * i, "math": 3.0}, step=i + 1,
                    samples=s)
@@ -323,7 +324,7 @@ def test_checkpoint_state_round_trip_and_resume(tmp_path):
 
     # a fresh run resumed at step 4: a LiveMixture alone learns its weights from the state
     live2 = live3()
-    cb2 = ADOCallback(live2, min_points=3)
+    cb2 = ADOCallback(live2, min_points=3, fit_from_step=0)
     cb2.on_train_begin(args, state, TrainerControl())
     assert live2.weights == pytest.approx(live.weights)
     assert cb2.state_dict()["rule"] == cb.state_dict()["rule"]
@@ -428,7 +429,7 @@ def small_store(path, validation_docs=3):
 
 def test_domain_eval_datasets_are_fixed_packed_windows(tmp_path):
     store = small_store(tmp_path / "store")
-    evals = domain_eval_datasets(store, seq_len=8, max_sequences=4)
+    evals = domain_eval_datasets(store, seq_len=8, max_sequences=4, seed=None)  # store order
     assert list(evals) == store.components == sorted(DOMAINS)
     rows = evals["code"]["input_ids"]
     assert len(rows) == 4 and all(len(r) == 8 for r in rows)
@@ -436,7 +437,8 @@ def test_domain_eval_datasets_are_fixed_packed_windows(tmp_path):
                            store.document("code", 1, "validation"), [0]])
     assert np.concatenate(rows[:4]).tolist() == flat[:32].tolist()
     assert evals["code"]["labels"] == rows
-    again = domain_eval_datasets(store, Mixture.from_store(store), seq_len=8, max_sequences=4)
+    again = domain_eval_datasets(store, Mixture.from_store(store), seq_len=8, max_sequences=4,
+                                 seed=None)
     assert again["math"]["input_ids"] == evals["math"]["input_ids"]
     with pytest.raises(HFMixtureError, match="fewer than one sequence of seq_len=64"):
         domain_eval_datasets(store, seq_len=64)

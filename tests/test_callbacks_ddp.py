@@ -84,7 +84,8 @@ def _worker(out: Path, callback: str) -> None:
             return super().training_step(model, inputs, num_items_in_batch)
 
     trainer = Recording(model=model, args=args, train_dataset=data, eval_dataset=evals)
-    cb = ADOCallback(data.live, min_points=3) if callback == "ado" else BanditCallback(data.live)
+    cb = (ADOCallback(data.live, min_points=3, fit_from_step=0) if callback == "ado"
+          else BanditCallback(data.live))
     cb.attach(trainer)
     trainer.train()
     (out / f"rank{rank}.json").write_text(json.dumps({

@@ -78,7 +78,8 @@ def run(store, out, make_callback, *, max_steps=12, eval_steps=3, save_steps=6, 
 
 
 def test_ado_in_trainer_logs_weights_and_adapts(store, tmp_path):
-    trainer, data, cb = run(store, tmp_path / "ado", lambda d: ADOCallback(d, min_points=3))
+    trainer, data, cb = run(store, tmp_path / "ado", lambda d: ADOCallback(d, min_points=3,
+                                                                     fit_from_step=0))
     trainer.train()
     logs = trainer.state.log_history
     train_logs = [e for e in logs if "loss" in e]
@@ -101,7 +102,7 @@ def test_ado_in_trainer_logs_weights_and_adapts(store, tmp_path):
 
 def test_resume_gives_identical_weights_and_next_samples(store, tmp_path):
     def make(d):
-        return ADOCallback(d, min_points=3)
+        return ADOCallback(d, min_points=3, fit_from_step=0)   # the default waits 500 steps
 
     full, full_data, full_cb = run(store, tmp_path / "full", make)
     full.train()
