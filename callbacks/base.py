@@ -260,6 +260,7 @@ class MixtureCallback(TrainerCallback):
     #: to the training batches and calls :meth:`on_token_losses` for every micro-batch.
     wants_token_losses: bool = False
 
+    @_timed
     def on_token_losses(self, token_losses: Any, mask: Any, component_ids: Any, *,
                         inputs: Mapping[str, Any], model: Any) -> None:
         """One training micro-batch: per-token losses ``(B, T)``, their mask, sample components.

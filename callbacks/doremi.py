@@ -47,7 +47,14 @@ import numpy as np
 
 from hf_mixture.errors import HFMixtureError
 
-from .base import MixtureCallback, MixtureCallbackConfig, _check_float, _check_int, logger
+from .base import (
+    MixtureCallback,
+    MixtureCallbackConfig,
+    _check_float,
+    _check_int,
+    _timed,
+    logger,
+)
 
 REFERENCE_FORMAT = "hf_mixture.reference_losses"
 
@@ -351,6 +358,7 @@ class DoReMiCallback(MixtureCallback):
             model.to(device)
         return model
 
+    @_timed
     def on_token_losses(self, token_losses, mask, component_ids, *, inputs, model):
         import torch
 
