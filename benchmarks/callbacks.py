@@ -19,7 +19,7 @@ disjoint split), so no rule is scored on the data it adapted to.  Printed: mean
 domain), per-seed differences to natural and uniform, the callback's own time,
 and one PNG of every run's weight trajectory (seed 0).
 
-    python benchmarks/callbacks.py --work-dir /tmp/bench     # ~11 min on a shared 2-core CPU
+    python benchmarks/callbacks.py                      # ~8 min on a shared 2-core CPU
     python benchmarks/callbacks.py --steps 20 --eval-steps 10 --seeds 0   # smoke run
 """
 
