@@ -4,7 +4,8 @@ Each callback is linked to the run's :class:`~hf_mixture.mixture.LiveMixture`
 and changes weights only through ``LiveMixture.set_weights``:
 
 - :class:`ADOCallback` — per-domain power-law fits of loss vs samples (Jiang et al., 2024);
-- :class:`DoReMiCallback` — exponentiated gradient on clipped excess loss (Xie et al., 2023);
+- :class:`DoReMiCallback` — exponentiated gradient on clipped excess loss (Xie et al., 2023):
+  the paper's per-token rule against a reference model, or an eval-loss variant;
 - :class:`BanditCallback` — EXP3 online data mixing (Albalak et al., 2023);
 - :class:`ScheduleCallback` — stages switching at token/step boundaries.
 
@@ -35,6 +36,8 @@ _EXPORTS = {
     "DoReMiConfig": "doremi",
     "doremi_step": "doremi",
     "read_reference_losses": "doremi",
+    "save_reference_losses": "doremi",
+    "doremi_token_scores": "doremi",
     "BanditCallback": "bandit",
     "BanditConfig": "bandit",
     "exp3_probabilities": "bandit",
@@ -45,6 +48,7 @@ _EXPORTS = {
     "domain_eval_datasets": "eval",
     "packed_validation_sequences": "eval",
     "domain_perplexity_path": "eval",
+    "eval_fingerprint": "eval",
 }
 
 # Callbacks by name, for configs and the CLI (`callback: ado`).

@@ -1,23 +1,30 @@
 """ADO — Adaptive Data Optimization (Jiang et al., 2024) as a Trainer callback.
 
 Per domain ``k`` a power law of the loss in the samples seen,
-``L_k(n) = eps_k + beta_k * n**(-alpha_k)``, is fitted (``scipy.optimize.curve_fit``)
-to the eval losses so far.  Its *learning speed* ``-n * dL_k/dn =
-alpha_k * (L_k(n) - eps_k)`` — how much loss the next samples are predicted to
-remove, scale-free in ``n`` — is multiplied by a prior ``mu_k`` (the initial
+``L_k(n) = eps_k + beta_k * n**(-alpha_k)``, is fitted to the losses so far.
+Its slope ``-dL_k/dn = alpha_k * (L_k(n) - eps_k) / n`` — how much loss the next
+sample is predicted to remove — is multiplied by a prior ``mu_k`` (the initial
 mixture) and a credit term ``lambda_k = h_k ** s`` (``h`` an EMA of the policy:
 a domain sampled more recently gets more of the credit for the progress) to
 give the preference ``rho``; the policy applied is smoothed against the running
-mean of past preferences and floored::
+mean of past preferences, which starts at the prior and counts every
+evaluation since the start of training (so the prior keeps the weight of the
+warm-up), and floored::
 
-    rho   ∝ mu * h**s * alpha * (L(n) - eps)
-    pi    = gamma * rho + (1 - gamma) * mean(rho_1 .. rho_{t-1}),  pi >= min_weight
-    h     = gamma_h * pi + (1 - gamma_h) * h
+    rho    ∝ mu * h**s * alpha * (L(n) - eps) / n
+    pi     = gamma * rho + (1 - gamma) * rho_bar,  pi >= min_weight
+    h      = gamma_h * pi + (1 - gamma_h) * h
+    rho_bar = rho_bar + (rho - rho_bar) / (t + 1)     t: evaluations so far (rho_bar_0 = mu)
 
 The paper fits every domain against the *total* samples seen (``count="total"``,
-transfer between domains counts); ``count="domain"`` fits each domain against
-its own expected samples instead.  ADO measured ≈0.4% extra wall-clock; the fits
-here run every ``refit_every`` evaluations.
+transfer between domains counts; the ``1/n`` is then common and cancels);
+``count="domain"`` fits each domain against its own expected samples, and its
+``1/n_k`` favours the domains seen least.  The losses are the per-domain eval
+losses by default (``loss="eval"``), or, as in ADO, the per-domain *training*
+losses of the batches (``loss="train"``, through ``MixtureTrainer``, reduced over
+ranks, one point every ``train_every`` steps).  ADO measured ≈0.4% extra
+wall-clock; the fits here run every ``refit_every`` points.  Where the defaults
+differ from the reference implementation and why: ``docs/callbacks.md``.
 
 >>> import numpy as np
 >>> n = np.geomspace(100, 1e5, 20)
@@ -55,6 +62,10 @@ class PowerLaw(NamedTuple):
         """``-n * dL/dn = alpha * (L(n) - epsilon)``: loss the next samples remove, per log-sample."""
         return self.alpha * (self(n) - self.epsilon)
 
+    def slope(self, n: Any) -> Any:
+        """``-dL/dn = alpha * (L(n) - epsilon) / n``: loss the next sample removes (ADO's rho)."""
+        return self.speed(n) / np.asarray(n, dtype=np.float64)
+
 
 def _power(x: np.ndarray, eps: float, b: float, a: float) -> np.ndarray:
     return eps + b * x ** (-a)
@@ -85,7 +96,7 @@ def _soft_l1(residuals: np.ndarray, f_scale: float) -> float:
     return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
 
 
-def fit_power_law(n: Any, losses: Any, *, max_alpha: float = 2.0) -> PowerLaw:
+def fit_power_law(n: Any, losses: Any, *, max_alpha: float = 0.8) -> PowerLaw:
     """Fit ``L(n) = eps + beta * n**-alpha`` to ``(n, losses)`` (robust, bounded, multi-start).
 
     Bounds: ``0 <= eps < min(losses)``, ``beta >= 0``, ``1e-4 <= alpha <= max_alpha``.
@@ -194,21 +205,29 @@ class ADOConfig(MixtureCallbackConfig):
         "help": "x-axis of each domain's power law: 'total' (samples seen by the run, as in the "
                 "paper: transfer between domains counts) or 'domain' (the domain's own expected "
                 "samples, from the weights history)."})
-    min_points: int = field(default=4, metadata={
-        "help": "Evaluations needed before the first fit (the law has 3 parameters)."})
+    loss: str = field(default="eval", metadata={
+        "help": "Losses the laws are fitted to: 'eval' (per-domain held-out loss at each "
+                "evaluation) or 'train' (per-domain training loss of the batches, as in ADO; "
+                "needs MixtureTrainer; one point every train_every steps)."})
+    train_every: int = field(default=10, metadata={
+        "help": "With loss='train': optimizer steps per point (ADO subsamples its per-step "
+                "losses every 10 steps)."})
+    min_points: int = field(default=5, metadata={
+        "help": "Points needed before the first fit (the law has 3 parameters)."})
     refit_every: int = field(default=2, metadata={
         "help": "Refit the power laws every this many evaluations; the policy updates at every "
                 "evaluation with the last fit (the paper, too, refits far less often than it "
                 "updates the policy). A fit costs ~10 ms per domain."})
-    fit_from_step: int = field(default=0, metadata={
-        "help": "Evaluations before this optimizer step are left out of the fits (the first "
-                "steps of training follow no power law)."})
-    max_alpha: float = field(default=2.0, metadata={
-        "help": "Upper bound of the fitted exponent alpha."})
+    fit_from_step: int = field(default=500, metadata={
+        "help": "Points before this optimizer step are left out of the fits and no update is "
+                "made before it (the first steps of training follow no power law; ADO ignores "
+                "its first 500 steps)."})
+    max_alpha: float = field(default=0.8, metadata={
+        "help": "Upper bound of the fitted exponent alpha (ADO: 0.8)."})
     smoothing: float = field(default=0.5, metadata={
         "help": "gamma: weight of the new preference against the running mean of past "
-                "preferences (1 = no smoothing). The paper uses 0.1 at every step; evals are "
-                "rarer here."})
+                "preferences (1 = no smoothing). ADO uses 0.1 at every step; evaluations are "
+                "far rarer than steps here."})
     credit_smoothing: float = field(default=0.5, metadata={
         "help": "gamma_h: EMA factor of the credit history h (weight of the newest policy)."})
     credit_exponent: float = field(default=0.5, metadata={
@@ -222,6 +241,10 @@ class ADOConfig(MixtureCallbackConfig):
         if self.prior not in ("initial", "uniform"):
             raise HFMixtureError(f"ADOConfig field 'prior' must be 'initial' or 'uniform', got "
                                  f"{self.prior!r}.")
+        if self.loss not in ("eval", "train"):
+            raise HFMixtureError(f"ADOConfig field 'loss' must be 'eval' or 'train', got "
+                                 f"{self.loss!r}.")
+        _check_int(self.train_every, "train_every", 1)
         if self.count not in ("total", "domain"):
             raise HFMixtureError(f"ADOConfig field 'count' must be 'total' or 'domain', got "
                                  f"{self.count!r}.")
@@ -237,10 +260,11 @@ class ADOConfig(MixtureCallbackConfig):
 
 # -- the callback --------------------------------------------------------------------------------
 class ADOCallback(MixtureCallback):
-    """Adaptive Data Optimization from per-domain eval losses.
+    """Adaptive Data Optimization from per-domain eval (or training) losses.
 
     >>> from hf_mixture.mixture import LiveMixture
-    >>> cb = ADOCallback(LiveMixture(["a", "b"], [0.5, 0.5], seq_len=8), min_points=3)
+    >>> cb = ADOCallback(LiveMixture(["a", "b"], [0.5, 0.5], seq_len=8), min_points=3,
+    ...                  fit_from_step=0)
     >>> for step, (la, lb) in enumerate([(4.0, 4.0), (3.0, 3.8), (2.6, 3.7), (2.4, 3.65)], 1):
     ...     _ = cb.observe({"a": la, "b": lb}, step=step * 10, samples=step * 80)
     >>> cb.weights["a"] > 0.5      # 'a' is learning faster
@@ -260,35 +284,48 @@ class ADOCallback(MixtureCallback):
         self.prior = (np.full(K, 1.0 / K) if self.config.prior == "uniform"
                       else self.live.weights_array)
         self.credit = self.prior.copy()          # h
-        self.mean_preference = self.prior.copy()  # running mean of rho
+        self.mean_preference = self.prior.copy()  # running mean of rho, anchored at the prior
         self.laws: list[PowerLaw | None] = [None] * K
-        self.counts_history: list[list[float]] = []   # n of each domain at each evaluation
         self._evals_at_fit: int | None = None
 
-    # convenience for notebooks and tests: feed losses without a Trainer
-    def observe(self, losses: Mapping[str, float], *, step: int, samples: int) -> dict[str, float]:
-        """Record one evaluation's per-domain ``losses`` and update the weights; returns them."""
-        vector = np.asarray([float(losses[d]) for d in self.domains], dtype=np.float64)
-        self.eval_history.append({"step": int(step), "samples": int(samples),
-                                  "losses": vector.tolist()})
-        if step >= self.config.start_step:
-            new = self.compute_weights(vector, step=step, samples=samples)
-            if new is not None:
-                self.apply(new, step=step, reason=f"step {step}")
-        return self.weights
+    @property
+    def wants_token_losses(self) -> bool:
+        return self.config.loss == "train"
+
+    def _domain_losses(self, metrics):
+        # With loss='train' the eval losses are for reading only.
+        return {} if self.config.loss == "train" else super()._domain_losses(metrics)
+
+    def on_train_losses(self, sums, tokens, samples_per_domain, *, step, samples):
+        if not tokens.sum() > 0:
+            return
+        # A domain not drawn in the window has no point (NaN): its fit uses the others.
+        losses = np.where(tokens > 0, sums / np.maximum(tokens, 1.0), np.nan)
+        self._update(losses, step=step, samples=samples)
+
+    @property
+    def counts_history(self) -> list[list[float]]:
+        """The x of each domain's law at each recorded point (from ``samples`` and the history).
+
+        Derived, not stored: points recorded before ``start_step`` have their counts too.
+        """
+        return [self._counts_now(int(e["samples"])).tolist() for e in self.eval_history]
 
     def _counts_now(self, samples: int) -> np.ndarray:
         if self.config.count == "total":
             return np.full(len(self.domains), float(samples))
         return expected_counts(self.live.history, len(self.domains), samples)
 
+    def _usable(self) -> list[dict[str, Any]]:
+        return [e for e in self.eval_history if e["step"] >= self.config.fit_from_step]
+
     def _fit(self) -> None:
-        steps = np.asarray([e["step"] for e in self.eval_history])
-        keep = steps >= self.config.fit_from_step
-        losses = np.asarray([e["losses"] for e in self.eval_history], dtype=np.float64)[keep]
-        counts = np.asarray(self.counts_history, dtype=np.float64)[keep]
+        usable = self._usable()
+        losses = np.asarray([e["losses"] for e in usable], dtype=np.float64)
+        counts = np.asarray([self._counts_now(int(e["samples"])) for e in usable],
+                            dtype=np.float64)
         for k in range(len(self.domains)):
-            ok = counts[:, k] > 0
+            ok = (counts[:, k] > 0) & np.isfinite(losses[:, k]) & (losses[:, k] > 0)
             if ok.sum() >= 3:
                 self.laws[k] = fit_power_law(counts[ok, k], losses[ok, k],
                                              max_alpha=self.config.max_alpha)
@@ -296,22 +333,22 @@ class ADOCallback(MixtureCallback):
 
     def compute_weights(self, losses: np.ndarray, *, step: int, samples: int
                         ) -> np.ndarray | None:
-        n_now = self._counts_now(samples)
-        self.counts_history.append(n_now.tolist())
-        usable = sum(1 for e in self.eval_history if e["step"] >= self.config.fit_from_step)
-        if usable < self.config.min_points:
+        if step < self.config.fit_from_step or len(self._usable()) < self.config.min_points:
             return None
         if (self._evals_at_fit is None
                 or len(self.eval_history) - self._evals_at_fit >= self.config.refit_every):
             self._fit()
-        speed = np.asarray([law.speed(max(n, 1.0)) if law is not None else 0.0
+        n_now = self._counts_now(samples)
+        slope = np.asarray([law.slope(max(n, 1.0)) if law is not None else 0.0
                             for law, n in zip(self.laws, n_now)], dtype=np.float64)
-        rho = ado_preference(self.prior, self.credit, speed, self.config.credit_exponent)
+        rho = ado_preference(self.prior, self.credit, slope, self.config.credit_exponent)
         gamma = self.config.smoothing
         policy = gamma * rho + (1 - gamma) * self.mean_preference
         policy = floor_weights(policy / policy.sum(), self.config.min_weight)
-        t = self.updates + 1
-        self.mean_preference = (self.mean_preference * t + rho) / (t + 1)
+        # The running mean counts every point since the start (warm-up included), as the
+        # reference's 1/(total_steps + 1): the prior holds the weight of the warm-up.
+        t = len(self.eval_history)
+        self.mean_preference = self.mean_preference + (rho - self.mean_preference) / (t + 1)
         g = self.config.credit_smoothing
         self.credit = g * policy + (1 - g) * self.credit
         return policy
@@ -322,7 +359,6 @@ class ADOCallback(MixtureCallback):
             "credit": self.credit.tolist(),
             "mean_preference": self.mean_preference.tolist(),
             "laws": [None if law is None else list(law) for law in self.laws],
-            "counts_history": self.counts_history,
             "evals_at_fit": self._evals_at_fit,
         }
 
@@ -333,7 +369,6 @@ class ADOCallback(MixtureCallback):
                        for k in ("prior", "credit", "mean_preference")}
             laws = [None if v is None else PowerLaw(*(float(x) for x in v))
                     for v in state["laws"]]
-            counts = [[float(x) for x in row] for row in state["counts_history"]]
             at_fit = state["evals_at_fit"]
         except (KeyError, TypeError, ValueError) as err:
             raise HFMixtureError(f"{where}: field 'rule' is malformed ({type(err).__name__}: "
@@ -343,5 +378,5 @@ class ADOCallback(MixtureCallback):
                                  f"the {K} domains.")
         self.prior, self.credit = vectors["prior"], vectors["credit"]
         self.mean_preference = vectors["mean_preference"]
-        self.laws, self.counts_history = laws, counts
+        self.laws = laws
         self._evals_at_fit = None if at_fit is None else int(at_fit)

@@ -11,19 +11,30 @@ losses to new weights:
   ``eval_<domain>_loss`` once per domain, each in its own ``on_evaluate`` call;
   the base collects them and calls the rule once all domains are in.
 - **faults**: a NaN/inf or missing loss for a domain is a warning and the weights
-  in force are kept (the rule is not called).
+  in force are kept (the rule is not called).  transformers drops non-finite eval
+  batches before averaging (``logging_nan_inf_filter``), so a half-diverged
+  evaluation still reports a finite mean; ``MixtureTrainer`` counts them and
+  reports ``<prefix>_<domain>_nonfinite_batches``, which the base treats as a
+  non-finite loss for that domain.
+- **training losses**: a rule that reads per-domain *training* losses sets
+  :attr:`MixtureCallback.wants_token_losses`; ``MixtureTrainer`` then puts the
+  component of every sample into the batch and hands each micro-batch's
+  per-token losses to :meth:`MixtureCallback.on_token_losses`; the per-domain
+  sums are reduced over ranks at the end of the optimizer step.
 - **logging**: at every log step the weights in force go into the Trainer's logs
   as ``mixture/<component>`` (and into ``state.log_history``); call
   :meth:`MixtureCallback.attach` so ``report_to`` backends (TensorBoard, W&B)
   receive them too — a callback passed in ``callbacks=[...]`` runs after them.
-- **checkpoints**: at every save the main process writes the callback's state
-  (``<checkpoint>/hf_mixture_<name>.json``); a resumed run reads it back, so
+- **checkpoints**: at every save the process that saves the checkpoint
+  (``args.should_save``: the global main process, or each node's local main
+  process with ``save_on_each_node=True``, needed without a shared filesystem)
+  writes the callback's state (``<checkpoint>/hf_mixture_<name>.json``); a resumed run reads it back, so
   it continues with identical weights and identical decisions.  A checkpoint of
   another set of domains is refused with :class:`~hf_mixture.errors.HFMixtureError`.
 - **several processes**: eval losses are gathered by the Trainer, so every
   rank computes the same weights; ``LiveMixture.set_weights`` is a collective
-  that broadcasts rank 0's weights; only the main process writes files and
-  warnings.
+  that broadcasts rank 0's weights; only the saving processes write files and
+  only the global main process warns.
 
 >>> from hf_mixture.callbacks import ADOCallback                # doctest: +SKIP
 >>> trainer = MixtureTrainer(model, args, train_dataset=data,
@@ -210,6 +221,8 @@ class MixtureCallback(TrainerCallback):
         self._training = False           # evaluations outside trainer.train() change nothing
         self._loaded_from: str | None = None
         self._warned_report_to = False
+        # per-domain (value sum, tokens, samples) of the training losses not yet used
+        self._accumulated = np.zeros((3, len(self.domains)), dtype=np.float64)
 
     # -- the rule ----------------------------------------------------------------------------
     def compute_weights(self, losses: np.ndarray, *, step: int, samples: int
@@ -221,6 +234,78 @@ class MixtureCallback(TrainerCallback):
         already appended to :attr:`eval_history`.
         """
         return None
+
+    def observe(self, losses: Mapping[str, float], *, step: int, samples: int = 0
+                ) -> dict[str, float]:
+        """Feed one evaluation's per-domain ``losses`` without a Trainer; returns the weights.
+
+        ``samples``: sequences consumed so far (ADO's power laws read it).
+        """
+        vector = np.asarray([float(losses[d]) for d in self.domains], dtype=np.float64)
+        self._update(vector, step=int(step), samples=int(samples))
+        return self.weights
+
+    def _update(self, losses: np.ndarray, *, step: int, samples: int) -> None:
+        """Record ``losses`` in :attr:`eval_history`; run the rule from ``start_step`` on."""
+        self.eval_history.append({"step": int(step), "samples": int(samples),
+                                  "losses": [float(x) for x in losses]})
+        if step < self.config.start_step:
+            return
+        new = self.compute_weights(losses, step=int(step), samples=int(samples))
+        if new is not None:
+            self.apply(new, step=int(step), reason=f"step {step}")
+
+    # -- per-domain training losses (MixtureTrainer) ---------------------------------------
+    #: True when the rule reads training losses: MixtureTrainer then adds ``component_ids``
+    #: to the training batches and calls :meth:`on_token_losses` for every micro-batch.
+    wants_token_losses: bool = False
+
+    @_timed
+    def on_token_losses(self, token_losses: Any, mask: Any, component_ids: Any, *,
+                        inputs: Mapping[str, Any], model: Any) -> None:
+        """One training micro-batch: per-token losses ``(B, T)``, their mask, sample components.
+
+        Called by ``MixtureTrainer.compute_loss`` (detached tensors).  The default
+        adds the loss of every domain's tokens to :meth:`accumulate`.
+        """
+        self.accumulate(token_losses, mask, component_ids)
+
+    def accumulate(self, values: Any, mask: Any, component_ids: Any) -> None:
+        """Add per-token ``values`` ``(B, T)`` (where ``mask``) to their sample's domain.
+
+        Sums this rank's token values, token counts and sample counts per domain
+        until :meth:`take_accumulated` reduces them over ranks.
+        """
+        import torch
+
+        K = len(self.domains)
+        ids = component_ids.reshape(-1).long().to(values.device)
+        m = mask.to(values.dtype)
+        per_sample = (values.detach() * m).sum(dim=1).double()
+        tokens = m.sum(dim=1).double()
+        acc = torch.zeros((3, K), dtype=torch.float64, device=values.device)
+        acc[0].index_add_(0, ids, per_sample)
+        acc[1].index_add_(0, ids, tokens)
+        acc[2].index_add_(0, ids, torch.ones_like(tokens))
+        self._accumulated = self._accumulated + acc.cpu().numpy()
+
+    def take_accumulated(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(value sums, token counts, sample counts)`` per domain over all ranks; resets.
+
+        A collective under torch.distributed: every rank calls it at the same step.
+        """
+        total = all_reduce_sum(self._accumulated)
+        self._accumulated = np.zeros_like(self._accumulated)
+        return total[0], total[1], total[2]
+
+    def on_train_losses(self, sums: np.ndarray, tokens: np.ndarray, samples_per_domain: np.ndarray,
+                        *, step: int, samples: int) -> None:
+        """The rule's use of one window of reduced training losses (``train_every`` steps)."""
+
+    @property
+    def train_every(self) -> int:
+        """Optimizer steps per window of training losses handed to :meth:`on_train_losses`."""
+        return int(getattr(self.config, "train_every", 1))
 
     # -- state -------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -242,6 +327,7 @@ class MixtureCallback(TrainerCallback):
             "skipped": self.skipped,
             "last_update_step": self.last_update_step,
             "eval_history": self.eval_history,
+            "accumulated": self._accumulated.tolist(),
             "rule": self._state(),
         }
 
@@ -270,11 +356,17 @@ class MixtureCallback(TrainerCallback):
             self.eval_history = [{"step": int(e["step"]), "samples": int(e["samples"]),
                                   "losses": [float(x) for x in e["losses"]]} for e in history]
             weights = np.asarray([float(x) for x in state["weights"]], dtype=np.float64)
+            accumulated = np.asarray(state.get("accumulated", np.zeros((3, len(self.domains)))),
+                                     dtype=np.float64)
         except (KeyError, TypeError, ValueError) as err:
             raise HFMixtureError(f"{where} is malformed ({type(err).__name__}: {err}).") from None
         if len(weights) != len(self.domains):
             raise HFMixtureError(f"{where}: field 'weights' holds {len(weights)} values for "
                                  f"{len(self.domains)} domains.")
+        if accumulated.shape != (3, len(self.domains)):
+            raise HFMixtureError(f"{where}: field 'accumulated' has the shape "
+                                 f"{list(accumulated.shape)}, not [3, {len(self.domains)}].")
+        self._accumulated = accumulated
         self._load_state(state.get("rule") or {}, where)
         # The sampler state (restored by the Trainer's checkpoint) already brings the weights
         # back; a LiveMixture used on its own learns them here.
@@ -340,6 +432,10 @@ class MixtureCallback(TrainerCallback):
                     found[d] = float(metrics[key])
                 except (TypeError, ValueError):
                     found[d] = float("nan")
+                # MixtureTrainer counts the eval batches transformers' logging_nan_inf_filter
+                # left out of the mean: any such batch makes the domain's loss unusable.
+                if metrics.get(f"{prefix}_{d}_nonfinite_batches"):
+                    found[d] = float("nan")
         return found
 
     def _flush(self, args: Any, state: Any) -> None:
@@ -361,15 +457,8 @@ class MixtureCallback(TrainerCallback):
             self._warn(state, "%s at step %d: %s; the weights in force are kept.",
                        type(self).__name__, step, "; ".join(what))
             return
-        samples = samples_seen(args, state)
         losses = np.asarray([pending[d] for d in self.domains], dtype=np.float64)
-        self.eval_history.append({"step": int(step), "samples": samples,
-                                  "losses": losses.tolist()})
-        if step < self.config.start_step:
-            return
-        new = self.compute_weights(losses, step=int(step), samples=samples)
-        if new is not None:
-            self.apply(new, step=int(step), reason=f"step {step}")
+        self._update(losses, step=int(step), samples=samples_seen(args, state))
 
     def apply(self, weights: np.ndarray | Mapping[str, float], *, step: int, reason: str
               ) -> np.ndarray:
@@ -427,13 +516,24 @@ class MixtureCallback(TrainerCallback):
             f"The run resumes at step {step}, but no checkpoint among "
             f"{', '.join(repr(c) for c in dict.fromkeys(candidates))} holds "
             f"hf_mixture_{self.name}.json; call {type(self).__name__}.load_checkpoint(<the "
-            "checkpoint folder>) before trainer.train().")
+            "checkpoint folder>) before trainer.train(). On several nodes without a shared "
+            "filesystem, train with save_on_each_node=True so every node holds it.")
 
     @_timed
     def on_step_begin(self, args, state, control, **kwargs):
         # Losses left incomplete by the last evaluation (a domain missing) are settled here.
         if self._pending:
             self._flush(args, state)
+
+    @_timed
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.wants_token_losses or not self._training:
+            return
+        if int(state.global_step) % self.train_every:
+            return
+        sums, tokens, counts = self.take_accumulated()
+        self.on_train_losses(sums, tokens, counts, step=int(state.global_step),
+                             samples=samples_seen(args, state))
 
     @_timed
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -467,7 +567,10 @@ class MixtureCallback(TrainerCallback):
     @_timed
     def on_save(self, args, state, control, **kwargs):
         self._flush(args, state)
-        if not getattr(state, "is_world_process_zero", True):
+        # The processes that write the Trainer's checkpoint write ours: the global main
+        # process, or with save_on_each_node=True each node's local main process (a
+        # multi-node run without a shared filesystem needs that to resume).
+        if not getattr(args, "should_save", getattr(state, "is_world_process_zero", True)):
             return
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -484,6 +587,24 @@ class MixtureCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._flush(args, state)
         self._training = False
+
+
+def all_reduce_sum(array: np.ndarray) -> np.ndarray:
+    """The element-wise sum of ``array`` over all ranks (``array`` itself without torch.distributed)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return np.asarray(array, dtype=np.float64)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return np.asarray(array, dtype=np.float64)
+    import torch
+
+    device = "cpu"
+    if "nccl" in str(dist.get_backend()).lower():  # NCCL only reduces CUDA tensors
+        device = f"cuda:{torch.cuda.current_device()}"
+    tensor = torch.as_tensor(np.asarray(array, dtype=np.float64), device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.cpu().numpy().astype(np.float64)
 
 
 def safe_name(name: str) -> str:

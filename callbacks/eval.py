@@ -5,10 +5,13 @@ and names its metrics ``eval_<key>_loss`` (transformers' own
 ``metric_key_prefix=f"{prefix}_{name}"``): with one key per mixture component
 the Trainer itself reports every domain's loss, which the mixture callbacks read.
 
-The sequences are fixed: each component's validation documents in store order,
-joined with EOS and cut into ``seq_len`` windows (the last partial window is
-dropped), the first ``max_sequences`` kept — the same tokens at every
-evaluation, on every rank, in every run.
+The sequences are fixed and a seeded sample: each component's validation
+documents in an order drawn from ``(seed, component name)``, joined with EOS and
+cut into ``seq_len`` windows (the last partial window is dropped), the first
+``max_sequences`` kept — a sample of the whole held-out split rather than its
+first documents in store order, and the same tokens at every evaluation, on
+every rank, in every run.  :func:`eval_fingerprint` names those tokens, so a
+reference run's losses can be checked to come from the same sets.
 
 >>> evals = domain_eval_datasets("store", seq_len=256, max_sequences=16)   # doctest: +SKIP
 >>> trainer = Trainer(model, args, train_dataset=data, eval_dataset=evals)  # doctest: +SKIP
@@ -17,7 +20,10 @@ evaluation, on every rank, in every run.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,27 +32,37 @@ from hf_mixture.errors import HFMixtureError
 
 
 def packed_validation_sequences(store: Any, parts: Any, *, seq_len: int, max_sequences: int | None,
-                                split: str = "validation", name: str = "") -> np.ndarray:
+                                split: str = "validation", name: str = "",
+                                seed: int | None = None) -> np.ndarray:
     """``(n, seq_len)`` int64 token windows of the documents ``parts`` of ``store``.
 
     ``parts``: ``[(store_component, doc_indices), ...]`` (a resolved component).
-    Documents are read in order and each is followed by EOS (when the store has one).
+    Each document is followed by EOS (when the store has one).  ``seed=None``
+    reads the documents in order; an integer reads them in the order of a
+    permutation drawn from ``(seed, name)`` (one stream per domain, so adding a
+    domain leaves the others' samples alone).
     """
     eos = store.eos_token_id
     need = None if max_sequences is None else max_sequences * seq_len
+    order = [(j, int(i)) for j, (_, idx) in enumerate(parts)
+             for i in np.asarray(idx, dtype=np.int64).tolist()]
+    if seed is not None and order:
+        rng = np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])
+        order = [order[i] for i in rng.permutation(len(order)).tolist()]
     pieces: list[np.ndarray] = []
     have = 0
-    for part, idx in parts:
-        tokens, offsets = store.tokens(part, split), store.offsets(part, split)
-        for i in np.asarray(idx, dtype=np.int64).tolist():
-            doc = np.asarray(tokens[offsets[i]:offsets[i + 1]], dtype=np.int64)
-            pieces.append(doc)
-            have += len(doc)
-            if eos is not None:
-                pieces.append(np.array([eos], dtype=np.int64))
-                have += 1
-            if need is not None and have >= need:
-                break
+    cache: dict[int, tuple[Any, Any]] = {}
+    for j, i in order:
+        if j not in cache:
+            part = parts[j][0]
+            cache[j] = (store.tokens(part, split), store.offsets(part, split))
+        tokens, offsets = cache[j]
+        doc = np.asarray(tokens[offsets[i]:offsets[i + 1]], dtype=np.int64)
+        pieces.append(doc)
+        have += len(doc)
+        if eos is not None:
+            pieces.append(np.array([eos], dtype=np.int64))
+            have += 1
         if need is not None and have >= need:
             break
     flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
@@ -62,8 +78,8 @@ def packed_validation_sequences(store: Any, parts: Any, *, seq_len: int, max_seq
 
 
 def domain_eval_datasets(store: Any, mixture: Any = None, *, seq_len: int,
-                         max_sequences: int | None = 32, split: str = "validation"
-                         ) -> dict[str, Any]:
+                         max_sequences: int | None = 32, split: str = "validation",
+                         seed: int | None = 0) -> dict[str, Any]:
     """``{component: datasets.Dataset}`` of packed held-out sequences (``input_ids``, ``labels``).
 
     Args:
@@ -74,6 +90,8 @@ def domain_eval_datasets(store: Any, mixture: Any = None, *, seq_len: int,
         max_sequences: sequences per domain (``None``: all); evaluation cost
             grows with it, its noise shrinks as ``1/sqrt``.
         split: the store split to read.
+        seed: the documents of each domain are taken in a seeded random order
+            (``None``: store order).
     """
     import datasets
 
@@ -88,6 +106,9 @@ def domain_eval_datasets(store: Any, mixture: Any = None, *, seq_len: int,
                                       or max_sequences < 1):
         raise HFMixtureError(f"max_sequences must be an integer >= 1 or None, got "
                              f"{max_sequences!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise HFMixtureError(f"seed must be an integer >= 0 or None, got {seed!r}.")
     if mixture is None:
         domains = [(c, [(c, np.arange(store.num_docs(c, split)))]) for c in store.components]
     else:
@@ -100,7 +121,8 @@ def domain_eval_datasets(store: Any, mixture: Any = None, *, seq_len: int,
     out = {}
     for name, parts in domains:
         ids = packed_validation_sequences(store, parts, seq_len=int(seq_len),
-                                          max_sequences=max_sequences, split=split, name=name)
+                                          max_sequences=max_sequences, split=split, name=name,
+                                          seed=seed)
         features = datasets.Features({
             "input_ids": datasets.Sequence(datasets.Value("int64")),
             "labels": datasets.Sequence(datasets.Value("int64")),
@@ -109,6 +131,34 @@ def domain_eval_datasets(store: Any, mixture: Any = None, *, seq_len: int,
         out[name] = datasets.Dataset.from_dict({"input_ids": rows, "labels": rows},
                                                features=features)
     return out
+
+
+def eval_fingerprint(eval_datasets: Mapping[str, Any]) -> str:
+    """A short hash of per-domain eval sets: their names and every token of ``input_ids``.
+
+    Two runs whose eval losses are compared (DoReMi's reference) must have the same.
+
+    >>> import datasets
+    >>> eval_fingerprint({"a": datasets.Dataset.from_dict({"input_ids": [[1, 2]]})})
+    'e40346e2649a99f3'
+    """
+    if not isinstance(eval_datasets, Mapping) or not eval_datasets:
+        raise HFMixtureError("eval_fingerprint needs a non-empty dict {domain: dataset} (as "
+                             "domain_eval_datasets returns).")
+    h = hashlib.sha256()
+    for name in sorted(eval_datasets):
+        data = eval_datasets[name]
+        try:
+            ids = data.with_format("numpy")["input_ids"] if hasattr(data, "with_format") \
+                else [row["input_ids"] for row in data]
+        except (KeyError, TypeError) as err:
+            raise HFMixtureError(f"Eval set {name!r} has no 'input_ids' to fingerprint "
+                                 f"({err}).") from None
+        h.update(name.encode("utf-8") + b"\0")
+        for row in ids:
+            arr = np.asarray(row, dtype=np.int64)
+            h.update(np.int64(len(arr)).tobytes() + arr.tobytes())
+    return h.hexdigest()[:16]
 
 
 def domain_perplexity_path() -> str:

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve()
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("callback", ["ado", "bandit"])
+@pytest.mark.parametrize("callback", ["ado", "bandit", "bandit-train"])
 def test_two_ranks_get_identical_weights(tmp_path, callback):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -33,9 +33,13 @@ def test_two_ranks_get_identical_weights(tmp_path, callback):
     assert ranks[0]["history"] == ranks[1]["history"]
     assert len(ranks[0]["history"]) >= 2            # the callback changed the weights
     assert ranks[0]["eval_history"] == ranks[1]["eval_history"]
+    # the rule's own state agrees too: with training-loss feedback only because the
+    # per-domain sums are reduced over ranks (each rank saw half of every batch)
+    assert ranks[0]["rule"] == ranks[1]["rule"]
     # the two ranks trained on disjoint halves of each global batch
     assert ranks[0]["first_batch"] != ranks[1]["first_batch"]
-    saved = list((tmp_path / "out").glob(f"checkpoint-*/hf_mixture_{callback}.json"))
+    name = callback.split("-")[0]
+    saved = list((tmp_path / "out").glob(f"checkpoint-*/hf_mixture_{name}.json"))
     assert len(saved) == 1
     assert json.loads(saved[0].read_text())["weights"] == ranks[0]["history"][-1]["weights"]
 
@@ -84,7 +88,12 @@ def _worker(out: Path, callback: str) -> None:
             return super().training_step(model, inputs, num_items_in_batch)
 
     trainer = Recording(model=model, args=args, train_dataset=data, eval_dataset=evals)
-    cb = ADOCallback(data.live, min_points=3) if callback == "ado" else BanditCallback(data.live)
+    if callback == "ado":
+        cb = ADOCallback(data.live, min_points=3, fit_from_step=0)
+    elif callback == "bandit-train":
+        cb = BanditCallback(data.live, feedback="train", lr=50.0)   # visible moves in 8 steps
+    else:
+        cb = BanditCallback(data.live)
     cb.attach(trainer)
     trainer.train()
     (out / f"rank{rank}.json").write_text(json.dumps({
@@ -92,6 +101,7 @@ def _worker(out: Path, callback: str) -> None:
         "history": [c.to_dict() for c in data.live.history],
         "eval_history": cb.eval_history,
         "first_batch": first[0],
+        "rule": cb.state_dict()["rule"],
     }))
     # An undestroyed gloo group can abort the process at interpreter exit.
     dist.barrier()

@@ -78,7 +78,8 @@ def run(store, out, make_callback, *, max_steps=12, eval_steps=3, save_steps=6, 
 
 
 def test_ado_in_trainer_logs_weights_and_adapts(store, tmp_path):
-    trainer, data, cb = run(store, tmp_path / "ado", lambda d: ADOCallback(d, min_points=3))
+    trainer, data, cb = run(store, tmp_path / "ado", lambda d: ADOCallback(d, min_points=3,
+                                                                     fit_from_step=0))
     trainer.train()
     logs = trainer.state.log_history
     train_logs = [e for e in logs if "loss" in e]
@@ -101,7 +102,7 @@ def test_ado_in_trainer_logs_weights_and_adapts(store, tmp_path):
 
 def test_resume_gives_identical_weights_and_next_samples(store, tmp_path):
     def make(d):
-        return ADOCallback(d, min_points=3)
+        return ADOCallback(d, min_points=3, fit_from_step=0)   # the default waits 500 steps
 
     full, full_data, full_cb = run(store, tmp_path / "full", make)
     full.train()
@@ -150,3 +151,62 @@ def test_schedule_switches_at_a_step_boundary(store, tmp_path):
     assert all(bool(((t >= 31) & (t <= 62)).all()) for t in tokens[3:])  # noise ids 31..62
     assert data.live.history[-1].reason == "schedule: stage 1 (noise) at steps 3"
     assert trainer.state.log_history[0]["mixture/stage"] == 1.0
+
+
+# -- per-domain training losses and non-finite eval batches (issue 17) ---------------------------
+def _reference_model(tmp_path):
+    torch.manual_seed(1)
+    ref = LlamaForCausalLM(LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=SEQ_LEN))
+    ref.save_pretrained(tmp_path / "ref")
+    return str(tmp_path / "ref")
+
+
+@pytest.mark.parametrize("kind", ["ado", "bandit", "doremi"])
+def test_training_loss_rules_in_trainer(store, tmp_path, kind):
+    def make(d):
+        if kind == "ado":
+            return ADOCallback(d, loss="train", train_every=1, min_points=3, fit_from_step=0)
+        if kind == "bandit":
+            return BanditCallback(d, feedback="train")
+        return DoReMiCallback(d, reference_model=_reference_model(tmp_path))
+
+    trainer, data, cb = run(store, tmp_path / "run", make, max_steps=6, save_steps=6)
+    trainer.train()
+    assert cb.wants_token_losses
+    # one update per step (ADO: from its third point on); eval losses are not used
+    assert cb.updates == (4 if kind == "ado" else 6)
+    assert data.live.weights != pytest.approx({d: 1 / 3 for d in DOMAINS})
+    if kind == "ado":
+        assert len(cb.eval_history) == 6 and all(e["step"] == i + 1
+                                                 for i, e in enumerate(cb.eval_history))
+    if kind == "doremi":
+        assert cb.steps == 6 and (cb.scores >= 0).all()
+    # the batches of the loop itself never carry component ids into the model
+    assert all(b.shape == (8, SEQ_LEN) for b in trainer.seen)
+
+
+def test_nan_in_one_domains_eval_batch_is_caught(store, tmp_path, caplog):
+    """transformers' logging_nan_inf_filter drops the NaN batch from the mean; we do not."""
+    trainer, data, cb = run(store, tmp_path / "nan", lambda d: BanditCallback(d), max_steps=3,
+                            eval_steps=3, save_steps=100)
+    poison = 95                                        # a 'pairs' token id
+    with torch.no_grad():
+        trainer.model.model.embed_tokens.weight[poison] = float("nan")
+    evals = dict(trainer.eval_dataset)
+    rows = [[t if t != poison else 1 for t in r] for r in evals["pairs"]["input_ids"]]
+    rows[0][5] = poison                                # one NaN batch of the 'pairs' domain
+    import datasets
+
+    evals["pairs"] = datasets.Dataset.from_dict({"input_ids": rows, "labels": rows})
+    trainer.eval_dataset = evals
+    trainer.args.per_device_eval_batch_size = 4        # two eval batches: one NaN, one fine
+    # the poisoned row must not enter training: no 'pairs' sample contains it then
+    data.live.set_weights({"counting": 1, "noise": 1, "pairs": 0})
+    trainer.train()
+    metrics = [e for e in trainer.state.log_history if "eval_pairs_loss" in e]
+    assert metrics and np.isfinite(metrics[-1]["eval_pairs_loss"])   # the filtered mean
+    assert metrics[-1]["eval_pairs_nonfinite_batches"] == 1
+    assert cb.skipped == 1 and cb.updates == 0
+    assert "non-finite eval loss for 'pairs'" in caplog.text

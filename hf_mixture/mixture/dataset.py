@@ -179,7 +179,8 @@ class MixtureDataLoader(DataLoader):
     """A torch DataLoader whose batches follow the live weights exactly, with any ``num_workers``.
 
     Each batch yielded is ``{"input_ids", "labels"}`` (``(batch_size, seq_len)``
-    int64).  A weight change made between two batches applies to the next
+    int64); with ``component_ids=True`` also ``"component_ids"`` (``(batch_size,)``
+    int64: the component each sequence was drawn from, for per-domain training losses).  A weight change made between two batches applies to the next
     batch: prefetched batches decided under the old weights are replaced by
     their true content, copied in the main process.  Under torch.distributed
     (or with explicit ``rank``/``world_size``) each rank gets its disjoint share
@@ -199,7 +200,7 @@ class MixtureDataLoader(DataLoader):
                  rank: int | None = None, world_size: int | None = None,
                  pin_memory: bool = False, prefetch_factor: int | None = None,
                  persistent_workers: bool = False, multiprocessing_context: Any = None,
-                 timeout: float = 0, worker_init_fn: Any = None):
+                 timeout: float = 0, worker_init_fn: Any = None, component_ids: bool = False):
         if not isinstance(dataset, MixtureDataset):
             raise HFMixtureError(f"MixtureDataLoader needs a MixtureDataset, got "
                                  f"{type(dataset).__name__}.")
@@ -219,6 +220,7 @@ class MixtureDataLoader(DataLoader):
         # like torch's DataLoader, pinning is skipped without an accelerator.
         self.pin_batches = bool(pin_memory) and torch.cuda.is_available()
         self.per_rank_batch_size = int(batch_size)
+        self.component_ids = bool(component_ids)
         self.rank, self.world_size = int(rank), int(world_size)
         # How many prefetched batches were replaced after a weight change (for tests/logs).
         self.rematerialized = 0
@@ -251,7 +253,7 @@ class MixtureDataLoader(DataLoader):
             batch = self.dataset.collate(keys.comps, keys.ks)
             sampler.mark_consumed(keys.batch)
             self.last_keys = keys
-            yield self._pin(batch)
+            yield self._finish(batch, keys)
 
     def _from_workers(self, sampler: MixtureSampler) -> Iterator[dict[str, torch.Tensor]]:
         for keys, tokens in super().__iter__():
@@ -267,7 +269,14 @@ class MixtureDataLoader(DataLoader):
                 keys = truth
             sampler.mark_consumed(keys.batch)
             self.last_keys = keys
-            yield self._pin(batch)
+            yield self._finish(batch, keys)
+
+    def _finish(self, batch: dict[str, torch.Tensor], keys: BatchKeys) -> dict[str, torch.Tensor]:
+        # The final keys (after any re-decision) say which component each row came from.
+        if self.component_ids:
+            batch["component_ids"] = torch.from_numpy(
+                np.asarray(keys.comps, dtype=np.int64).copy())
+        return self._pin(batch)
 
     def _pin(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.pin_memory() for k, v in batch.items()} if self.pin_batches else batch

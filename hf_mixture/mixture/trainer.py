@@ -24,6 +24,15 @@ global state, so all read that one file on resume.
 >>> trainer.train()                                                              # doctest: +SKIP
 >>> trainer.train(resume_from_checkpoint=True)   # exact continuation            # doctest: +SKIP
 
+- ``compute_loss``: when a callback sets ``wants_token_losses`` (ADO or the
+  bandit on training losses, DoReMi's per-token rule), the batches carry
+  ``component_ids``; the loss is the stock one, and the per-token losses of each
+  micro-batch (detached) go to the callback's ``on_token_losses``.
+- ``evaluation_loop`` counts the eval batches whose loss is NaN/inf and reports
+  ``<prefix>_nonfinite_batches`` when there are any: transformers'
+  ``logging_nan_inf_filter`` (on by default) drops them from the mean, so a
+  half-diverged evaluation would otherwise look finite.
+
 Use the mixin with another Trainer subclass: ``class MyTrainer(MixtureTrainerMixin, SFTTrainer)``.
 """
 
@@ -35,6 +44,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
@@ -65,8 +75,29 @@ def load_sampler_state(dataset: MixtureDataset, checkpoint_dir: str | os.PathLik
     dataset.sampler.load_state_dict(state, where=str(path))
 
 
+def token_losses(logits: Any, labels: Any, ignore_index: int = -100) -> tuple[Any, Any]:
+    """Per-token next-token cross-entropy ``(B, T-1)`` and its mask, as a causal LM computes it.
+
+    Position ``t`` predicts ``labels[:, t + 1]``; tokens labelled ``ignore_index``
+    are masked (loss 0).
+
+    >>> import torch
+    >>> loss, mask = token_losses(torch.zeros(1, 3, 4), torch.tensor([[1, 2, -100]]))
+    >>> [round(x, 4) for x in loss[0].tolist()], mask[0].tolist()
+    ([1.3863, 0.0], [True, False])
+    """
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    mask = shift_labels != ignore_index
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                           shift_labels.reshape(-1), ignore_index=ignore_index, reduction="none")
+    return loss.view(shift_labels.shape), mask
+
+
 class MixtureStateCallback(TrainerCallback):
-    """Save the sampler state into every checkpoint (main process only).
+    """Save the sampler state into every checkpoint (the processes that save it).
 
     >>> trainer.add_callback(MixtureStateCallback(data))   # doctest: +SKIP
     """
@@ -75,7 +106,9 @@ class MixtureStateCallback(TrainerCallback):
         self.dataset = dataset
 
     def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
+        # Written where the Trainer writes its checkpoint: the main process, or each
+        # node's local main process with save_on_each_node=True (no shared filesystem).
+        if not args.should_save:
             return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if folder.is_dir():
@@ -112,7 +145,49 @@ class MixtureTrainerMixin:
             rank=args.process_index, world_size=args.world_size,
             pin_memory=args.dataloader_pin_memory,
             persistent_workers=bool(args.dataloader_persistent_workers) and workers > 0,
-            prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None)
+            prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+            component_ids=bool(self._token_loss_listeners()))
+
+    def _token_loss_listeners(self) -> list[Any]:
+        """The callbacks that read per-domain training losses (``wants_token_losses``)."""
+        return [cb for cb in self.callback_handler.callbacks
+                if getattr(cb, "wants_token_losses", False)]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        component_ids = inputs.pop("component_ids", None)
+        listeners = self._token_loss_listeners() if component_ids is not None else []
+        if not listeners or not model.training or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        labels = inputs["labels"]          # the stock path may pop it
+        batch = dict(inputs)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        with torch.no_grad():
+            per_token, mask = token_losses(logits.detach(), labels)
+        for cb in listeners:
+            cb.on_token_losses(per_token, mask, component_ids, inputs=batch, model=model)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        out = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        loss = out[0]
+        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+            self._nonfinite_eval_batches = getattr(self, "_nonfinite_eval_batches", 0) + 1
+        return out
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None,
+                        ignore_keys=None, metric_key_prefix="eval"):
+        self._nonfinite_eval_batches = 0
+        output = super().evaluation_loop(dataloader, description,
+                                         prediction_loss_only=prediction_loss_only,
+                                         ignore_keys=ignore_keys,
+                                         metric_key_prefix=metric_key_prefix)
+        bad = _sum_over_ranks(self._nonfinite_eval_batches, self.args.device)
+        if bad:
+            output.metrics[f"{metric_key_prefix}_nonfinite_batches"] = bad
+        return output
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if not isinstance(self.train_dataset, MixtureDataset):
@@ -133,6 +208,19 @@ class MixtureTrainerMixin:
             logger.info("Resumed the mixture sampler at sample %d from %s.",
                         self.train_dataset.sampler.sample, resume_from_checkpoint)
         return super().train(resume_from_checkpoint or None, *args, **kwargs)
+
+
+def _sum_over_ranks(count: int, device: Any) -> int:
+    """``count`` summed over the ranks (every rank evaluates, so all call this)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return int(count)
+    if "nccl" not in str(dist.get_backend()).lower():
+        device = "cpu"
+    tensor = torch.tensor([int(count)], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return int(tensor.item())
 
 
 class MixtureTrainer(MixtureTrainerMixin, Trainer):
