@@ -554,3 +554,22 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, store, capsys):
     assert "'lang'" in capsys.readouterr().err
     assert cli_main(["plan", str(good), "--store", str(store.path), "--tokens", "lots"]) == 2
     assert "--tokens 'lots'" in capsys.readouterr().err
+
+
+def test_plan_warns_only_when_really_above_the_cap(store):
+    """A mixture at its cap (weights stored to 8 decimals) is not "4.00 epochs ... above 4"."""
+    import warnings
+
+    def plan_for(w0):
+        m = Mixture([Component("c0", "cluster_id == 0", weight=w0, max_epochs=5),
+                     Component("cluster_1", weight=1 - w0)], name="at-cap")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plan = m.plan(1000, store)
+        return plan, [w for w in caught if issubclass(w.category, MixturePlanWarning)]
+
+    plan, caught = plan_for(0.52 + 3e-9)  # 104 tokens x 5 epochs = 520 of 1000, plus round-off
+    assert plan.rows[0].epochs > 5 and not plan.rows[0].over_cap and not caught
+    assert "5.00 !" not in str(plan)
+    plan, caught = plan_for(0.53)
+    assert plan.rows[0].over_cap and "5.10 epochs" in str(caught[0].message)

@@ -44,7 +44,9 @@ class PlanRow:
 
     @property
     def over_cap(self) -> bool:
-        return self.max_epochs is not None and self.epochs > self.max_epochs
+        # Weights are stored rounded (8 decimals) and caps are met up to float round-off, so a
+        # mixture at its cap lands a hair above it: only a real excess counts.
+        return self.max_epochs is not None and self.epochs > self.max_epochs * (1 + 1e-6)
 
 
 @dataclass
@@ -226,7 +228,8 @@ def build_plan(mixture: Mixture, total_tokens: int, store: TokenStore) -> Mixtur
                     where = f", crossing it in stage {s.index}" + (
                         f" ({s.name})" if s.name else "")
                     break
-        notes.append(f"component {row.component!r} would be repeated {row.epochs:.2f} epochs "
+        shown = f"{row.epochs:.2f}" if round(row.epochs, 2) > row.max_epochs else f"{row.epochs:.6f}"
+        notes.append(f"component {row.component!r} would be repeated {shown} epochs "
                      f"({round(row.effective_tokens):,} tokens drawn from "
                      f"{row.tokens_available:,} available), above its max_epochs "
                      f"{row.max_epochs:g}{where}")

@@ -114,7 +114,7 @@ CANDIDATES = {
 }
 
 
-def _named_after(prefix: str, folder: Path) -> str:
+def named_after(prefix: str, folder: Path) -> str:
     """``prefix-<folder>``, or the folder's own name when it already starts with ``prefix``
     (``search/`` gives "search", not "search-search")."""
     name = folder.resolve().name
@@ -482,10 +482,10 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
             continue
 
         def done(run_dir: Path, result: dict[str, Any], k: int = k) -> None:
-            bar.update(1)
             value = result.get("target")
             bar.set_postfix_str(f"round {k}: {run_dir.name} "
                                 + (f"target {value:.4f}" if value is not None else "failed"))
+            bar.update(1)
             _write_runs_jsonl(output_dir)
 
         _execute(todo, config, target_fn, done)
@@ -671,7 +671,7 @@ def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, ru
         description = (f"Found by a CLIMB search (hf-mixture search): target '{spec.name}', "
                        f"predictor {used}, {len(ok)} proxy runs, final = {config.final}: a "
                        f"prediction ({predicted:.4f}), not trained (verify_seeds 0).")
-    mixture = _mixture_for(pool, weights, config.seed, name=_named_after("search", output_dir),
+    mixture = _mixture_for(pool, weights, config.seed, name=named_after("search", output_dir),
                            description=description, max_epochs=config.max_epochs)
     mixture_path = mixture.save(output_dir / MIXTURE_FILE)
     transfer = (_transfer_quality(transfer_dirs, X, y, runs, names, config)
