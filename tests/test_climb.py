@@ -51,6 +51,11 @@ def test_climb_runs_every_stage_then_skips_them_on_rerun(climb_config, tmp_path,
     mixture = Mixture.load(out / "mixture.yaml")
     assert sorted(mixture.component_names) == store.components
     assert mixture.name == "climb-out"
+    # Components carry their cluster's description, and the plan shows it beside the name.
+    clusters = json.loads((out / "clusters" / "clusters.json").read_text())
+    assert all(c.description for c in mixture.components), clusters
+    assert f"{mixture.components[0].name} — {mixture.components[0].description}" \
+        in (out / "plan.md").read_text()
     assert abs(sum(mixture.weights().values()) - 1) < 1e-9
     assert "effective" in (out / "plan.md").read_text().lower()
     runs = (out / "search" / "runs.jsonl").read_text().splitlines()

@@ -573,3 +573,18 @@ def test_plan_warns_only_when_really_above_the_cap(store):
     assert "5.00 !" not in str(plan)
     plan, caught = plan_for(0.53)
     assert plan.rows[0].over_cap and "5.10 epochs" in str(caught[0].message)
+
+
+def test_component_descriptions_are_labels_for_people(store):
+    m = Mixture([Component("c0", "cluster_id == 0", weight=1, description="wordnet, noun, verb"),
+                 Component("cluster_1", weight=1)], name="labelled")
+    again = Mixture.from_dict(yaml.safe_load(yaml.safe_dump(m.to_dict())))
+    assert again.components[0].description == "wordnet, noun, verb"
+    assert again.components[0].label == "c0 — wordnet, noun, verb"
+    assert again.components[1].label == "cluster_1"
+    # A label does not change what is sampled.
+    plain = Mixture([Component("c0", "cluster_id == 0", weight=1), Component("cluster_1", weight=1)])
+    assert m.fingerprint == plain.fingerprint
+    assert "c0 — wordnet, noun, verb" in str(m.plan(100, store))
+    with pytest.raises(HFMixtureError, match="field 'description' must be a string"):
+        Component("a", description=3)

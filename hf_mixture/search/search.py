@@ -170,9 +170,12 @@ def build_pool(store, config: SearchConfig):
         raise HFMixtureError(f"The search pool is empty: {where} has no component left after "
                              f"field 'exclude' ({', '.join(config.exclude) or 'nothing'}).")
     if pool is not None:
-        comps = [Component(c.name, c.query, weight=1.0) for c in pool.components if c.name in keep]
+        comps = [Component(c.name, c.query, weight=1.0, description=c.description)
+                 for c in pool.components if c.name in keep]
     else:
-        comps = [Component(n, weight=1.0) for n in keep]
+        # The store keeps each cluster's description (clusters.json's top terms): the
+        # mixture, report and pictures show it beside the name.
+        comps = [Component(n, weight=1.0, description=_store_description(store, n)) for n in keep]
     probe = Mixture(comps, seed=config.seed, name="pool")
     try:
         resolved = probe.resolve(store, "train")
@@ -184,12 +187,17 @@ def build_pool(store, config: SearchConfig):
     return Mixture(comps, seed=config.seed, name="pool"), tokens
 
 
+def _store_description(store, component: str) -> str | None:
+    text = (store.info(component) or {}).get("description")
+    return text if isinstance(text, str) and text.strip() else None
+
+
 def _mixture_for(pool, weights: dict[str, float], seed: int, *, name: str | None = None,
                  description: str | None = None, max_epochs: float | None = None):
     from ..mixture import Component, Mixture
 
     comps = [Component(c.name, c.query, weight=round(float(weights[c.name]), 8),
-                       max_epochs=max_epochs) for c in pool.components]
+                       max_epochs=max_epochs, description=c.description) for c in pool.components]
     return Mixture(comps, seed=seed, name=name, description=description)
 
 
@@ -684,7 +692,8 @@ def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, ru
     natural = counts / counts.sum()
     result.report_path = write_report(output_dir, config, names, natural, runs, quality, spec,
                                       weights, predicted, best_run, used,
-                                      verification=verification, transfer=transfer)
+                                      verification=verification, transfer=transfer,
+                                      labels={c.name: c.label for c in pool.components})
     atomic_write_json(output_dir / "result.json", {
         "mixture": str(mixture_path.name), "weights": weights, "predicted_target": predicted,
         "observed_target": observed, "winner": winner,
