@@ -3,8 +3,7 @@
 The README's paths (``runs/climb/...``) are made in a temporary folder: a clustered
 corpus of 4 clusters, its token store and the natural mixture.  The training block
 runs 40 steps of 32-token sequences instead of 200 of 256 (evaluating every 5) and must
-still show its point: the
-loss goes down and ADO changes the weights during the run.
+still show its point: the loss goes down and ADO changes the weights during the run.
 """
 
 from __future__ import annotations
