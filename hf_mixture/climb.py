@@ -17,7 +17,7 @@ A config file has one section per stage plus the shared keys::
     seed: 0
     cluster: {final_clusters: 7}        # ClusterConfig fields
     tokenize: {validation_fraction: 0.01}
-    search: {rounds: [8, 4, 4]}         # SearchConfig fields
+    search: {rounds: [8, 4, 2]}         # SearchConfig fields
 
 >>> run_climb(ClimbConfig(output="runs/climb"))      # doctest: +SKIP
 """
