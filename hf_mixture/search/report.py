@@ -69,15 +69,20 @@ def _plots(output_dir: Path, names: list[str], natural: np.ndarray, weights: dic
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
         drawn.append("predicted_vs_actual.png")
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(names) + 2), 4.2))
-    x = np.arange(len(names))
-    ax.bar(x - 0.2, natural, width=0.4, label="natural share (tokens)")
-    ax.bar(x + 0.2, [weights[n] for n in names], width=0.4, label="search winner")
-    ax.set_xticks(x, [labels.get(n, n) for n in names], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("weight")
-    ax.set_title(title or "Mixture weights: the search's winner against the natural shares",
-                 fontsize=9)
-    ax.legend(fontsize=8)
+    import textwrap
+
+    # Horizontal bars: a component's label ("cluster_3 — wordnet, noun, verb") reads on the
+    # left however long it is; the first component is at the top.
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(names)))
+    y = np.arange(len(names))[::-1]
+    ax.barh(y + 0.2, natural, height=0.4, label="natural share (tokens)")
+    ax.barh(y - 0.2, [weights[n] for n in names], height=0.4, label="search winner")
+    ax.set_yticks(y, [textwrap.shorten(labels.get(n, n), 64, placeholder=" …") for n in names],
+                  fontsize=7)
+    ax.set_xlabel("weight")
+    ax.set_title(textwrap.fill(title or "Mixture weights: the search's winner against the "
+                               "natural shares", 70), fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(output_dir / "weights.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
