@@ -155,10 +155,11 @@ def main() -> None:
     print()
     t = result.transfer or {"spearman": {}, "runs": []}
     print("## Predictor quality: same-scale (cross-validated over the search's runs) and transfer")
+    own = t.get("observed_spearman")
     print(f"transfer: {len(t['runs'])} round-1 mixtures retrained with {config.transfer_model} "
           f"({(t.get('num_params') or 0) / 1e6:.2f}M parameters vs "
           f"{(t.get('small_num_params') or 0) / 1e6:.2f}M); the small runs' own losses rank them "
-          f"at {t.get('observed_spearman') if t.get('observed_spearman') is None else round(t['observed_spearman'], 3)}")
+          f"at {'n/a' if own is None else f'{own:.3f}'}")
     print(f"{'predictor':<12} {'same-scale':>10} {'MAE':>8} {'transfer':>9} {'runs':>5}  scheme")
     for name, q in result.quality.items():
         rho_t = t["spearman"].get(name)

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-steps", type=int, default=20,
                         help="evaluate every this many steps (ADO updates at each evaluation)")
     parser.add_argument("--work-dir", default="runs/adaptive_mixture",
-                        help="folder for the store, checkpoints and the picture (runs/ is git-ignored)")
+                        help="folder for the store, checkpoints and the picture (under runs/, "
+                             "which git ignores)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is fastest for this tiny model on a busy "
                              "machine)")
