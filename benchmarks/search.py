@@ -6,10 +6,15 @@ target: its text is the target set and its component is removed from the pool,
 so the search must find which *other* sources help.  Printed:
 
 1. each predictor's Spearman and MAE on held-out proxy runs (cross-validated over
-   the search's runs; target >= 0.9, CLIMB ≈0.94, RegMix ≈0.97);
-2. the found mixture's target loss against uniform, natural and the best random
-   mixture of round 1, each retrained at equal tokens with 3 seeds (mean ± sd);
-3. the fraction of training steps the found mixture needs to reach uniform's
+   the search's runs; target >= 0.9, CLIMB ≈0.94, RegMix ≈0.97) beside its transfer
+   Spearman: fitted on the small proxies, ranking round-1 mixtures trained with a
+   larger proxy (``--transfer-model``; target >= 0.9);
+2. the verification: which final candidate (predicted best, top-k average, best
+   run) won when trained, predicted vs observed;
+3. the found (verified) mixture's target loss against the best observed proxy run,
+   uniform, natural and the best random mixture of round 1, each retrained at equal
+   tokens with 3 seeds (mean ± sd);
+4. the fraction of training steps the found mixture needs to reach uniform's
    final target loss (data mixing laws: ≈0.68; aim <= 0.65).
 
     python benchmarks/search.py [--target-source python_code] [--workers 2] [--workdir DIR]
@@ -89,6 +94,9 @@ def main() -> None:
                         help="Proxy runs per round (default: SearchConfig's CPU default).")
     parser.add_argument("--proxy-tokens", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--transfer-model", default=None,
+                        help="Larger proxy of the transfer check (default: SearchConfig's).")
+    parser.add_argument("--transfer-runs", type=int, default=None)
     parser.add_argument("--eval-points", type=int, default=12,
                         help="Eval points of the retrained runs (for the steps fraction).")
     args = parser.parse_args()
@@ -102,7 +110,11 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hf_mixture_search_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
     store, target_file, held_out = build_store(workdir, args.target_source, args.target_docs, 0)
-    overrides = {"exclude": [held_out], "workers": args.workers}
+    overrides = {"exclude": [held_out], "workers": args.workers, "transfer_check": True}
+    if args.transfer_model:
+        overrides["transfer_model"] = args.transfer_model
+    if args.transfer_runs:
+        overrides["transfer_runs"] = args.transfer_runs
     if args.rounds:
         overrides["rounds"] = args.rounds
     if args.proxy_tokens:
@@ -120,6 +132,7 @@ def main() -> None:
     best_random = min(random_runs, key=lambda r: r["target"])
     mixtures = {
         "found": result.mixture.weights(),
+        "best_observed": result.best_run["weights"],
         "uniform": {n: 1.0 / len(names) for n in names},
         "natural": {n: float(t / tokens.sum()) for n, t in zip(names, tokens)},
         "best_random": best_random["weights"],
@@ -140,23 +153,43 @@ def main() -> None:
     print(f"search: rounds {config.rounds}, proxies {config.proxy_model} x {config.proxy_tokens:,} "
           f"tokens, workers {config.workers}; {search_seconds / 60:.1f} min")
     print()
-    print("## Predictor quality on held-out runs (cross-validated over the search's runs)")
-    print(f"{'predictor':<12} {'Spearman':>9} {'MAE':>8} {'runs':>5}  scheme")
+    t = result.transfer or {"spearman": {}, "runs": []}
+    print("## Predictor quality: same-scale (cross-validated over the search's runs) and transfer")
+    own = t.get("observed_spearman")
+    print(f"transfer: {len(t['runs'])} round-1 mixtures retrained with {config.transfer_model} "
+          f"({(t.get('num_params') or 0) / 1e6:.2f}M parameters vs "
+          f"{(t.get('small_num_params') or 0) / 1e6:.2f}M); the small runs' own losses rank them "
+          f"at {'n/a' if own is None else f'{own:.3f}'}")
+    print(f"{'predictor':<12} {'same-scale':>10} {'MAE':>8} {'transfer':>9} {'runs':>5}  scheme")
     for name, q in result.quality.items():
+        rho_t = t["spearman"].get(name)
+        rho_t = "n/a" if rho_t is None else f"{rho_t:.3f}"
         if q and "error" not in q:
             rho = "n/a" if q["spearman"] is None else f"{q['spearman']:.3f}"
-            print(f"{name:<12} {rho:>9} {q['mae']:>8.4f} {q['num_runs']:>5}  {q['scheme']}")
+            mark = " (used)" if name == result.predictor else ""
+            print(f"{name + mark:<12} {rho:>10} {q['mae']:>8.4f} {rho_t:>9} {q['num_runs']:>5}  "
+                  f"{q['scheme']}")
+    print()
+    v = result.verification
+    print("## Verification: the final candidates trained (seed "
+          f"{config.seed}, {config.verify_seeds} seed(s))")
+    for label, c in v["candidates"].items():
+        mark = "  <- returned" if label == v["winner"] else ""
+        print(f"{label:<15} predicted {c['predicted']:.4f}  observed {c['observed']:.4f}  "
+              f"off by {c['error']:+.4f}{mark}")
     print()
     print(f"## Target loss at equal tokens ({config.proxy_tokens:,} tokens, seeds {list(seeds)})")
     finals = {n: [r["target"] for r in rs if r.get("status") == "finished"]
               for n, rs in trained.items()}
-    print(f"{'mixture':<12} {'target loss':>18}  weights")
+    print(f"{'mixture':<13} {'target loss':>18}  weights")
     for name, vals in finals.items():
         w = ", ".join(f"{k} {v:.2f}" for k, v in mixtures[name].items())
-        print(f"{name:<12} {mean_sd(vals):>18}  {w}")
+        print(f"{name:<13} {mean_sd(vals):>18}  {w}")
     wins = {other: sum(f < o for f, o in zip(finals["found"], finals[other]))
             for other in ("uniform", "natural", "best_random")}
     print("found beats: " + ", ".join(f"{k} in {v}/{len(seeds)} seeds" for k, v in wins.items()))
+    at_most = sum(f <= o for f, o in zip(finals["found"], finals["best_observed"]))
+    print(f"found <= best observed proxy run in {at_most}/{len(seeds)} seeds")
     print()
     fractions = []
     for found, uniform in zip(trained["found"], trained["uniform"]):

@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps")
     parser.add_argument("--eval-steps", type=int, default=20,
                         help="evaluate every this many steps (ADO updates at each evaluation)")
-    parser.add_argument("--work-dir", default="adaptive_mixture_run",
-                        help="folder for the store, checkpoints and the picture")
+    parser.add_argument("--work-dir", default="runs/adaptive_mixture",
+                        help="folder for the store, checkpoints and the picture (under runs/, "
+                             "which git ignores)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is fastest for this tiny model on a busy "
                              "machine)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from . import __version__
@@ -51,15 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _configure_output(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
     try:
         result = args.func(args)
+    except BrokenPipeError:
+        # `hf-mixture inspect --json | head`: the reader left; that is not an error to report.
+        # stdout goes to /dev/null so that the interpreter's final flush stays silent too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except HFMixtureError as err:
         print(f"hf-mixture {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -68,6 +72,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     _close_process_group()
     return int(result or 0)
+
+
+def _configure_output(verbose: bool) -> None:
+    """Our INFO lines by default; other libraries' only with ``-v`` (faiss.loader's INFO about
+    a missing AVX2 module reads like an error).  Without a terminal (a log file, a pipe),
+    progress bars are off: their carriage returns would litter the log."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    # basicConfig leaves a root logger that already has handlers alone: set its level anyway.
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("hf_mixture").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm's default, for bars that set none
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def _close_process_group() -> None:

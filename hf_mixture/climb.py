@@ -17,7 +17,7 @@ A config file has one section per stage plus the shared keys::
     seed: 0
     cluster: {final_clusters: 7}        # ClusterConfig fields
     tokenize: {validation_fraction: 0.01}
-    search: {rounds: [8, 4, 4]}         # SearchConfig fields
+    search: {rounds: [8, 4, 2]}         # SearchConfig fields
 
 >>> run_climb(ClimbConfig(output="runs/climb"))      # doctest: +SKIP
 """
@@ -40,7 +40,7 @@ from .errors import HFMixtureError
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("cluster", "tokenize", "search")
+STAGES = ("cluster", "tokenize", "search", "plan")
 
 
 @dataclass
@@ -127,9 +127,9 @@ def _cluster_stage(cfg: ClimbConfig, cluster_cfg: Any, out: Path, markers: _Mark
     target = out / "clusters"
     fp = _fingerprint({"input": cfg.input, "config": dataclasses.asdict(cluster_cfg)})
     if markers.done("cluster", fp, [target / "clusters.json"]):
-        print(f"[1/3] cluster: up to date ({target})")
+        print(f"[1/4] cluster: up to date ({target})")
         return target
-    print(f"[1/3] cluster: embed → k-means → prune → merge → describe → {target}")
+    print(f"[1/4] cluster: embed → k-means → prune → merge → describe → {target}")
     start = time.perf_counter()
     cluster_cfg.overwrite = True  # the marker says the old output is stale
     cluster_corpus(cfg.input, target, cluster_cfg)
@@ -150,7 +150,7 @@ def _tokenize_stage(cfg: ClimbConfig, settings: TokenizeSettings, clusters: Path
     from .formats.tokenize import tokenize
 
     target = out / "store"
-    print(f"[2/3] tokenize: {clusters} → {target}")
+    print(f"[2/4] tokenize: {clusters} → {target}")
     start = time.perf_counter()
     # tokenize() is idempotent on its own: same inputs and settings leave the store as it is.
     result = tokenize(clusters, target, _tokenizer_for(cfg), seed=cfg.seed, overwrite=True,
@@ -163,7 +163,7 @@ def _search_stage(cfg: ClimbConfig, search_cfg: Any, store: Path, out: Path) -> 
     from .search import run_search
 
     target = out / "search"
-    print(f"[3/3] search: proxy runs → predictor → next round ({target})")
+    print(f"[3/4] search: proxy runs → predictor → next round ({target})")
     # run_search resumes by itself: finished proxy runs are never redone.
     return run_search(store, cfg.target, target, search_cfg)
 
@@ -173,6 +173,7 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
     from .formats.token_store import TokenStore
     from .mixture import Mixture
 
+    started = time.perf_counter()
     out = Path(cfg.output)
     cluster_cfg, settings, search_cfg = _stage_configs(cfg)
     markers = _Markers(out)
@@ -189,9 +190,15 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
             f"The search in '{out / 'search'}' has proxy runs waiting to be run elsewhere; run them, "
             "then rerun `hf-mixture climb` to finish."
         )
+    from .search.cli import summary_line
+    from .search.search import named_after
+
+    print(f"[4/4] plan: the mixture for a {total:,}-token run → {out / 'plan.md'}")
+    print(f"      {summary_line(result)}")
     mixture = Mixture.load(result.mixture_path)
-    # Named after the climb folder (the search names it after its own folder, "search").
-    mixture = dataclasses.replace(mixture, name=f"climb-{out.resolve().name}")
+    # Named after the climb folder (the search names it after its own folder, "search"),
+    # without doubling: runs/climb gives "climb", runs/out "climb-out".
+    mixture = dataclasses.replace(mixture, name=named_after("climb", out))
     mixture.save(out / "mixture.yaml")
     plan = mixture.plan(total, store)
     atomic_write_text(out / "plan.md", plan.to_markdown() + "\n")
@@ -210,6 +217,9 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
     print()
     for key, value in summary.items():
         print(f"{key + ':':16s}{value}")
+    minutes = (time.perf_counter() - started) / 60
+    print(f"done in {minutes:.1f} min: the mixture is {out / 'mixture.yaml'}, its plan "
+          f"{out / 'plan.md'}, the search report {result.report_path}.")
     return summary
 
 

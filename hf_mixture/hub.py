@@ -145,7 +145,7 @@ def render_mixture_card(mixture: Mixture, repo_id: str, *, store: Any = None,
     from .mixture.plan import MixturePlanWarning
 
     weights = mixture.weights()
-    components = [{"name": _cell(c.name),
+    components = [{"name": _cell(c.label),
                    "query": _cell(f"`{json.dumps(c.query) if isinstance(c.query, dict) else c.query}`"
                                   if c.query else "(store component)"),
                    "weight": _fmt(c.weight), "proportion": f"{100 * weights[c.name]:.2f}%",
@@ -338,18 +338,50 @@ def commit_operations(folder: str | os.PathLike, *, skip: re.Pattern | None = No
     return ops
 
 
+def _push_failure(err: BaseException, repo_id: str, token: str | None) -> str:
+    """One sentence, naming what to do, for a failed push (offline, no network, no token, no
+    permission); anything else keeps the Hub's own first line."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    where = f"Pushing to the Hub repo '{repo_id}' failed"
+    if isinstance(err, OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE:
+        return (f"{where}: offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE on a "
+                "machine with network access and push again.")
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if isinstance(err, HfHubHTTPError) and status == 401:
+        if token is None and get_token() is None:
+            return (f"{where}: no Hub token; run `hf auth login` (or set HF_TOKEN, or pass "
+                    "token=...) with a token that has write access.")
+        return (f"{where}: the Hub rejected the token (401); run `hf auth login` with a valid "
+                "token that has write access.")
+    if isinstance(err, HfHubHTTPError) and status == 403:
+        return (f"{where}: the token has no write permission there (403); use a write token, "
+                "or a repo id under your own user or an organization you can write to.")
+    names = {c.__name__ for c in type(err).__mro__}
+    if names & {"ConnectionError", "ConnectError", "ConnectTimeout", "TransportError",
+                "Timeout", "TimeoutException", "NetworkError"} or isinstance(err, OSError):
+        return (f"{where}: the Hub at {constants.ENDPOINT} could not be reached "
+                f"({type(err).__name__}); check the network (or HF_ENDPOINT) and push again.")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"{where}: {first}"
+
+
 def _send(ops: Sequence[Any], repo_id: str, *, repo_type: str, token: str | None,
           private: bool, revision: str | None, commit_message: str, create_repo: bool) -> str:
     """One ``create_commit`` holding every operation (after creating the repo when asked)."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)   # the token goes to HfApi only: never into a message or a log
-    if create_repo:
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        if revision:
-            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-    info = api.create_commit(repo_id, ops, commit_message=commit_message, repo_type=repo_type,
-                             revision=revision)
+    try:
+        if create_repo:
+            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        info = api.create_commit(repo_id, ops, commit_message=commit_message, repo_type=repo_type,
+                                 revision=revision)
+    except Exception as err:  # noqa: BLE001 -- each Hub failure becomes one sentence below
+        raise HFMixtureError(_push_failure(err, repo_id, token)) from None
     url = getattr(info, "commit_url", None) or str(info)
     logger.info("Pushed %d files to %s (%s).", len(ops), repo_id, url)
     return url

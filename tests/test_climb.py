@@ -39,12 +39,23 @@ def test_climb_runs_every_stage_then_skips_them_on_rerun(climb_config, tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     for key in ("mixture", "plan", "report", "cluster_report", "store", "clusters"):
         assert summary[key] in printed
+    # Four labelled stages, the search's answer in one line, and a last line with the time.
+    for label in ("[1/4] cluster", "[2/4] tokenize", "[3/4] search", "[4/4] plan"):
+        assert label in printed
+    assert "winner: " in printed and "predictor off by" in printed
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith("done in ") and " min: " in last and summary["mixture"] in last
     assert ClusteredCorpus(out / "clusters").cluster_ids == [0, 1, 2]
     store = TokenStore(out / "store")
     assert store.manifest["seed"] == 3
     mixture = Mixture.load(out / "mixture.yaml")
     assert sorted(mixture.component_names) == store.components
     assert mixture.name == "climb-out"
+    # Components carry their cluster's description, and the plan shows it beside the name.
+    clusters = json.loads((out / "clusters" / "clusters.json").read_text())
+    assert all(c.description for c in mixture.components), clusters
+    assert f"{mixture.components[0].name} — {mixture.components[0].description}" \
+        in (out / "plan.md").read_text()
     assert abs(sum(mixture.weights().values()) - 1) < 1e-9
     assert "effective" in (out / "plan.md").read_text().lower()
     runs = (out / "search" / "runs.jsonl").read_text().splitlines()

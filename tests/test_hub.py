@@ -245,3 +245,45 @@ def test_commit_operations_are_sorted_and_skip_hidden(tmp_path):
     (tmp_path / ".cache").mkdir()
     (tmp_path / ".cache" / "junk").write_text("j")
     assert [op.path_in_repo for op in commit_operations(tmp_path)] == ["a/x.txt", "b.txt"]
+
+
+def _http_error(status: int):
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = SimpleNamespace(status_code=status, headers={}, url="https://hub/api/repos/create",
+                               request=None, text="", json=lambda: {})
+    return HfHubHTTPError(f"{status} Client Error", response=response)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("offline", "offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE"),
+    ("no network", "could not be reached"),
+    ("no token", "no Hub token; run `hf auth login`"),
+    ("bad token", "rejected the token (401)"),
+    ("no permission", "no write permission there (403)"),
+])
+def test_push_failures_are_one_sentence_naming_what_to_do(case, expected, mixture, monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", case == "offline")
+    token = None if case == "no token" else TOKEN
+    if case == "no network":  # a real request to a port nothing listens on
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    if case == "no token":
+        monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    status = {"no token": 401, "bad token": 401, "no permission": 403}.get(case)
+    if status or case == "offline":
+        def refuse(self, repo_id, **kw):
+            if case == "offline":
+                from huggingface_hub.errors import OfflineModeIsEnabled
+                raise OfflineModeIsEnabled("Cannot reach the Hub: offline mode is enabled.")
+            raise _http_error(status)
+
+        monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(HFMixtureError) as info:
+        mixture.push_to_hub("me/mix", token=token)
+    message = str(info.value)
+    assert expected in message and "'me/mix'" in message
+    assert len(message.splitlines()) == 1 and TOKEN not in message

@@ -112,3 +112,17 @@ def test_unreadable_store_manifest(tmp_path):
     (tmp_path / "s" / "manifest.json").write_text("{oops")
     with pytest.raises(HFMixtureError, match="manifest.json is not valid JSON"):
         inspect_path(tmp_path / "s")
+
+
+def test_cli_output_cut_short_by_a_pipe_is_silent(corpus):
+    """`hf-mixture inspect --json | head -c 10`: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "hf_mixture", "inspect", str(corpus), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()  # the reader goes away before the output is complete
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

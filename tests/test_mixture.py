@@ -554,3 +554,37 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, store, capsys):
     assert "'lang'" in capsys.readouterr().err
     assert cli_main(["plan", str(good), "--store", str(store.path), "--tokens", "lots"]) == 2
     assert "--tokens 'lots'" in capsys.readouterr().err
+
+
+def test_plan_warns_only_when_really_above_the_cap(store):
+    """A mixture at its cap (weights stored to 8 decimals) is not "4.00 epochs ... above 4"."""
+    import warnings
+
+    def plan_for(w0):
+        m = Mixture([Component("c0", "cluster_id == 0", weight=w0, max_epochs=5),
+                     Component("cluster_1", weight=1 - w0)], name="at-cap")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plan = m.plan(1000, store)
+        return plan, [w for w in caught if issubclass(w.category, MixturePlanWarning)]
+
+    plan, caught = plan_for(0.52 + 3e-9)  # 104 tokens x 5 epochs = 520 of 1000, plus round-off
+    assert plan.rows[0].epochs > 5 and not plan.rows[0].over_cap and not caught
+    assert "5.00 !" not in str(plan)
+    plan, caught = plan_for(0.53)
+    assert plan.rows[0].over_cap and "5.10 epochs" in str(caught[0].message)
+
+
+def test_component_descriptions_are_labels_for_people(store):
+    m = Mixture([Component("c0", "cluster_id == 0", weight=1, description="wordnet, noun, verb"),
+                 Component("cluster_1", weight=1)], name="labelled")
+    again = Mixture.from_dict(yaml.safe_load(yaml.safe_dump(m.to_dict())))
+    assert again.components[0].description == "wordnet, noun, verb"
+    assert again.components[0].label == "c0 — wordnet, noun, verb"
+    assert again.components[1].label == "cluster_1"
+    # A label does not change what is sampled.
+    plain = Mixture([Component("c0", "cluster_id == 0", weight=1), Component("cluster_1", weight=1)])
+    assert m.fingerprint == plain.fingerprint
+    assert "c0 — wordnet, noun, verb" in str(m.plan(100, store))
+    with pytest.raises(HFMixtureError, match="field 'description' must be a string"):
+        Component("a", description=3)

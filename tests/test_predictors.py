@@ -131,3 +131,39 @@ def test_registering_a_name_twice_is_an_error():
         _mixtures(1, 2)).tolist() == [2.5]
     q = cross_validate("test_mean_only", _mixtures(5, 2), [1, 2, 3, 4, 5])
     assert q.mae > 0  # a constant predictor cannot be perfect
+
+
+def test_hybrid_is_the_law_plus_a_correction_of_its_residuals():
+    from hf_mixture.search.predictors import predictor_family
+
+    assert "hybrid" in predictor_names() and predictor_family("hybrid") == "law"
+    assert predictor_family("lightgbm") == "other"
+    X = _mixtures(60, 4, seed=3)
+    t = np.array([-2.0, -0.5, 0.5, 2.0])
+    law_only = mixing_law(X, 2.5, 0.8, t)
+    # An exact law leaves nothing for the trees: the hybrid is the law.
+    exact = make_predictor("hybrid").fit(X, law_only)
+    assert exact.params()["trees"] is None
+    np.testing.assert_allclose(exact.predict(X), law_only, rtol=1e-6)
+    # A bump the law cannot express is partly corrected by the trees.
+    y = law_only + 0.3 * (X[:, 0] > 0.4)
+    law_err = np.abs(make_predictor("mixing_law").fit(X, y).predict(X) - y).mean()
+    hybrid_err = np.abs(make_predictor("hybrid").fit(X, y).predict(X) - y).mean()
+    assert hybrid_err < 0.8 * law_err
+
+
+def test_auto_prefers_the_law_family_unless_another_wins_by_the_margin():
+    from hf_mixture.search.search import _choose
+
+    def q(rho, mae=0.1):
+        return {"spearman": rho, "mae": mae}
+
+    # Trees a little better on same-scale runs: the law-based predictor is kept.
+    assert _choose({"lightgbm": q(0.95), "mixing_law": q(0.92), "hybrid": q(0.93)}, 0.05) \
+        == "hybrid"
+    # Clearly better: it is taken.
+    assert _choose({"lightgbm": q(0.99), "mixing_law": q(0.80), "hybrid": q(0.85)}, 0.05) \
+        == "lightgbm"
+    # No law-based predictor could be measured (too few runs): the best of the others.
+    assert _choose({"linear": q(0.9), "mixing_law": {"error": "too few"}}, 0.05) == "linear"
+    assert _choose({}, 0.05) == "linear"

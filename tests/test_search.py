@@ -133,6 +133,63 @@ def test_tiny_search_writes_mixture_runs_and_report(tiny_store, target_file, tmp
     assert cli_main(["fit-laws", str(out), "--predict-steps", "1000"]) == 0
 
 
+def test_the_answer_is_trained_and_a_resumed_search_does_not_retrain_it(tiny_store, tmp_path,
+                                                                        capsys):
+    from hf_mixture.mixture import Mixture
+
+    out = tmp_path / "search"
+    result = run_search(tiny_store, "mean", out, tiny_config(rounds=[3, 2]), progress=False)
+    v = result.verification
+    assert set(v["candidates"]) == {"predicted_best", "top_k_average", "best_run"}
+    observed = {k: c["observed"] for k, c in v["candidates"].items()}
+    assert all(np.isfinite(x) for x in observed.values())
+    assert observed[v["winner"]] == min(observed.values())
+    # The best run is reused, not trained again; the others are proxy runs of their own.
+    assert v["candidates"]["best_run"]["runs"] == [f"runs/{result.best_run['run']}"]
+    trained = sorted((out / "verify").glob("*/metrics.json"))
+    assert 1 <= len(trained) <= 2
+    # The returned mixture is the winner's, and it says so.
+    mixture = Mixture.load(out / "mixture.yaml")
+    winner_weights = v["candidates"][v["winner"]]["weights"]
+    assert mixture.weights() == pytest.approx(winner_weights, abs=1e-6)
+    assert f"{v['winner']} won with observed target {observed[v['winner']]:.4f}" \
+        in mixture.description
+    assert mixture.name == "search"  # named after its folder, not "search-search"
+    assert result.observed_target <= result.best_run["target"]
+    report = (out / "report.md").read_text()
+    assert "## Verification" in report and f"{v['winner']} **(winner)**" in report
+    # A resumed search trains none of them again.
+    stamps = [p.stat().st_mtime_ns for p in trained]
+    again = run_search(tiny_store, "mean", out, tiny_config(rounds=[3, 2]), progress=False)
+    assert [p.stat().st_mtime_ns for p in trained] == stamps
+    assert again.verification == v
+    # More seeds train more runs; the CLI summary names the winner and the predictor's error.
+    assert cli_main(["search", "--store", str(tiny_store), "--target", "mean", "--output",
+                     str(out), "--config", str(_config_file(tmp_path, rounds=[3, 2])),
+                     "--verify-seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "winner: " in printed and "(trained, 2 seed(s))" in printed
+    assert "predictor off by" in printed
+    assert len(list((out / "verify").glob("*-seed1/metrics.json"))) == 3
+
+
+def test_transfer_check_reports_same_scale_and_transfer_spearman(tiny_store, tmp_path):
+    out = tmp_path / "search"
+    result = run_search(tiny_store, "mean", out,
+                        tiny_config(rounds=[4], transfer_check=True, transfer_runs=3,
+                                    transfer_model="cpu-5m", verify_seeds=0), progress=False)
+    t = result.transfer
+    assert t["runs"] == ["r1-000", "r1-001", "r1-002"] and not t["failed"]
+    assert t["num_params"] > t["small_num_params"]  # a larger model
+    for name in ("hybrid", "mixing_law", "lightgbm", "linear"):
+        assert name in t["spearman"] or name in t["errors"]
+    spec = json.loads((out / "transfer" / "r1-000" / "spec.json").read_text())
+    assert spec["proxy"]["model"] == "cpu-5m" and spec["small_run"] == "r1-000"
+    report = (out / "report.md").read_text()
+    assert "| predictor | same-scale Spearman | MAE | transfer Spearman |" in report
+    assert "`cpu-5m`" in report
+
+
 @pytest.mark.slow
 def test_a_process_pool_trains_the_same_runs_as_one_process(tiny_store, tmp_path):
     """Two spawned workers (one thread each) give exactly the in-process results."""
@@ -156,17 +213,19 @@ def test_interrupted_search_resumes_without_redoing_finished_runs(tiny_store, tm
 
     out = tmp_path / "search"
     with pytest.raises(KeyboardInterrupt):
-        run_search(tiny_store, interrupt_second, out, tiny_config(rounds=[3]), progress=False)
+        run_search(tiny_store, interrupt_second, out, tiny_config(rounds=[3], verify_seeds=0),
+                   progress=False)
     first = out / "runs" / "r1-000" / "metrics.json"
     assert first.is_file()
     assert not (out / "runs" / "r1-001" / "metrics.json").exists()
     stamp = first.stat().st_mtime_ns
-    result = run_search(tiny_store, interrupt_second, out, tiny_config(rounds=[3]), progress=False)
+    result = run_search(tiny_store, interrupt_second, out, tiny_config(rounds=[3], verify_seeds=0),
+                        progress=False)
     assert result.status == "complete"
     assert first.stat().st_mtime_ns == stamp  # not redone
     assert len(calls) == 4  # 1 + the interrupted one + the two left
     # Extending the rounds reuses everything done so far.
-    more = run_search(tiny_store, interrupt_second, out, tiny_config(rounds=[3, 1]),
+    more = run_search(tiny_store, interrupt_second, out, tiny_config(rounds=[3, 1], verify_seeds=0),
                       progress=False)
     assert [r["run"] for r in more.runs] == ["r1-000", "r1-001", "r1-002", "r2-000"]
     assert len(calls) == 5
@@ -182,7 +241,7 @@ def test_a_crashing_run_is_recorded_failed_and_the_search_goes_on(tiny_store, tm
         return float(len(calls))
 
     out = tmp_path / "search"
-    result = run_search(tiny_store, crash_on_second, out, tiny_config(rounds=[4]),
+    result = run_search(tiny_store, crash_on_second, out, tiny_config(rounds=[4], verify_seeds=0),
                         progress=False)
     statuses = [r["status"] for r in _read_jsonl(out / "runs.jsonl")]
     assert statuses == ["finished", "failed", "finished", "finished"]
@@ -191,10 +250,11 @@ def test_a_crashing_run_is_recorded_failed_and_the_search_goes_on(tiny_store, tm
     assert result.status == "complete"
     assert "## Failed runs" in (out / "report.md").read_text()
     # A rerun does not retry the failure unless asked.
-    run_search(tiny_store, crash_on_second, out, tiny_config(rounds=[4]), progress=False)
-    assert len(calls) == 4
-    run_search(tiny_store, crash_on_second, out, tiny_config(rounds=[4], retry_failed=True),
+    run_search(tiny_store, crash_on_second, out, tiny_config(rounds=[4], verify_seeds=0),
                progress=False)
+    assert len(calls) == 4
+    run_search(tiny_store, crash_on_second, out,
+               tiny_config(rounds=[4], retry_failed=True, verify_seeds=0), progress=False)
     assert len(calls) == 5
     assert (out / "runs" / "r1-001" / "metrics.json").is_file()
     assert not (out / "runs" / "r1-001" / "failed.json").exists()
@@ -231,6 +291,14 @@ def test_external_executor_and_search_run(tiny_store, tmp_path, capsys):
     assert done.best_run["target_name"] == "mean validation loss"
     assert cli_main(["search-run", str(out), "--index", "7"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def _config_file(tmp_path: Path, **overrides) -> Path:
+    path = tmp_path / "tiny_search.yaml"
+    data = {k: v for k, v in tiny_config(**overrides).to_dict().items()
+            if v is not None and v != getattr(SearchConfig(), k)}
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plan import MixturePlan
 
 _MIXTURE_KEYS = ("name", "description", "seed", "temperature", "components", "stages")
-_COMPONENT_KEYS = ("name", "query", "weight", "max_epochs")
+_COMPONENT_KEYS = ("name", "query", "weight", "max_epochs", "description")
 _STAGE_KEYS = ("start", "weights", "name")
 # TRL's `datasets:` entries (trl.DatasetConfig) and open-r1's variant (id/config/weight).
 _TRL_KEYS = ("path", "id", "name", "config", "split", "proportion", "weight",
@@ -138,7 +138,9 @@ class Component:
     ``query`` selects documents by metadata (an expression string or a
     field -> value dict, see :mod:`hf_mixture.mixture.query`); the empty query
     means "the store component named ``name``".  ``max_epochs`` caps how many
-    times the component's tokens may be repeated (``None``: no cap).
+    times the component's tokens may be repeated (``None``: no cap).  ``description``
+    is what a reader sees beside the name (a cluster's top terms); it does not change
+    sampling.
 
     >>> Component("code", "source == 'code'", weight=2.0, max_epochs=4)
     Component(name='code', query="source == 'code'", weight=2.0, max_epochs=4.0)
@@ -148,6 +150,7 @@ class Component:
     query: QuerySource = ""
     weight: float = 1.0
     max_epochs: float | None = None
+    description: str | None = field(default=None, repr=False, compare=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -177,6 +180,16 @@ class Component:
                 raise HFMixtureError(f"{where}: field 'max_epochs' is {self.max_epochs!r}; it "
                                      "must be a finite number > 0 (or null for no cap).")
             self.max_epochs = cap
+        if self.description is not None:
+            if not isinstance(self.description, str):
+                raise HFMixtureError(f"{where}: field 'description' must be a string, got "
+                                     f"{self.description!r}.")
+            self.description = self.description.strip() or None
+
+    @property
+    def label(self) -> str:
+        """``name — description`` for people (``cluster_3 — wordnet, noun, verb``), else the name."""
+        return f"{self.name} — {self.description}" if self.description else self.name
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -185,6 +198,8 @@ class Component:
         out["weight"] = self.weight
         if self.max_epochs is not None:
             out["max_epochs"] = self.max_epochs
+        if self.description is not None:
+            out["description"] = self.description
         return out
 
 
@@ -534,6 +549,7 @@ class Mixture:
         for c in data["components"]:
             c.setdefault("query", "")
             c.setdefault("max_epochs", None)
+            c.pop("description", None)  # a label, like the mixture's own description
         for s in data["stages"]:
             s.pop("name", None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

@@ -41,10 +41,17 @@ class PlanRow:
     effective_tokens: float
     epochs: float
     max_epochs: float | None = None
+    description: str | None = None  # shown beside the name: "cluster_3 — wordnet, noun, verb"
+
+    @property
+    def label(self) -> str:
+        return f"{self.component} — {self.description}" if self.description else self.component
 
     @property
     def over_cap(self) -> bool:
-        return self.max_epochs is not None and self.epochs > self.max_epochs
+        # Weights are stored rounded (8 decimals) and caps are met up to float round-off, so a
+        # mixture at its cap lands a hair above it: only a real excess counts.
+        return self.max_epochs is not None and self.epochs > self.max_epochs * (1 + 1e-6)
 
 
 @dataclass
@@ -143,7 +150,7 @@ _COLUMNS = ("component", "docs", "tokens available", "proportion", "effective to
 def _cells(rows: list[PlanRow]) -> list[list[str]]:
     out = []
     for r in rows:
-        out.append([r.component, f"{r.docs:,}", f"{r.tokens_available:,}",
+        out.append([r.label, f"{r.docs:,}", f"{r.tokens_available:,}",
                     f"{100 * r.proportion:.2f}%", f"{round(r.effective_tokens):,}",
                     f"{r.epochs:.2f}" + (" !" if r.over_cap else ""),
                     "-" if r.max_epochs is None else f"{r.max_epochs:g}"])
@@ -188,12 +195,13 @@ def build_plan(mixture: Mixture, total_tokens: int, store: TokenStore) -> Mixtur
     available = {r.name: r.num_tokens + (r.num_docs if eos else 0) for r in resolved}
     docs = {r.name: r.num_docs for r in resolved}
     caps = {c.name: c.max_epochs for c in mixture.components}
+    about = {c.name: c.description for c in mixture.components}
     names = mixture.component_names
     notes: list[str] = []
 
     def rows_for(weights: dict[str, float], tokens: int) -> list[PlanRow]:
         return [PlanRow(n, docs[n], available[n], weights[n], weights[n] * tokens,
-                        weights[n] * tokens / available[n], caps[n]) for n in names]
+                        weights[n] * tokens / available[n], caps[n], about[n]) for n in names]
 
     stages: list[StagePlan] = []
     if mixture.stages:
@@ -210,7 +218,7 @@ def build_plan(mixture: Mixture, total_tokens: int, store: TokenStore) -> Mixtur
         effective = {n: sum(s.rows[k].effective_tokens for s in stages)
                      for k, n in enumerate(names)}
         rows = [PlanRow(n, docs[n], available[n], effective[n] / total_tokens, effective[n],
-                        effective[n] / available[n], caps[n]) for n in names]
+                        effective[n] / available[n], caps[n], about[n]) for n in names]
     else:
         rows = rows_for(mixture.weights(), total_tokens)
 
@@ -226,7 +234,8 @@ def build_plan(mixture: Mixture, total_tokens: int, store: TokenStore) -> Mixtur
                     where = f", crossing it in stage {s.index}" + (
                         f" ({s.name})" if s.name else "")
                     break
-        notes.append(f"component {row.component!r} would be repeated {row.epochs:.2f} epochs "
+        shown = f"{row.epochs:.2f}" if round(row.epochs, 2) > row.max_epochs else f"{row.epochs:.6f}"
+        notes.append(f"component {row.component!r} would be repeated {shown} epochs "
                      f"({round(row.effective_tokens):,} tokens drawn from "
                      f"{row.tokens_available:,} available), above its max_epochs "
                      f"{row.max_epochs:g}{where}")

@@ -82,12 +82,28 @@ def run_search_command(args: argparse.Namespace) -> int:
     print(f"mixture: {result.mixture_path}")
     print(f"report:  {result.report_path}")
     print(f"runs:    {result.runs_path}")
+    print(summary_line(result))
+    return 0
+
+
+def summary_line(result) -> str:
+    """What the search returned, in one line: which candidate won, predicted vs observed."""
     q = result.quality.get(result.predictor) or {}
     rho = q.get("spearman")
-    print(f"predicted target {result.predicted_target:.4f}; best proxy {result.best_run['run']} "
-          f"{result.best_run['target']:.4f}; {result.predictor} held-out Spearman "
-          + (f"{rho:.3f}" if rho is not None else "n/a"))
-    return 0
+    quality = f"{result.predictor} held-out Spearman " + (f"{rho:.3f}" if rho is not None
+                                                          else "n/a")
+    if result.transfer:
+        rho_t = result.transfer["spearman"].get(result.predictor)
+        quality += ", transfer " + (f"{rho_t:.3f}" if rho_t is not None else "n/a")
+    best = f"best proxy {result.best_run['run']} {result.best_run['target']:.4f}"
+    if result.verification:
+        v = result.verification
+        c = v["candidates"][v["winner"]]
+        return (f"winner: {v['winner']} (trained, {v['seeds']} seed(s)): observed target "
+                f"{c['observed']:.4f}, predicted {c['predicted']:.4f} (predictor off by "
+                f"{c['error']:+.4f}); {best}; {quality}")
+    return (f"predicted target {result.predicted_target:.4f} (not trained: verify_seeds 0); "
+            f"{best}; {quality}")
 
 
 def run_one_command(args: argparse.Namespace) -> int:

@@ -1,11 +1,13 @@
 """The search's settings: one dataclass whose fields are both ``--flags`` and ``search.yaml`` keys.
 
-The defaults are the CPU-sized search (3 rounds of 8/4/4 proxies of a ≈1M-parameter
-Llama on 150k tokens each: 11.7 minutes on a shared, loaded 2-core machine).  :meth:`SearchConfig.gpu`
+The defaults are the CPU-sized search (3 rounds of 8/4/2 proxies of a ≈1M-parameter
+Llama on 150k tokens each, then 2 verification runs of the final candidates: the same
+16 proxies as the 8/4/4 search without verification, which took 11.7 minutes on a
+shared, loaded 2-core machine).  :meth:`SearchConfig.gpu`
 is CLIMB's setting (64/32/16 proxies of 62M parameters).
 
 >>> SearchConfig().rounds
-[8, 4, 4]
+[8, 4, 2]
 >>> SearchConfig.gpu().rounds
 [64, 32, 16]
 """
@@ -27,7 +29,8 @@ EXECUTORS = ("local", "external")
 # planned: how runs are executed, and how the final mixture is read off the predictor.
 RESUMABLE_CHANGES = frozenset({
     "workers", "proxy_threads", "proxy_device", "executor", "retry_failed", "final",
-    "final_top_k", "cv_folds", "rounds"})
+    "final_top_k", "cv_folds", "rounds", "verify_seeds", "transfer_check", "transfer_model",
+    "transfer_runs"})
 
 
 def _h(text: str) -> dict[str, str]:
@@ -39,7 +42,10 @@ class SearchConfig:
     """Settings of a CLIMB mixture search (``hf-mixture search``; YAML keys = field names)."""
 
     # the loop
-    rounds: list[int] = field(default_factory=lambda: [8, 4, 4], metadata=_h(
+    # 8/4/2, not 8/4/4: the verification trains the predicted best and the top-k average
+    # (2 runs) after the last round, so the main job still trains 16 proxies in all.  The cost:
+    # the last round samples 2 instead of 4 mixtures from the predicted top.
+    rounds: list[int] = field(default_factory=lambda: [8, 4, 2], metadata=_h(
         "Proxy runs per round: round 1 is random, later rounds come from the predicted top."))
     candidates: int = field(default=100_000, metadata=_h(
         "Candidate mixtures scored by the predictor in each later round and for the final pick."))
@@ -59,11 +65,20 @@ class SearchConfig:
     # auto on CPU: 16 runs are too few for trees (playground benchmark: LightGBM's held-out
     # Spearman 0.79, linear 0.94 on the same runs); CLIMB's 112 GPU runs use LightGBM.
     predictor: str = field(default="auto", metadata=_h(
-        "Predictor of the target from the weights: lightgbm, mixing_law, linear, loglinear, or "
-        "'auto' (the best held-out Spearman on the runs so far, chosen again each round)."))
+        "Predictor of the target from the weights: hybrid, mixing_law, lightgbm, linear, "
+        "loglinear, or 'auto' (chosen again each round by held-out Spearman on the runs so far; "
+        "the law-based hybrid/mixing_law unless another beats them by more than auto_margin)."))
+    auto_margin: float = field(default=0.05, metadata=_h(
+        "'auto' takes a predictor outside the law family only when its held-out Spearman beats "
+        "the best law-based one by more than this: same-scale fit is not what transfers."))
+    verify_seeds: int = field(default=1, metadata=_h(
+        "After the last round, train the final candidates (predicted best, top-k average, best "
+        "run) with this many seeds each and return the best observed; 0: return the `final` "
+        "candidate untrained (a prediction)."))
     final: str = field(default="top_k_average", metadata=_h(
-        "Final mixture: 'top_k_average' (RegMix: mean of the predicted top-k candidates), "
-        "'predicted_best' or 'best_run' (best finished proxy)."))
+        "With verify_seeds 0, the mixture returned: 'top_k_average' (RegMix: mean of the "
+        "predicted top-k candidates), 'predicted_best' (CLIMB) or 'best_run' (best finished "
+        "proxy)."))
     final_top_k: int = field(default=100, metadata=_h(
         "k of top_k_average."))
     cv_folds: int = field(default=5, metadata=_h(
@@ -71,6 +86,14 @@ class SearchConfig:
     seed: int = field(default=0, metadata=_h(
         "Seed of candidates, proxy initialization and data order (all proxies share it: common "
         "random numbers make their differences the mixtures' doing)."))
+    # transfer across scale
+    transfer_check: bool = field(default=False, metadata=_h(
+        "Also train transfer_model on transfer_runs round-1 mixtures and report how well each "
+        "predictor, fitted on the small proxies, ranks those larger runs (Spearman)."))
+    transfer_model: str = field(default="cpu-5m", metadata=_h(
+        "The larger proxy of the transfer check (a preset or a config file/folder)."))
+    transfer_runs: int = field(default=6, metadata=_h(
+        "Round-1 mixtures (the first ones) trained again with transfer_model."))
     # the pool
     pool: str | None = field(default=None, metadata=_h(
         "Mixture file whose components (store components or queries) are the pool; default: every "
@@ -139,7 +162,9 @@ class SearchConfig:
                   ("workers", self.workers >= 0), ("proxy_threads", self.proxy_threads >= 0),
                   ("max_epochs", self.max_epochs is None or self.max_epochs > 0),
                   ("run_tokens", self.run_tokens is None or self.run_tokens >= 1),
-                  ("seed", self.seed >= 0)]
+                  ("seed", self.seed >= 0), ("verify_seeds", self.verify_seeds >= 0),
+                  ("transfer_runs", self.transfer_runs >= 3),
+                  ("auto_margin", self.auto_margin >= 0)]
         for name, ok in checks:
             if not ok:
                 raise HFMixtureError(f"Field {name!r} has the invalid value "

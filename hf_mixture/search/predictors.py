@@ -48,6 +48,7 @@ __all__ = [
     "PredictorQuality",
     "cross_validate",
     "make_predictor",
+    "predictor_family",
     "predictor_names",
     "register_predictor",
 ]
@@ -80,6 +81,16 @@ def register_predictor(name: str) -> Callable[[type[Predictor]], type[Predictor]
 def predictor_names() -> list[str]:
     """The registered predictor names, sorted."""
     return sorted(_REGISTRY)
+
+
+def predictor_family(name: str) -> str:
+    """``"law"`` for a predictor built on the data mixing law, else ``"other"``."""
+    if name not in _REGISTRY:
+        raise HFMixtureError(
+            f"Unknown predictor {name!r}; the registered predictors are "
+            f"{', '.join(predictor_names())}."
+        )
+    return _REGISTRY[name].family
 
 
 def make_predictor(name: str, **params: Any) -> Predictor:
@@ -117,6 +128,9 @@ class Predictor:
 
     name: ClassVar[str] = "?"
     min_runs: ClassVar[int] = 3
+    # "law" for predictors built on the data mixing law: ``auto`` prefers them because the
+    # law's shape is what transfers to larger models (see hf_mixture.search.search._choose).
+    family: ClassVar[str] = "other"
 
     def fit(self, X: Any, y: Any) -> Predictor:
         X, y = _check_xy(X, y)
@@ -269,6 +283,8 @@ class MixingLawPredictor(Predictor):
     ``least_squares`` with a ridge penalty ``alpha`` on ``t`` instead.
     """
 
+    family = "law"
+
     def __init__(self, alpha: float = 1e-3):
         self.alpha = float(alpha)
 
@@ -339,6 +355,45 @@ class MixingLawPredictor(Predictor):
 
     def params(self) -> dict[str, Any]:
         return {"c": self.c_, "k": self.k_, "t": [float(v) for v in self.t_]}
+
+
+@register_predictor("hybrid")
+class HybridPredictor(Predictor):
+    """The mixing law first, then shallow gradient-boosted trees on its residuals.
+
+    The law carries the shape that holds across model sizes (each component moves
+    the loss exponentially, the offset is the irreducible loss); the trees only
+    correct what the law misses at this scale, e.g. an interaction of two
+    components.  The correction is damped on purpose (few shallow trees, small
+    steps, leaves of at least 3 runs) so that with the 10-100 runs of a search it
+    stays a correction and does not learn the noise of one scale.
+    """
+
+    family = "law"
+
+    def __init__(self, seed: int = 0, alpha: float = 1e-3, **tree_params: Any):
+        self.seed = int(seed)
+        self.alpha = float(alpha)
+        self.tree_params = {"n_estimators": 60, "learning_rate": 0.05, "num_leaves": 4,
+                            "max_depth": 2, "min_child_samples": 3, "reg_lambda": 1.0,
+                            **tree_params}
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.law_ = MixingLawPredictor(alpha=self.alpha).fit(X, y)
+        residual = y - self.law_.predict(X)
+        self.trees_ = None
+        # An exact law leaves only round-off, which the trees (fitting standardized residuals)
+        # would blow up into noise: nothing to correct then.
+        if float(residual.std()) > 1e-6 * (float(y.std()) or 1.0):
+            self.trees_ = LightGBMPredictor(seed=self.seed, **self.tree_params).fit(X, residual)
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        base = self.law_.predict(X)
+        return base if self.trees_ is None else base + self.trees_.predict(X)
+
+    def params(self) -> dict[str, Any]:
+        return {"law": self.law_.params(),
+                "trees": self.trees_.params() if self.trees_ is not None else None}
 
 
 # -- quality on held-out runs -------------------------------------------------------------

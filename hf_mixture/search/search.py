@@ -4,9 +4,11 @@ Round 1 trains ``rounds[0]`` proxies on mixtures drawn from a Dirichlet around
 the pool's token shares (capped by the tokens available, see
 :mod:`hf_mixture.search.candidates`).  Each later round fits the predictor on
 every finished run, scores ``candidates`` fresh draws, and trains ``rounds[k]``
-mixtures drawn at random from the predicted top ``top_fraction``.  The final
-mixture is the average of the predicted top-k candidates (RegMix), the
-predicted best, or the best finished run.
+mixtures drawn at random from the predicted top ``top_fraction``.  After the
+last round the three mixtures the search could return — the predicted best
+(CLIMB), the average of the predicted top-k (RegMix) and the best finished run —
+are trained as proxies too (``verify_seeds`` seeds each) and the best *observed*
+one is returned: the answer is always a mixture that was trained.
 
 The output folder holds everything and is the resume point::
 
@@ -15,6 +17,8 @@ The output folder holds everything and is the resume point::
     DIR/rounds/round_K.json   each round's planned mixtures (and their predicted target)
     DIR/runs/rK-III/     one proxy run folder each (see hf_mixture.search.proxy)
     DIR/runs.jsonl       one JSON object per proxy run: weights, metrics, status
+    DIR/verify/          the final candidates' proxy runs (<candidate>-<digest>-seed<S>)
+    DIR/transfer/        with transfer_check: round-1 mixtures trained with transfer_model
     DIR/mixture.yaml     the winner (a Mixture)
     DIR/report.md        iteration table, predictor quality, pictures
 
@@ -29,10 +33,12 @@ stopped, with the same mixtures.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +50,13 @@ from .._io import atomic_write_json, atomic_write_text
 from ..errors import HFMixtureError
 from .candidates import dirichlet_candidates, project_to_caps, repetition_caps, token_prior
 from .config import RESUMABLE_CHANGES, SearchConfig
-from .predictors import cross_validate, make_predictor, predictor_names
+from .predictors import (
+    cross_validate,
+    make_predictor,
+    predictor_family,
+    predictor_names,
+    spearman,
+)
 from .proxy import (
     FAILED,
     MIXTURE_FILE,
@@ -86,6 +98,55 @@ class SearchResult:
     best_run: dict[str, Any] | None = None
     pending: list[str] = field(default_factory=list)
     predictor: str | None = None
+    #: the final candidates as trained: {"winner": label, "candidates": {label: {...}}} (None
+    #: when verify_seeds is 0 and the mixture is a prediction)
+    verification: dict[str, Any] | None = None
+    #: the transfer check: larger model, runs, each predictor's Spearman (None when off)
+    transfer: dict[str, Any] | None = None
+    observed_target: float | None = None
+
+
+# What each final candidate is, in the words of the report.
+CANDIDATES = {
+    "predicted_best": "the predictor's best candidate (CLIMB)",
+    "top_k_average": "the mean of the predicted top-k candidates (RegMix)",
+    "best_run": "the best finished proxy run",
+}
+
+
+def named_after(prefix: str, folder: Path) -> str:
+    """``prefix-<folder>``, or the folder's own name when it already starts with ``prefix``
+    (``search/`` gives "search", not "search-search")."""
+    name = folder.resolve().name
+    return name if name.startswith(prefix) else f"{prefix}-{name}"
+
+
+class _LineProgress:
+    """tqdm's interface, one plain line per update: a log file gets no carriage returns."""
+
+    def __init__(self, total: int, desc: str):
+        self.n, self.total, self.desc, self.note = 0, total, desc, ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if n:
+            print(f"{self.desc} {self.n}/{self.total}" + (f": {self.note}" if self.note else ""),
+                  file=sys.stderr, flush=True)
+
+    def set_postfix_str(self, text: str) -> None:
+        self.note = text
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
+    """A tqdm bar on a terminal; plain lines when stderr is a file or a pipe."""
+    from tqdm.auto import tqdm
+
+    if enabled and not sys.stderr.isatty():
+        return _LineProgress(total, desc)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled)
 
 
 # -- the pool -------------------------------------------------------------------------------
@@ -109,9 +170,12 @@ def build_pool(store, config: SearchConfig):
         raise HFMixtureError(f"The search pool is empty: {where} has no component left after "
                              f"field 'exclude' ({', '.join(config.exclude) or 'nothing'}).")
     if pool is not None:
-        comps = [Component(c.name, c.query, weight=1.0) for c in pool.components if c.name in keep]
+        comps = [Component(c.name, c.query, weight=1.0, description=c.description)
+                 for c in pool.components if c.name in keep]
     else:
-        comps = [Component(n, weight=1.0) for n in keep]
+        # The store keeps each cluster's description (clusters.json's top terms): the
+        # mixture, report and pictures show it beside the name.
+        comps = [Component(n, weight=1.0, description=_store_description(store, n)) for n in keep]
     probe = Mixture(comps, seed=config.seed, name="pool")
     try:
         resolved = probe.resolve(store, "train")
@@ -123,12 +187,17 @@ def build_pool(store, config: SearchConfig):
     return Mixture(comps, seed=config.seed, name="pool"), tokens
 
 
+def _store_description(store, component: str) -> str | None:
+    text = (store.info(component) or {}).get("description")
+    return text if isinstance(text, str) and text.strip() else None
+
+
 def _mixture_for(pool, weights: dict[str, float], seed: int, *, name: str | None = None,
                  description: str | None = None, max_epochs: float | None = None):
     from ..mixture import Component, Mixture
 
     comps = [Component(c.name, c.query, weight=round(float(weights[c.name]), 8),
-                       max_epochs=max_epochs) for c in pool.components]
+                       max_epochs=max_epochs, description=c.description) for c in pool.components]
     return Mixture(comps, seed=seed, name=name, description=description)
 
 
@@ -284,11 +353,25 @@ def _quality(X: np.ndarray, y: np.ndarray, config: SearchConfig) -> dict[str, di
     return quality
 
 
-def _choose(quality: dict[str, dict[str, Any]]) -> str:
-    """``auto``: the best held-out Spearman (then the lowest MAE); ``linear`` when none was measured."""
-    scored = [(q["spearman"], -q["mae"], name) for name, q in quality.items()
-              if "error" not in q and q.get("spearman") is not None]
-    return max(scored)[2] if scored else "linear"
+def _choose(quality: dict[str, dict[str, Any]], margin: float = 0.05) -> str:
+    """``auto``: the law-based predictor with the best held-out Spearman (then the lowest MAE),
+    unless another predictor's Spearman is more than ``margin`` higher; ``linear`` when none
+    was measured.
+
+    Cross-validation on same-scale runs rewards whatever fits this scale best, and
+    trees fit it best while transferring worst to larger models (RegMix's released runs:
+    see docs/search.md); the law's shape is what carries over, so it wins ties.
+    """
+    scored = {name: (q["spearman"], -q["mae"]) for name, q in quality.items()
+              if "error" not in q and q.get("spearman") is not None}
+    if not scored:
+        return "linear"
+    best = max(scored, key=lambda n: (scored[n], n))
+    law = [n for n in scored if predictor_family(n) == "law"]
+    if not law:
+        return best
+    best_law = max(law, key=lambda n: (scored[n], n))
+    return best if scored[best][0] > scored[best_law][0] + margin else best_law
 
 
 def _fit(config: SearchConfig, X: np.ndarray, y: np.ndarray, runs: list[dict[str, Any]],
@@ -296,7 +379,8 @@ def _fit(config: SearchConfig, X: np.ndarray, y: np.ndarray, runs: list[dict[str
     """(fitted predictor, its name); ``auto`` picks by cross-validation on these runs."""
     name = config.predictor
     if name == "auto" and len(X) >= 2:
-        name = _choose(quality if quality is not None else _quality(X, y, config))
+        name = _choose(quality if quality is not None else _quality(X, y, config),
+                       config.auto_margin)
     predictor = make_predictor("linear" if name == "auto" else name)
     if len(X) < predictor.min_runs:
         failed = sum(r["status"] == "failed" for r in runs)
@@ -337,8 +421,6 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
 
     >>> run_search("store/", "held_out.jsonl", "out/", SearchConfig(rounds=[8, 4]))  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     from ..formats.token_store import TokenStore
 
     config = config or SearchConfig()
@@ -376,7 +458,7 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
                  "seed": config.seed}
     rounds_dir = output_dir / "rounds"
     rounds_dir.mkdir(exist_ok=True)
-    bar = tqdm(total=sum(config.rounds), desc="proxy runs", unit="run", disable=not progress)
+    bar = progress_bar(sum(config.rounds), "proxy runs", "run", progress)
     pending_external: list[str] = []
     for k, size in enumerate(config.rounds, start=1):
         plan_path = rounds_dir / f"round_{k}.json"
@@ -408,10 +490,10 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
             continue
 
         def done(run_dir: Path, result: dict[str, Any], k: int = k) -> None:
-            bar.update(1)
             value = result.get("target")
             bar.set_postfix_str(f"round {k}: {run_dir.name} "
                                 + (f"target {value:.4f}" if value is not None else "failed"))
+            bar.update(1)
             _write_runs_jsonl(output_dir)
 
         _execute(todo, config, target_fn, done)
@@ -421,49 +503,204 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
     if pending_external or any(r["status"] == "pending" for r in runs):
         pending = pending_external or [r["run"] for r in runs if r["status"] == "pending"]
         return SearchResult(output_dir, "pending", runs_path=runs_path, runs=runs, pending=pending)
-    return _finish(output_dir, config, pool, names, prior, caps, runs, spec, counts)
+    return _finish(output_dir, config, pool, names, prior, caps, runs, spec, counts, base_spec,
+                   target_fn, progress)
+
+
+def _digest(weights: np.ndarray) -> str:
+    """A short name for a mixture's weights (rounded like the run folders' mixtures)."""
+    text = json.dumps([round(float(v), 8) for v in weights])
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _same_weights(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.max(np.abs(np.asarray(a) - np.asarray(b))) < 1e-7)
+
+
+def _final_candidates(config: SearchConfig, model, X: np.ndarray, names: list[str], prior, caps,
+                      best_run: dict[str, Any], greater_is_better: bool) -> dict[str, np.ndarray]:
+    """The mixtures the search could return, each within the repetition caps."""
+    rng = np.random.default_rng([config.seed, len(config.rounds) + 1])
+    C = dirichlet_candidates(config.candidates, prior, concentration=config.dirichlet_concentration,
+                             caps=caps, rng=rng)
+    C = np.vstack([C, X])  # the mixtures actually trained compete too
+    order = np.argsort(_score(model.predict(C), greater_is_better), kind="stable")
+    found = {"predicted_best": C[order[0]],
+             "top_k_average": C[order[:config.final_top_k]].mean(axis=0),
+             "best_run": np.array([best_run["weights"][n] for n in names])}
+    return {label: project_to_caps(w[None, :], caps)[0] for label, w in found.items()}
+
+
+def _plan_verification(output_dir: Path, config: SearchConfig, pool, names: list[str],
+                       found: dict[str, np.ndarray], runs: list[dict[str, Any]],
+                       base_spec: dict[str, Any]) -> dict[str, list[Path]]:
+    """Run folders per candidate and seed; a finished proxy run of the same weights and seed
+    (the best run, or a predicted best that was trained in a round) is used as it is.
+
+    Folder names carry a digest of the weights, so a resumed search finds its finished
+    verification runs, and a search whose rounds were extended (other candidates) does
+    not mistake old ones for new.
+    """
+    seeds = [config.seed + i for i in range(config.verify_seeds)]
+    trained = [r for r in runs if r["status"] == "finished" and r.get("target") is not None]
+    folders: dict[str, list[Path]] = {}
+    for label, w in found.items():
+        for seed in seeds:
+            same = [r for r in trained if seed == config.seed
+                    and _same_weights([r["weights"][n] for n in names], w)]
+            if same:
+                folders.setdefault(label, []).append(output_dir / "runs" / same[0]["run"])
+                continue
+            run_dir = output_dir / "verify" / f"{label}-{_digest(w)}-seed{seed}"
+            weights = {n: float(x) for n, x in zip(names, w)}
+            write_run_folder(run_dir, {**base_spec, "round": None, "index": None, "seed": seed,
+                                       "label": label, "predicted": None, "weights": weights},
+                             _mixture_for(pool, weights, seed))
+            folders.setdefault(label, []).append(run_dir)
+    return folders
+
+
+def _plan_transfer(output_dir: Path, config: SearchConfig, pool, base_spec: dict[str, Any]
+                   ) -> list[Path]:
+    """The first ``transfer_runs`` round-1 mixtures again, with the larger ``transfer_model``."""
+    first = [p for p in run_folders(output_dir) if p.name.startswith("r1-")][:config.transfer_runs]
+    proxy = {**base_spec["proxy"], "model": config.transfer_model, "init_from": None}
+    folders = []
+    for small in first:
+        spec = json.loads((small / SPEC).read_text(encoding="utf-8"))
+        run_dir = output_dir / "transfer" / small.name
+        write_run_folder(run_dir, {**spec, "proxy": proxy, "label": "transfer",
+                                   "small_run": small.name},
+                         _mixture_for(pool, spec["weights"], int(spec["seed"])))
+        folders.append(run_dir)
+    return folders
+
+
+def _transfer_quality(folders: list[Path], X: np.ndarray, y: np.ndarray, runs, names,
+                      config: SearchConfig) -> dict[str, Any]:
+    """How well predictors fitted on every small proxy rank the larger runs (Spearman)."""
+    rows = [(p, read_result(p)) for p in folders]
+    ok = [(p, r) for p, r in rows if r and r.get("status") == "finished"]
+    small = {r["run"]: r for r in runs}
+    W = np.array([[r["weights"][n] for n in names] for _, r in ok]).reshape(-1, len(names))
+    large = np.array([r["target"] for _, r in ok], dtype=np.float64)
+    observed = [small.get(p.name, {}).get("target") for p, _ in ok]
+    out: dict[str, Any] = {
+        "model": config.transfer_model, "runs": [p.name for p, _ in ok],
+        "failed": [p.name for p, r in rows if not r or r.get("status") != "finished"],
+        "num_params": ok[0][1].get("num_params") if ok else None,
+        "small_num_params": next((r.get("num_params") for r in runs if r.get("num_params")), None),
+        "large_targets": large.tolist(),
+        # The small runs' own losses: how much of the ranking survives the change of scale.
+        "observed_spearman": (spearman(np.array(observed, dtype=np.float64), large)
+                              if ok and None not in observed else None),
+        "spearman": {}, "errors": {}}
+    if len(ok) < 3:
+        out["errors"]["all"] = f"only {len(ok)} transfer run(s) finished; 3 are needed"
+        return out
+    # Each larger run is predicted by a fit that never saw its mixture at the small scale:
+    # the question is whether unseen mixtures are ranked right at the larger scale.
+    trained = [r for r in runs if r["status"] == "finished" and r.get("target") is not None]
+    for name in predictor_names():
+        try:
+            pred = []
+            for p, _ in ok:
+                keep = np.array([r["run"] != p.name for r in trained])
+                pred.append(float(make_predictor(name).fit(X[keep], y[keep])
+                                  .predict(W[len(pred)][None, :])[0]))
+            out["spearman"][name] = spearman(np.array(pred), large)
+        except HFMixtureError as err:
+            out["errors"][name] = str(err)
+    return out
 
 
 def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, runs, spec,
-            counts) -> SearchResult:
+            counts, base_spec: dict[str, Any], target_fn: Callable | None = None,
+            progress: bool = True) -> SearchResult:
     from .report import write_report
 
     X, y = _finished_xy(runs, names)
     quality = _quality(X, y, config)
     model, used = _fit(config, X, y, runs, "Choosing the final mixture", quality)
-    rng = np.random.default_rng([config.seed, len(config.rounds) + 1])
-    C = dirichlet_candidates(config.candidates, prior, concentration=config.dirichlet_concentration,
-                             caps=caps, rng=rng)
-    C = np.vstack([C, X])  # the mixtures actually trained compete too
-    pred = model.predict(C)
-    order = np.argsort(_score(pred, spec.greater_is_better), kind="stable")
     ok = [r for r in runs if r["status"] == "finished" and r.get("target") is not None]
     best_run = min(ok, key=lambda r: _score(np.array([r["target"]]), spec.greater_is_better)[0])
-    if config.final == "top_k_average":
-        w = C[order[:config.final_top_k]].mean(axis=0)
-    elif config.final == "predicted_best":
-        w = C[order[0]]
+    found = _final_candidates(config, model, X, names, prior, caps, best_run,
+                              spec.greater_is_better)
+    verify = (_plan_verification(output_dir, config, pool, names, found, runs, base_spec)
+              if config.verify_seeds else {})
+    transfer_dirs = _plan_transfer(output_dir, config, pool, base_spec) \
+        if config.transfer_check else []
+    todo = sorted({d for ds in verify.values() for d in ds} | set(transfer_dirs))
+    todo = [d for d in todo if run_status(d) == "pending"
+            or (config.retry_failed and run_status(d) == "failed")]
+    if todo:
+        bar = progress_bar(len(todo), "verification and transfer runs", "run", progress)
+        _execute(todo, config, target_fn, lambda d, r: bar.update(1))
+        bar.close()
+    predicted_of = {label: float(model.predict(w[None, :])[0]) for label, w in found.items()}
+    verification = None
+    if verify:
+        candidates: dict[str, dict[str, Any]] = {}
+        for label, folders in verify.items():
+            results = [read_result(d) or {} for d in folders]
+            values = [r["target"] for r in results
+                      if r.get("status") == "finished" and r.get("target") is not None]
+            observed = float(np.mean(values)) if values else None
+            candidates[label] = {
+                "what": CANDIDATES[label], "weights": dict(zip(names, found[label].tolist())),
+                "predicted": predicted_of[label], "observed": observed,
+                "observed_per_seed": values,
+                "error": None if observed is None else predicted_of[label] - observed,
+                "runs": [str(d.relative_to(output_dir)) for d in folders]}
+        measured = [lb for lb in CANDIDATES if candidates[lb]["observed"] is not None]
+        if not measured:
+            raise HFMixtureError(f"Every verification run of the final candidates failed (see "
+                                 f"'{output_dir / 'verify'}'); fix the cause and rerun with "
+                                 "--retry-failed.")
+        winner = min(measured, key=lambda lb: _score(np.array([candidates[lb]["observed"]]),
+                                                     spec.greater_is_better)[0])
+        verification = {"winner": winner, "seeds": config.verify_seeds, "candidates": candidates}
     else:
-        w = np.array([best_run["weights"][n] for n in names])
-    w = project_to_caps(w[None, :], caps)[0]
-    predicted = float(model.predict(w[None, :])[0])
+        winner = config.final
+    w = found[winner]
+    predicted = predicted_of[winner]
+    observed = verification["candidates"][winner]["observed"] if verification else None
     weights = {n: float(x) for n, x in zip(names, w)}
-    description = (f"Found by a CLIMB search (hf-mixture search): target '{spec.name}', "
-                   f"predictor {used}, {len(ok)} proxy runs, final = {config.final}.")
-    mixture = _mixture_for(pool, weights, config.seed, name=f"search-{output_dir.name}",
+    if verification:
+        seeds = config.verify_seeds
+        description = (
+            f"Found by a CLIMB search (hf-mixture search): target '{spec.name}', predictor "
+            f"{used}, {len(ok)} proxy runs. Verified: of the predicted best, the top-"
+            f"{config.final_top_k} average and the best run, each trained as a proxy "
+            f"({seeds} seed{'s' if seeds > 1 else ''}), {winner} won with observed target "
+            f"{observed:.4f} (predicted {predicted:.4f}, the predictor off by "
+            f"{predicted - observed:+.4f}).")
+    else:
+        description = (f"Found by a CLIMB search (hf-mixture search): target '{spec.name}', "
+                       f"predictor {used}, {len(ok)} proxy runs, final = {config.final}: a "
+                       f"prediction ({predicted:.4f}), not trained (verify_seeds 0).")
+    mixture = _mixture_for(pool, weights, config.seed, name=named_after("search", output_dir),
                            description=description, max_epochs=config.max_epochs)
     mixture_path = mixture.save(output_dir / MIXTURE_FILE)
+    transfer = (_transfer_quality(transfer_dirs, X, y, runs, names, config)
+                if transfer_dirs else None)
     result = SearchResult(output_dir, "complete", mixture=mixture, mixture_path=mixture_path,
                           runs_path=output_dir / "runs.jsonl", runs=runs, quality=quality,
-                          predicted_target=predicted, best_run=best_run, predictor=used)
+                          predicted_target=predicted, best_run=best_run, predictor=used,
+                          verification=verification, transfer=transfer,
+                          observed_target=observed)
     natural = counts / counts.sum()
     result.report_path = write_report(output_dir, config, names, natural, runs, quality, spec,
-                                      weights, predicted, best_run, used)
+                                      weights, predicted, best_run, used,
+                                      verification=verification, transfer=transfer,
+                                      labels={c.name: c.label for c in pool.components})
     atomic_write_json(output_dir / "result.json", {
         "mixture": str(mixture_path.name), "weights": weights, "predicted_target": predicted,
+        "observed_target": observed, "winner": winner,
         "target": spec.name, "greater_is_better": spec.greater_is_better, "predictor": used,
         "best_run": {"run": best_run["run"], "target": best_run["target"],
                      "weights": best_run["weights"]},
+        "verification": verification, "transfer": transfer,
         "quality": {k: ({kk: vv for kk, vv in v.items() if kk not in ("predicted", "actual")}
                         if v else None) for k, v in quality.items()},
         "runs": {"finished": len(ok), "failed": sum(r["status"] == "failed" for r in runs)},
@@ -483,8 +720,6 @@ def retrain(search_dir: str | os.PathLike, mixtures: dict[str, dict[str, float]]
     >>> retrain("search_out", {"winner": w, "uniform": u}, seeds=(0, 1, 2))   # doctest: +SKIP
     {'winner': [{'status': 'finished', 'target': 5.1, ...}, ...], 'uniform': [...]}
     """
-    from tqdm.auto import tqdm
-
     from ..mixture import Mixture
 
     search_dir = Path(search_dir)
@@ -509,7 +744,7 @@ def retrain(search_dir: str | os.PathLike, mixtures: dict[str, dict[str, float]]
             write_run_folder(run_dir, spec, _mixture_for(pool, spec["weights"], int(seed)))
             folders.setdefault(name, []).append(run_dir)
     todo = [d for ds in folders.values() for d in ds if run_status(d) == "pending"]
-    bar = tqdm(total=len(todo), desc="retrain", unit="run", disable=not progress)
+    bar = progress_bar(len(todo), "retrain", "run", progress)
     config = SearchConfig(workers=workers)
     _execute(todo, config, None, lambda d, r: bar.update(1))
     bar.close()

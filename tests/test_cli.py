@@ -1,0 +1,31 @@
+"""The command line's output: whose log lines show, and progress without a terminal."""
+
+from __future__ import annotations
+
+import logging
+
+from hf_mixture.cli import _configure_output
+from hf_mixture.search.search import progress_bar
+
+
+def test_third_party_info_is_quiet_by_default_and_shown_with_verbose(monkeypatch):
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)
+    monkeypatch.setattr(logging.getLogger("hf_mixture"), "level", logging.NOTSET)
+    _configure_output(verbose=False)
+    assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
+    assert logging.getLogger("hf_mixture.search").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("hf_mixture.search").isEnabledFor(logging.DEBUG)
+    _configure_output(verbose=True)
+    assert logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
+    assert logging.getLogger("hf_mixture.search").isEnabledFor(logging.DEBUG)
+
+
+def test_progress_without_a_terminal_is_plain_lines(capsys):
+    bar = progress_bar(2, "proxy runs", "run")
+    bar.set_postfix_str("r1-000 target 7.1")
+    bar.update(1)
+    bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    assert err.splitlines() == ["proxy runs 1/2: r1-000 target 7.1", "proxy runs 2/2: r1-000 target 7.1"]
