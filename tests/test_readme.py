@@ -16,7 +16,8 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 # (text in the README, what the test runs instead): sizes only, so the block stays itself.
 SMALLER = [("max_steps=200", "max_steps=40"), ("logging_steps=20", "logging_steps=5"),
-           ("eval_steps=20", "eval_steps=5"), ("seq_len=256", "seq_len=32")]
+           ("eval_steps=20", "eval_steps=5"), ("seq_len=256", "seq_len=32"),
+           ("fit_from_step=50", "fit_from_step=10")]
 
 
 def python_blocks() -> list[str]:
