@@ -64,7 +64,7 @@ def quality(work: Path, seed: int, corpus: str | None, label_column: str) -> dic
             data,
             work / f"clusters{tag}",
             final_clusters=num_labels,
-            cache_dir=str(work / "cache"),
+            work_dir=str(work / "work"),
             seed=seed,
             overwrite=True,
             **options,
@@ -84,10 +84,8 @@ def quality(work: Path, seed: int, corpus: str | None, label_column: str) -> dic
         out[f"nmi{tag}"] = scores["nmi"]
         out[f"purity{tag}"] = scores["purity"]
         out[f"pipeline_s{tag}"] = round(seconds, 1)
-        if not tag and result.embedding["embedded"]:
-            out["pipeline_embed_docs_per_s"] = round(
-                result.embedding["embedded"] / result.embedding["seconds"], 1
-            )
+        if not tag and result.embedding["docs_per_s"]:
+            out["pipeline_embed_docs_per_s"] = result.embedding["docs_per_s"]
     return out
 
 

@@ -124,8 +124,15 @@ def _stage_configs(cfg: ClimbConfig) -> tuple[Any, TokenizeSettings, Any]:
 def _cluster_stage(cfg: ClimbConfig, cluster_cfg: Any, out: Path, markers: _Markers) -> Path:
     from .clustering import cluster_corpus
 
+    from .clustering.reader import plan_input
+
     target = out / "clusters"
-    fp = _fingerprint({"input": cfg.input, "config": dataclasses.asdict(cluster_cfg)})
+    # The input's content (every file's size and mtime, or Hub blob id), never just its path:
+    # a replaced input file reclusters.
+    plan = plan_input(cfg.input, text_column=cluster_cfg.text_column,
+                      config_name=cluster_cfg.dataset_config, split=cluster_cfg.split,
+                      shard_rows=cluster_cfg.shard_rows)
+    fp = _fingerprint({"input": plan.fingerprint, "config": dataclasses.asdict(cluster_cfg)})
     if markers.done("cluster", fp, [target / "clusters.json"]):
         print(f"[1/4] cluster: up to date ({target})")
         return target
