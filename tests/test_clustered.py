@@ -246,7 +246,9 @@ def _bad(tmp_path, name: str, table: pa.Table) -> Path:
             pa.table({"tokens": [[1, 2]], "token_count": [2.0], "cluster_id": [0]}),
             "field 'token_count' has type",
         ),
-        (pa.table({"tokens": [[1, 2]], "token_count": [2]}), "field 'cluster_id' is missing"),
+        # (a file without cluster_id is valid since ClimbLab's releases: tests/test_climb_layouts.py)
+        (pa.table({"tokens": [[1, 2]], "token_count": [2], "cluster_id": [3]}),
+         "field 'cluster_id' holds 3, but the file is in folder cluster_0/"),
         (
             pa.table({"tokens": [[1, 2]], "token_count": [2], "cluster_id": ["zero"]}),
             "field 'cluster_id' has type",

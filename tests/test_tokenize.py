@@ -260,11 +260,12 @@ def test_wrong_schema(tmp_path, tiny_tokenizer_path, capsys):
     root = tmp_path / "bad"
     (root / "cluster_0").mkdir(parents=True)
     pq.write_table(
-        pa.table({"tokens": [[1, 2]], "token_count": [2], "cluster": [0]}),
+        pa.table({"ids": [[1, 2]], "cluster": [0]}),  # neither tokens nor text
         root / "cluster_0" / "part.parquet",
     )
     err = _run_cli_error(capsys, root, tiny_tokenizer_path, tmp_path / "store")
-    assert "part.parquet: field 'cluster_id' is missing" in err
+    assert "part.parquet: field 'tokens' is missing (and there is no 'text' field" in err
+    assert not (tmp_path / "store").exists()
 
 
 def test_corrupt_parquet(climblab_dir, tiny_tokenizer_path, tmp_path, capsys):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import HFMixtureError
+
 
 def add_parser(subparsers) -> None:
     tok = subparsers.add_parser(
@@ -24,10 +26,22 @@ def add_parser(subparsers) -> None:
     tok.add_argument("input", metavar="INPUT", help="Clustered corpus folder or Hub dataset id.")
     tok.add_argument(
         "--tokenizer",
-        required=True,
+        default=None,
         metavar="NAME_OR_PATH",
-        help="Fast tokenizer (folder or Hub id) whose vocabulary the ids belong to.",
+        help="Fast tokenizer (folder or Hub id) whose vocabulary the ids belong to (for token-id "
+        "input such as ClimbLab it may be left out when --vocab-size and --eos-id are given).",
     )
+    tok.add_argument("--vocab-size", type=int, default=None,
+                     help="Vocabulary size of token-id input without --tokenizer (GPT-2: 50257).")
+    tok.add_argument("--eos-id", type=int, default=None,
+                     help="EOS id (GPT-2: 50256); default: the tokenizer's.")
+    tok.add_argument("--clusters", default=None, metavar="K,K,...",
+                     help="Only these clusters (e.g. 1,5,7): nothing of the others is read.")
+    tok.add_argument("--max-files-per-cluster", type=int, default=None, metavar="N",
+                     help="Only the first N files of each cluster (or of a mixed corpus).")
+    tok.add_argument("--download", action="store_true",
+                     help="Download Hub files whole into the Hugging Face cache instead of "
+                     "streaming their row groups.")
     tok.add_argument(
         "--output", required=True, metavar="STORE", help="Token store folder to write."
     )
@@ -93,6 +107,11 @@ def run_tokenize(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         num_proc=args.num_proc,
         revision=args.revision,
+        vocab_size=args.vocab_size,
+        eos_id=args.eos_id,
+        clusters=_cluster_list(args.clusters),
+        max_files_per_cluster=args.max_files_per_cluster,
+        download=args.download,
     )
     if not result.written:
         print(f"{result.path} is up to date (same inputs and settings); nothing to do.")
@@ -100,6 +119,16 @@ def run_tokenize(args: argparse.Namespace) -> int:
     print(f"wrote token store {result.path}")
     print(format_table(inspect_store(result.path)))
     return 0
+
+
+def _cluster_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HFMixtureError(f"--clusters must be cluster ids separated by commas (e.g. 1,5,7), "
+                             f"got {text!r}.") from None
 
 
 def run_inspect(args: argparse.Namespace) -> int:

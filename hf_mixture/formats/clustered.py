@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -165,9 +165,7 @@ def check_schema(schema: pa.Schema, where: str) -> None:
             f"{where}: field 'token_count' has type {_type_name(schema.field('token_count').type)}, "
             "expected an integer."
         )
-    if "cluster_id" not in names:
-        raise HFMixtureError(f"{where}: field 'cluster_id' is missing.")
-    if not pa.types.is_integer(schema.field("cluster_id").type):
+    if "cluster_id" in names and not pa.types.is_integer(schema.field("cluster_id").type):
         raise HFMixtureError(
             f"{where}: field 'cluster_id' has type {_type_name(schema.field('cluster_id').type)}, "
             "expected an integer."
@@ -186,17 +184,30 @@ def _short(err: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- file sources
-class _Source:
-    """Where a corpus' files live: a local folder, or a Hub dataset repo pinned to one commit."""
+# Bytes fetched per read of a remote file: a parquet footer or one column chunk costs about this
+# much instead of fsspec's multi-megabyte default block (inspect reads < 1% of ClimbLab).
+FOOTER_BLOCK = 1 << 16
+STREAM_BLOCK = 8 << 20
+_MIXED_SUFFIXES = (".jsonl", ".parquet")
 
-    def __init__(self, path: str | os.PathLike, revision: str | None):
+
+class _Source:
+    """Where a corpus' files live: a local folder, a Hub dataset repo pinned to one commit
+    (read through ``HfFileSystem`` with range requests), or any fsspec filesystem + root."""
+
+    def __init__(self, path: str | os.PathLike, revision: str | None, filesystem=None):
         self.given = str(path)
         self.root: Path | None = None
         self.repo_id: str | None = None
         self.revision: str | None = None
         local = Path(path).expanduser()
         match = _HUB_ID.match(self.given)
-        if local.exists():
+        if filesystem is not None:
+            self.fs, self.base = filesystem, self.given.rstrip("/")
+            if not self.fs.isdir(self.base):
+                raise HFMixtureError(f"Clustered corpus path '{self.given}' does not exist.")
+            names = [p[len(self.base) + 1:] for p in self.fs.find(self.base)]
+        elif local.exists():
             if revision is not None:
                 raise HFMixtureError(
                     f"revision {revision!r} applies to Hub dataset ids, but '{self.given}' is a local path."
@@ -205,26 +216,35 @@ class _Source:
                 raise HFMixtureError(
                     f"Clustered corpus path '{self.given}' is a file, not a folder."
                 )
+            from fsspec.implementations.local import LocalFileSystem
+
             self.root = local
-            self.files = sorted(
-                p.relative_to(local).as_posix()
-                for p in local.glob("*/*.parquet")
-                if _CLUSTER_DIR.match(p.parent.name)
-            )
+            self.fs, self.base = LocalFileSystem(), str(local.resolve())
+            names = [p.relative_to(local).as_posix() for p in local.glob("*") if p.is_file()]
+            names += [p.relative_to(local).as_posix() for p in local.glob("*/*.parquet")]
             self.dirs = sorted(
                 p.name for p in local.iterdir() if p.is_dir() and _CLUSTER_DIR.match(p.name)
             )
         elif match and not self.given.startswith((".", "/", "~")):
-            self._resolve_hub(match.group(1), revision)
+            names = self._resolve_hub(match.group(1), revision)
         else:
             raise HFMixtureError(f"Clustered corpus path '{self.given}' does not exist.")
+        self._names = set(names)
+        self.files = sorted(
+            n for n in names
+            if n.endswith(".parquet") and n.count("/") == 1 and _CLUSTER_DIR.match(n.split("/")[0])
+        )
+        if not hasattr(self, "dirs"):
+            self.dirs = sorted({n.split("/")[0] for n in self.files})
+        # ClimbMix's layout: documents of every cluster mixed in root-level files
+        self.mixed = sorted(n for n in names if "/" not in n and n.endswith(_MIXED_SUFFIXES))
 
-    def _resolve_hub(self, repo_id: str, revision: str | None) -> None:
-        from huggingface_hub import HfApi
+    def _resolve_hub(self, repo_id: str, revision: str | None) -> list[str]:
+        from huggingface_hub import HfApi, HfFileSystem
 
         api = HfApi()
         try:
-            # Pin the commit first so every later read (footers, downloads) sees the same files.
+            # Pin the commit first so every later read (footers, rows) sees the same files.
             sha = api.dataset_info(repo_id, revision=revision).sha
             names = api.list_repo_files(repo_id, repo_type="dataset", revision=sha)
         except Exception as err:  # noqa: BLE001 -- network, offline, missing repo: one answer for the user
@@ -233,13 +253,8 @@ class _Source:
                 f"Hub dataset ({type(err).__name__}: {_short(err)})."
             ) from None
         self.repo_id, self.revision = repo_id, sha
-        self.files = sorted(
-            n
-            for n in names
-            if n.endswith(".parquet") and n.count("/") == 1 and _CLUSTER_DIR.match(n.split("/")[0])
-        )
-        self.dirs = sorted({n.split("/")[0] for n in self.files})
-        self._hub_names = set(names)
+        self.fs, self.base = HfFileSystem(), f"datasets/{repo_id}@{sha}"
+        return list(names)
 
     @property
     def is_local(self) -> bool:
@@ -248,21 +263,31 @@ class _Source:
     def display(self, rel: str) -> str:
         if self.root is not None:
             return str(self.root / rel)
-        return f"hf://datasets/{self.repo_id}@{self.revision}/{rel}"
+        if self.repo_id is not None:
+            return f"hf://datasets/{self.repo_id}@{self.revision}/{rel}"
+        return f"{self.base}/{rel}"
 
     def exists(self, rel: str) -> bool:
         if self.root is not None:
             return (self.root / rel).is_file()
-        return rel in self._hub_names
+        return rel in self._names
 
     def read_bytes(self, rel: str) -> bytes:
-        with open(self.local_path(rel), "rb") as fh:
-            return fh.read()
+        return self.fs.cat_file(f"{self.base}/{rel}")
+
+    def open(self, rel: str, block_size: int = FOOTER_BLOCK):
+        """A binary file object that fetches ``block_size`` bytes per miss (range requests)."""
+        if self.root is not None:
+            return open(self.root / rel, "rb")
+        return self.fs.open(f"{self.base}/{rel}", "rb", block_size=block_size)
 
     def local_path(self, rel: str) -> str:
-        """A local path to ``rel``; Hub files are downloaded once into the Hugging Face cache."""
+        """A local path to ``rel``; Hub files are downloaded once into the Hugging Face cache
+        (only ``--download`` asks for this: reads stream otherwise)."""
         if self.root is not None:
             return str(self.root / rel)
+        if self.repo_id is None:
+            raise HFMixtureError(f"'{self.display(rel)}' is not on the Hub: nothing to download.")
         from huggingface_hub import hf_hub_download
 
         try:
@@ -272,32 +297,36 @@ class _Source:
                 f"Could not download '{self.display(rel)}' ({_short(err)})."
             ) from None
 
-    def open_for_footer(self, rel: str):
-        """A binary file object; on the Hub only the parquet footer is fetched (range requests)."""
-        if self.root is not None:
-            return open(self.root / rel, "rb")
-        from huggingface_hub import HfFileSystem
-
-        return HfFileSystem().open(f"datasets/{self.repo_id}@{self.revision}/{rel}", "rb")
-
     def fingerprint(self) -> str:
-        """Content identity: the Hub commit, or every local file's name, size and mtime."""
-        h = hashlib.sha256()
-        if self.root is None:
-            h.update(f"hub:{self.repo_id}@{self.revision}".encode())
-            return h.hexdigest()[:16]
-        for rel in [CLUSTERS_JSON, *self.files]:
-            p = self.root / rel
-            if p.is_file():
-                st = p.stat()
-                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()[:16]
+        """Content identity: the Hub commit, or every file's name, size and mtime."""
+        if self.repo_id is not None:
+            return short_hash(f"hub:{self.repo_id}@{self.revision}")
+        parts = []
+        for rel in [CLUSTERS_JSON, *self.files, *self.mixed]:
+            if self.root is not None:
+                p = self.root / rel
+                if p.is_file():
+                    st = p.stat()
+                    parts.append([rel, st.st_size, st.st_mtime_ns])
+            elif rel in self._names:
+                info = self.fs.info(f"{self.base}/{rel}")
+                parts.append([rel, info.get("size"), str(info.get("mtime") or info.get("ETag"))])
+        return short_hash(parts)
 
 
 @dataclass
 class _FileMeta:
     schema: pa.Schema
     num_rows: int
+    cluster_checked: bool = True  # False: the footer had no cluster_id statistics; rows are checked
+
+
+def _comparable(t: pa.DataType, name: str) -> str:
+    """What must agree between two files of a corpus: ClimbLab's shards differ in int width and
+    list vs large_list for ``tokens``/``token_count``, which is harmless."""
+    if name in ("tokens", "token_count", "cluster_id"):
+        return name
+    return str(t)
 
 
 # ----------------------------------------------------------------------------- reader
@@ -316,9 +345,11 @@ class ClusteredCorpus:
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, revision: str | None = None, validate: bool | None = None
+        self, path: str | os.PathLike, *, revision: str | None = None, validate: bool | None = None,
+        filesystem=None, clusters: Sequence[int] | None = None,
+        max_files_per_cluster: int | None = None,
     ):
-        self._src = _Source(path, revision)
+        self._src = _Source(path, revision, filesystem)
         self.path = self._src.given
         self._meta: dict[str, _FileMeta] = {}
         self._tokens: dict[int, int | None] = {}
@@ -334,11 +365,28 @@ class ClusteredCorpus:
                     f"Cluster folder '{self._src.display(name)}' holds no parquet files (an empty cluster)."
                 )
         if not by_cluster:
+            extra = (" Its root-level files look like ClimbMix's mixed layout: read it with "
+                     "hf_mixture.formats.open_corpus or MixedCorpus.") if self._src.mixed else ""
             raise HFMixtureError(
-                f"'{self.path}' is not a clustered corpus: it has no cluster_<k>/ folders of parquet files."
+                f"'{self.path}' is not a clustered corpus: it has no cluster_<k>/ folders of parquet "
+                f"files.{extra}"
             )
+        if clusters is not None:
+            wanted = sorted({int(k) for k in clusters})
+            missing = [k for k in wanted if k not in by_cluster]
+            if missing:
+                raise HFMixtureError(
+                    f"Clustered corpus '{self.path}' has no cluster {missing[0]}; it has "
+                    f"{', '.join(map(str, sorted(by_cluster)))}.")
+            by_cluster = {k: by_cluster[k] for k in wanted}
+        if max_files_per_cluster is not None:
+            if max_files_per_cluster < 1:
+                raise HFMixtureError(
+                    f"max_files_per_cluster must be at least 1, got {max_files_per_cluster}.")
+            by_cluster = {k: v[:max_files_per_cluster] for k, v in by_cluster.items()}
+        self.selected = clusters is not None or max_files_per_cluster is not None
         self._files = {k: by_cluster[k] for k in sorted(by_cluster)}
-        if self.manifest is not None:
+        if self.manifest is not None and not self.selected:
             listed = {int(c["id"]) for c in self.manifest["clusters"]}
             for k in sorted(listed - set(self._files)):
                 raise HFMixtureError(
@@ -431,23 +479,35 @@ class ClusteredCorpus:
         """A local path to ``rel`` (downloaded into the Hugging Face cache for a Hub corpus)."""
         return self._src.local_path(rel)
 
+    def cluster_of(self, rel: str) -> int:
+        """The cluster a file belongs to: its folder ``cluster_<k>/`` says so."""
+        return int(_CLUSTER_DIR.match(rel.split("/")[0]).group(1))
+
     def file_meta(self, rel: str) -> _FileMeta:
-        """Schema and row count of one file, read from its footer and checked."""
+        """Schema and row count of one file, read from its footer and checked.
+
+        A ``cluster_id`` column is optional (the released ClimbLab has none: the folder is the
+        cluster); when present its footer statistics must say the folder's id, or every row
+        is checked when the file is read.
+        """
         if rel not in self._meta:
             where = self.display(rel)
             try:
-                with self._src.open_for_footer(rel) as fh:
+                with self._src.open(rel) as fh:
                     pf = pq.ParquetFile(fh)
-                    meta = _FileMeta(pf.schema_arrow, pf.metadata.num_rows)
+                    md = pf.metadata
+                    meta = _FileMeta(pf.schema_arrow, md.num_rows)
+                    check_schema(meta.schema, where)
+                    if "cluster_id" in meta.schema.names:
+                        meta.cluster_checked = self._check_cluster_stats(rel, md, where)
             except (pa.ArrowException, OSError) as err:
                 raise HFMixtureError(
                     f"Parquet file '{where}' is corrupt or truncated and cannot be read ({_short(err)})."
                 ) from None
-            check_schema(meta.schema, where)
             first = next(iter(self._meta.values()), None)
             if first is not None:
-                want = [(f.name, f.type) for f in first.schema]
-                got = [(f.name, f.type) for f in meta.schema]
+                want = sorted((f.name, _comparable(f.type, f.name)) for f in first.schema)
+                got = sorted((f.name, _comparable(f.type, f.name)) for f in meta.schema)
                 if got != want:
                     diff = sorted({n for n, _ in want} ^ {n for n, _ in got}) or [
                         n for (n, t), (_, t2) in zip(got, want) if t != t2
@@ -458,6 +518,21 @@ class ClusteredCorpus:
                     )
             self._meta[rel] = meta
         return self._meta[rel]
+
+    def _check_cluster_stats(self, rel: str, md, where: str) -> bool:
+        """``True`` when every row group's ``cluster_id`` statistics equal the folder's id."""
+        k = self.cluster_of(rel)
+        col = md.schema.to_arrow_schema().get_field_index("cluster_id")
+        for g in range(md.num_row_groups):
+            stats = md.row_group(g).column(col).statistics
+            if stats is None or not stats.has_min_max:
+                return False
+            for value in (stats.min, stats.max):
+                if int(value) != k:
+                    raise HFMixtureError(
+                        f"{where} row group {g}: field 'cluster_id' holds {int(value)}, but the "
+                        f"file is in folder {cluster_config_name(k)}/.")
+        return True
 
     def validate(self) -> None:
         """Read every footer: schema, row count, empty clusters, manifest counts."""
@@ -542,24 +617,45 @@ class ClusteredCorpus:
 
     # -- data --------------------------------------------------------------------------
     def iter_file_batches(
-        self, rel: str, *, columns: list[str] | None = None, batch_size: int = 1024
+        self, rel: str, *, columns: list[str] | None = None, batch_size: int = 1024,
+        download: bool = False,
     ) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """``(first_row, batch)`` over one file; read errors name the file."""
-        self.file_meta(rel)
+        """``(first_row, batch)`` over one file; read errors name the file and row group.
+
+        Remote files stream row group by row group (range requests for the asked columns
+        only); ``download=True`` fetches the whole file into the Hugging Face cache first.
+        """
+        meta = self.file_meta(rel)
         where = self.display(rel)
         if columns is not None:
             missing = [c for c in columns if c not in self.schema.names]
             if missing:
                 raise HFMixtureError(f"{where}: field '{missing[0]}' is missing.")
+        check = not meta.cluster_checked and (columns is None or "cluster_id" in columns)
+        k = self.cluster_of(rel)
+        group = 0
         try:
-            pf = pq.ParquetFile(self.local_file(rel))
-            start = 0
-            for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-                yield start, batch
-                start += batch.num_rows
+            with (open(self.local_file(rel), "rb") if download
+                  else self._src.open(rel, STREAM_BLOCK)) as fh:
+                pf = pq.ParquetFile(fh)
+                start = 0
+                for group in range(pf.metadata.num_row_groups):
+                    for batch in pf.iter_batches(batch_size=batch_size, columns=columns,
+                                                 row_groups=[group]):
+                        if check:
+                            ids = batch.column("cluster_id").to_numpy(zero_copy_only=False)
+                            bad = np.flatnonzero(ids != k)
+                            if bad.size:
+                                raise HFMixtureError(
+                                    f"{where} row group {group}, row {start + int(bad[0])}: field "
+                                    f"'cluster_id' holds {int(ids[bad[0]])}, but the file is in "
+                                    f"folder {cluster_config_name(k)}/.")
+                        yield start, batch
+                        start += batch.num_rows
         except (pa.ArrowException, OSError) as err:
             raise HFMixtureError(
-                f"Parquet file '{where}' is corrupt or truncated and cannot be read ({_short(err)})."
+                f"Parquet file '{where}' row group {group} is corrupt or truncated and cannot be "
+                f"read ({_short(err)})."
             ) from None
 
     def iter_batches(

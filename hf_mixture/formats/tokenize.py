@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import short_hash as _short_hash
 from ..errors import HFMixtureError
 from .token_store import FORMAT as STORE_FORMAT
 from .token_store import MANIFEST as STORE_MANIFEST
@@ -218,10 +219,57 @@ def _existing_fingerprint(output: Path) -> str | None:
     return manifest.get("input_fingerprint")
 
 
+GPT2_VOCAB = 50257  # ClimbLab and ClimbMix hold GPT-2 ids (their detokenizer uses GPT-2's encoding)
+
+
+def _ids_only(vocab_size: int | None, eos_id: int | None) -> dict[str, Any]:
+    """The tokenizer record of a store built from ids alone (``--vocab-size``/``--eos-id``)."""
+    if vocab_size is None or eos_id is None:
+        raise HFMixtureError(
+            "Without --tokenizer, a store from token ids needs --vocab-size and --eos-id.")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+        raise HFMixtureError(f"--vocab-size must be an integer >= 2, got {vocab_size!r}.")
+    if isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab_size:
+        raise HFMixtureError(f"--eos-id must be an id in [0, {vocab_size}), got {eos_id!r}.")
+    return {"name": f"token ids (vocabulary {vocab_size})", "sha256": None,
+            "vocab_size": vocab_size}
+
+
+def _warn_climb_vocab(corpus, tok_info: dict[str, Any]) -> None:
+    """ClimbLab / ClimbMix are GPT-2 ids: say so when the tokenizer given is not GPT-2-sized."""
+    name = f"{corpus.repo_id or ''} {corpus.path}".lower()
+    climb = "climblab" in name or "climbmix" in name or getattr(corpus, "manifest", 1) is None
+    if climb and tok_info["vocab_size"] != GPT2_VOCAB:
+        logger.warning(
+            "%s holds token ids without a record of their tokenizer; ClimbLab and ClimbMix were "
+            "made with GPT-2's (vocabulary %d), but tokenizer '%s' has %d ids.", corpus.path,
+            GPT2_VOCAB, tok_info["name"], tok_info["vocab_size"])
+
+
+def strip_eos(ids: list[np.ndarray], eos: int | None) -> tuple[list[np.ndarray], int]:
+    """Documents without a trailing EOS (the store never holds one: the sampler inserts it);
+    returns how many ended with it.
+
+    >>> docs, n = strip_eos([np.array([5, 6, 0]), np.array([7])], eos=0)
+    >>> [d.tolist() for d in docs], n
+    ([[5, 6], [7]], 1)
+    """
+    if eos is None:
+        return ids, 0
+    out, n = [], 0
+    for d in ids:
+        if len(d) and d[-1] == eos:
+            out.append(d[:-1])
+            n += 1
+        else:
+            out.append(d)
+    return out, n
+
+
 def tokenize(
     input: str | os.PathLike,
     output: str | os.PathLike,
-    tokenizer: Any,
+    tokenizer: Any = None,
     *,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     seed: int = 0,
@@ -229,9 +277,16 @@ def tokenize(
     num_proc: int | None = None,
     revision: str | None = None,
     batch_size: int = 1000,
+    vocab_size: int | None = None,
+    eos_id: int | None = None,
+    clusters: list[int] | None = None,
+    max_files_per_cluster: int | None = None,
+    download: bool = False,
+    filesystem=None,
 ) -> TokenizeResult:
     """:func:`tokenize_corpus`, also saying whether the store was written or already current."""
-    from .clustered import ClusteredCorpus, load_tokenizer, tokenizer_fingerprint
+    from .clustered import load_tokenizer, tokenizer_fingerprint
+    from .mixed import MixedCorpus, open_corpus
 
     if (
         isinstance(validation_fraction, bool)
@@ -245,16 +300,28 @@ def tokenize(
         raise HFMixtureError(f"num_proc must be a positive integer, got {num_proc!r}.")
     if batch_size < 1:
         raise HFMixtureError(f"batch_size must be at least 1, got {batch_size}.")
-    corpus = ClusteredCorpus(input, revision=revision)
-    tok = load_tokenizer(tokenizer)
-    tok_info = tokenizer_fingerprint(tok)
-    eos = tok.eos_token_id
+    corpus = open_corpus(input, revision=revision, filesystem=filesystem, clusters=clusters,
+                         max_files_per_cluster=max_files_per_cluster)
+    mixed = isinstance(corpus, MixedCorpus)
+    if tokenizer is None:
+        if not mixed and not corpus.has_tokens:
+            raise HFMixtureError(f"Clustered corpus '{corpus.path}' holds text: tokenizing it "
+                                 "needs --tokenizer.")
+        tok, tok_info, eos = None, _ids_only(vocab_size, eos_id), eos_id
+    else:
+        tok = load_tokenizer(tokenizer)
+        tok_info = tokenizer_fingerprint(tok)
+        eos = tok.eos_token_id if eos_id is None else eos_id
+    if mixed or corpus.has_tokens:
+        _warn_climb_vocab(corpus, tok_info)
     fraction = float(validation_fraction)
     fingerprint = _input_fingerprint(corpus, tok_info, eos, fraction, int(seed))
+    fingerprint = _short_hash([fingerprint, sorted(clusters or []), max_files_per_cluster])
     out = Path(output)
     if out.exists():
         existing = _existing_fingerprint(out)
-        if existing == fingerprint and not overwrite:
+        if existing == fingerprint:
+            # same inputs and settings: nothing to do, with or without --overwrite
             logger.info(
                 "token store %s is up to date (same inputs and settings); nothing to do", out
             )
@@ -270,31 +337,37 @@ def tokenize(
                 "(CLI: --overwrite) to replace it."
             )
 
-    from_tokens = corpus.has_tokens
-    key_column = "doc_id" if "doc_id" in corpus.column_names else None
+    from_tokens = mixed or corpus.has_tokens
+    key_column = None if mixed else ("doc_id" if "doc_id" in corpus.column_names else None)
     if (
-        from_tokens
+        not mixed
+        and from_tokens
         and corpus.tokenizer_info
+        and tok_info["sha256"] is not None
         and corpus.tokenizer_info.get("sha256") not in (None, tok_info["sha256"])
     ):
         raise HFMixtureError(
             f"Clustered corpus '{corpus.path}': field 'tokenizer.sha256' says its tokens were made "
             f"with '{corpus.tokenizer_info.get('name')}', not with tokenizer '{tok_info['name']}'."
         )
+    eos_seen = {"documents_ending_with_eos": 0}
     extra = {
         "source": {
             "path": corpus.path,
             "repo_id": corpus.repo_id,
             "revision": corpus.revision,
             "fingerprint": corpus.fingerprint,
+            "layout": "mixed" if mixed else "cluster folders",
         },
         "conversion": "token ids copied from field 'tokens'"
         if from_tokens
         else "field 'text' tokenized without special tokens",
         "validation_fraction": fraction,
         "seed": int(seed),
-        "validation_key": key_column or "document index within its cluster",
+        "validation_key": "file:row" if mixed else (
+            key_column or "document index within its cluster"),
         "input_fingerprint": fingerprint,
+        "eos": eos_seen,
     }
     encoder = None if from_tokens else _TextEncoder(tok, num_proc)
     try:
@@ -307,7 +380,9 @@ def tokenize(
             extra=extra,
             overwrite=True,
         ) as writer:
-            for k in corpus.cluster_ids:
+            if mixed:
+                _convert_mixed(corpus, writer, tok_info, eos, fraction, int(seed), eos_seen)
+            for k in ([] if mixed else corpus.cluster_ids):
                 _convert_cluster(
                     corpus,
                     k,
@@ -318,48 +393,95 @@ def tokenize(
                     int(seed),
                     key_column,
                     batch_size,
+                    eos if from_tokens else None,
+                    eos_seen,
+                    download,
                 )
+            # the sampler inserts EOS between documents; a source whose documents already end
+            # with it had that EOS removed, so no document ends with two
+            eos_seen["stripped"] = bool(eos_seen["documents_ending_with_eos"])
     finally:
         if encoder is not None:
             encoder.close()
-    logger.info("wrote token store %s (%d clusters)", out, len(corpus.cluster_ids))
+    logger.info("wrote token store %s", out)
     return TokenizeResult(out, True, fingerprint)
+
+
+def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], eos: int | None,
+                   fraction: float, seed: int, eos_seen: dict[str, int]) -> None:
+    """One streaming pass over a mixed corpus; each row goes to its cluster's component.
+
+    The validation rule of :func:`validation_mask` over a stream: a document is held out
+    when ``hash(seed, "file:row") < fraction``; each component's first document is kept back
+    until the end, then goes to validation when the component has no validation document
+    yet, else to training -- and to training when the component has no training document.
+    Only one document per component is ever held in memory.
+    """
+    from tqdm.auto import tqdm
+
+    from .clustered import cluster_config_name
+
+    vocab = tok_info["vocab_size"]
+    held: dict[str, tuple] = {}
+    counts: dict[str, dict[str, int]] = {}
+    batch: list[tuple] = []
+
+    def flush() -> None:
+        u = _hash_unit(seed, [f"{rel}:{row}" for rel, row, *_ in batch])
+        for (rel, row, cluster, ids), ui in zip(batch, u):
+            comp = cluster_config_name(cluster)
+            where = f"{corpus.display(rel)} row {row}"
+            if comp not in held:
+                writer.set_info(comp, cluster_id=cluster, description=None)
+                held[comp] = (ids, {"cluster_id": cluster}, where)
+                counts[comp] = {"train": 0, "validation": 0}
+                continue
+            split = "validation" if ui < fraction else "train"
+            writer.add(comp, split, ids, {"cluster_id": cluster}, where=where)
+            counts[comp][split] += 1
+        batch.clear()
+
+    with tqdm(desc="tokenize (mixed clusters)", unit="doc") as bar:
+        for rel, row, cluster, ids, _ in corpus.iter_rows():
+            if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+                bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+                raise HFMixtureError(
+                    f"{corpus.display(rel)} row {row}: field 'tokens' holds id {bad}, outside the "
+                    f"vocabulary of tokenizer '{tok_info['name']}' (size {vocab}).")
+            (ids,), n = strip_eos([ids], eos)
+            eos_seen["documents_ending_with_eos"] += n
+            batch.append((rel, row, cluster, ids))
+            if len(batch) >= 1000:
+                flush()
+            bar.update()
+        flush()
+    for comp, (ids, meta, where) in held.items():
+        c = counts[comp]
+        split = "validation" if (fraction > 0 and c["validation"] == 0 and c["train"] > 0) \
+            else "train"
+        writer.add(comp, split, ids, meta, where=where)
 
 
 def tokenize_corpus(
     input: str | os.PathLike,
     output: str | os.PathLike,
-    tokenizer: Any,
-    *,
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
-    seed: int = 0,
-    overwrite: bool = False,
-    num_proc: int | None = None,
-    revision: str | None = None,
-    batch_size: int = 1000,
+    tokenizer: Any = None,
+    **options: Any,
 ) -> Path:
-    """Turn a clustered corpus (folder, ClimbLab layout or Hub id) into a token store.
+    """Turn a clustered corpus (folder, ClimbLab or ClimbMix layout, or Hub id) into a token store.
 
-    ``tokenizer`` is a fast tokenizer or its name/path.  ``validation_fraction`` of
-    each cluster's documents (at least one when it has two or more) is held out by
-    a hash seeded with ``seed``.  ``num_proc > 1`` tokenizes text in that many
-    processes (token ids are copied in-process).  An existing store made from the
-    same inputs and settings is left as it is; different ones need ``overwrite``.
+    ``tokenizer`` is a fast tokenizer or its name/path (for token-id input it may be left out
+    when ``vocab_size`` and ``eos_id`` are given).  ``options`` are :func:`tokenize`'s:
+    ``validation_fraction`` of each cluster's documents (at least one when it has two or more)
+    is held out by a hash seeded with ``seed``; ``num_proc > 1`` tokenizes text in that many
+    processes; ``clusters`` / ``max_files_per_cluster`` build a store from part of a corpus;
+    Hub files stream (range requests) unless ``download=True``.  An existing store made from
+    the same inputs and settings is left as it is; different ones need ``overwrite``.
 
     >>> tokenize_corpus("corpus/", "store/", "path/to/tokenizer", seed=0)   # doctest: +SKIP
     PosixPath('store')
     """
-    return tokenize(
-        input,
-        output,
-        tokenizer,
-        validation_fraction=validation_fraction,
-        seed=seed,
-        overwrite=overwrite,
-        num_proc=num_proc,
-        revision=revision,
-        batch_size=batch_size,
-    ).path
+    return tokenize(input, output, tokenizer, **options).path
 
 
 def _cluster_keys(corpus, k: int, key_column: str | None) -> list[str]:
@@ -381,6 +503,9 @@ def _convert_cluster(
     seed: int,
     key_column: str | None,
     batch_size: int,
+    eos: int | None = None,
+    eos_seen: dict[str, int] | None = None,
+    download: bool = False,
 ) -> None:
     import pyarrow.compute as pc
     from tqdm.auto import tqdm
@@ -398,15 +523,20 @@ def _convert_cluster(
     doc = 0
 
     def batches():
-        yield from corpus.iter_batches(k, columns=columns, batch_size=batch_size)
+        for rel in corpus.files(k):
+            for start, batch in corpus.iter_file_batches(rel, columns=columns,
+                                                         batch_size=batch_size,
+                                                         download=download):
+                yield rel, start, batch
 
     def with_ids():
         if encoder is None:
             for rel, start, batch in batches():
-                yield (
-                    (rel, start, batch),
-                    _checked_ids(corpus, rel, start, batch, vocab, tok_info["name"], pc),
-                )
+                ids, n = strip_eos(
+                    _checked_ids(corpus, rel, start, batch, vocab, tok_info["name"], pc), eos)
+                if eos_seen is not None:
+                    eos_seen["documents_ending_with_eos"] += n
+                yield (rel, start, batch), ids
         else:
             items = (
                 (item, item[2].column("text").to_pylist(), corpus.display(item[0]), item[1])
