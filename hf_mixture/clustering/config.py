@@ -20,9 +20,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import HFMixtureError
+from .kmeans import POINTS_PER_CENTROID
 
 # CLIMB used 1000 initial clusters on a corpus of hundreds of millions of documents.
 MAX_DEFAULT_CLUSTERS = 1000
+# The cap of the default k-means sample: 128k documents x (embedding + 2,000 characters) stay
+# under 1 GB however large the corpus.
+MAX_DEFAULT_SAMPLE = 131_072
 # Exponent of the default final-cluster rule: 1000 ** 0.44 = 20.9, CLIMB's 1000 -> 21.
 FINAL_EXPONENT = 0.44
 
@@ -141,7 +145,9 @@ class ClusterConfig:
     kmeans_sample: int | None = field(
         default=None,
         metadata=_help(
-            "Documents the centroids are trained on (default: min(N, 256 * k)); all are assigned."
+            "Documents the centroids are trained on (default: min(N, 256 * k, 131072): faiss' 256 "
+            "points per centroid, capped so the sample's memory does not grow with the corpus); "
+            "all documents are assigned."
         ),
     )
     kmeans_iterations: int = field(default=25, metadata=_help("k-means iterations."))
@@ -286,6 +292,11 @@ class ClusterConfig:
         if num_docs < 2:
             raise HFMixtureError(f"Clustering needs at least 2 distinct documents, got {num_docs}.")
         return int(min(MAX_DEFAULT_CLUSTERS, num_docs, max(2, round(math.sqrt(num_docs)))))
+
+    def resolved_kmeans_sample(self, num_docs: int, k: int) -> int:
+        """``kmeans_sample``, or ``min(N, 256 k, 131072)``; never fewer than ``k``."""
+        cap = self.kmeans_sample or min(POINTS_PER_CENTROID * k, MAX_DEFAULT_SAMPLE)
+        return int(max(k, min(num_docs, cap)))
 
     def resolved_final_clusters(self, k: int) -> int | None:
         """``final_clusters``; else ``round(k ** 0.44)`` (at least 2, at most k) unless merging

@@ -336,7 +336,8 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
     reader = CorpusReader(plan, max_doc_chars=config.max_doc_chars, long_docs=config.long_docs,
                           seed=config.seed)
     before, dedup_filter = _dedup_stages(config, reader, work, tasks)
-    max_sample = config.kmeans_sample or 256 * (config.num_clusters or 1000)
+    # a task keeps at most what the global sample can take from it
+    max_sample = config.resolved_kmeans_sample(1 << 62, config.num_clusters or 1000)
     st = _stages()
     prepare = [reader] + ([dedup_filter] if dedup_filter is not None else []) + [
         st.QualityScorer(scorer=getattr(pruner, "scorer", None), flags=config.quality_flags),

@@ -32,6 +32,7 @@ summaries in memory; embeddings of a task are read back through a memory map.
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -156,7 +157,8 @@ class FeatureWriter(PipelineStep):
         work = Path(self.work_dir)
         for sub in ("docs", "emb", "sample"):
             (work / sub).mkdir(parents=True, exist_ok=True)
-        heap: list[tuple[int, str, list[float], str, int]] = []  # (-key, id, emb, text, row)
+        # (-key, id, embedding bytes, text, row): bytes, not a list of Python floats (10x smaller)
+        heap: list[tuple[int, str, bytes, str, int]] = []
         writer = None
         n = dim = 0
         with compute_threads(self.threads) as _, \
@@ -182,7 +184,7 @@ class FeatureWriter(PipelineStep):
                     writer = pq.ParquetWriter(docs_tmp, schema)
                 writer.write_table(table.cast(writer.schema))
                 for d, e in zip(batch, emb):
-                    item = (-d.metadata["_key"], d.id, e.tolist(), d.text[:SAMPLE_CHARS],
+                    item = (-d.metadata["_key"], d.id, e.tobytes(), d.text[:SAMPLE_CHARS],
                             d.metadata["_row"])
                     if len(heap) < self.sample_size:
                         heapq.heappush(heap, item)
@@ -198,7 +200,7 @@ class FeatureWriter(PipelineStep):
         heap.sort(key=lambda x: -x[0])  # ascending key
         sample = pa.table({"_key": pa.array([-h[0] for h in heap], pa.int64()),
                            "_id": [h[1] for h in heap],
-                           "emb": pa.array([h[2] for h in heap], pa.list_(pa.float32())),
+                           "emb": pa.array([h[2] for h in heap], pa.binary()),
                            "text": [h[3] for h in heap],
                            "_row": pa.array([h[4] for h in heap], pa.int64())})
         with atomic_path(work / "sample" / f"{rank:05d}.parquet") as tmp:
@@ -258,14 +260,8 @@ class FitCentroids(PipelineStep):
             raise HFMixtureError(
                 f"num_clusters={k} exceeds the number of documents to cluster ({num_docs}); "
                 "pass a smaller --num-clusters.")
-        m = max(k, min(num_docs, s.kmeans_sample or 256 * k))
-        tables = [pq.read_table(work / "sample" / f"{t:05d}.parquet") for t in range(self.tasks)]
-        # The sample is the m smallest keys (independent of the split into tasks), trained on in
-        # input order (k-means' seeded initialization depends on the order of the points).
-        sample = pa.concat_tables(tables).sort_by("_key").slice(0, m).sort_by(
-            [("_row", "ascending"), ("_id", "ascending")])
-        texts = sample["text"].to_pylist()
-        emb = np.asarray(sample["emb"].to_pylist(), dtype=np.float32).reshape(len(texts), -1)
+        m = s.resolved_kmeans_sample(num_docs, k)
+        texts, emb, rows = _global_sample(work, self.tasks, m)
         model = work / "model"
         model.mkdir(parents=True, exist_ok=True)
         with compute_threads(s.num_threads):
@@ -274,7 +270,10 @@ class FitCentroids(PipelineStep):
                 lexical = self.lexical or LexicalFeaturizer(s.lexical_dims, seed=s.seed)
                 lexical.fit(texts)
                 lexical.save(model / "lexical.npz")
-            x = _features(emb, texts, lexical, s.lexical_weight)
+            x = np.concatenate([_features(emb[lo: lo + 8192], texts[lo: lo + 8192], lexical,
+                                          s.lexical_weight)
+                                for lo in range(0, len(texts), 8192)])
+            del emb
             clusterer = self.clusterer or KMeansClusterer(
                 k, backend=s.kmeans_backend, sample=len(x), iterations=s.kmeans_iterations,
                 restarts=s.kmeans_restarts, seed=s.seed)
@@ -285,6 +284,29 @@ class FitCentroids(PipelineStep):
             "num_docs": num_docs, "k": int(k), "sample": len(x), "backend": clusterer.backend,
             "used_gpu": bool(clusterer.used_gpu), "dim": int(x.shape[1]),
             "lexical": lexical.fingerprint if lexical is not None else None})
+
+
+def _global_sample(work: Path, tasks: int, m: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The ``m`` documents with the smallest keys over every task's sample, in input order.
+
+    Each task's sample file is sorted by key; a k-way merge reads them a batch at a time, so
+    memory holds the result and one batch per task, never every task's sample at once.
+    """
+    import pyarrow.parquet as pq
+
+    def rows(t: int):
+        pf = pq.ParquetFile(work / "sample" / f"{t:05d}.parquet")
+        for batch in pf.iter_batches(batch_size=1024, columns=["_key", "_id", "_row", "text",
+                                                                "emb"]):
+            yield from zip(*(batch.column(c).to_pylist() for c in
+                             ("_key", "_row", "_id", "text", "emb")))
+
+    chosen = list(itertools.islice(heapq.merge(*(rows(t) for t in range(tasks))), m))
+    # trained on in input order (k-means' seeded initialization depends on the order)
+    chosen.sort(key=lambda r: (r[1], r[2]))
+    texts = [r[3] for r in chosen]
+    emb = np.frombuffer(b"".join(r[4] for r in chosen), dtype=np.float32).reshape(len(chosen), -1)
+    return texts, emb, np.array([r[1] for r in chosen], dtype=np.int64)
 
 
 def _load_model(work: Path):
@@ -360,12 +382,12 @@ class AssignClusters(PipelineStep):
                     f = np.stack([batch.column(c).to_numpy() for c in QUALITY_FLAGS], axis=1)
                     np.add.at(flags, lab, f)
                 for j in range(len(texts)):
-                    item = (-int(keys[j]), texts[j][:SAMPLE_CHARS], float(q[j]), x[j])
                     h = keep[lab[j]]
-                    if len(h) < DESCRIBE_PER_CLUSTER:
-                        heapq.heappush(h, item[:3] + (item[3].tolist(),))
-                    elif item[0] > h[0][0]:
-                        heapq.heapreplace(h, item[:3] + (item[3].tolist(),))
+                    if len(h) < DESCRIBE_PER_CLUSTER or -int(keys[j]) > h[0][0]:
+                        item = (-int(keys[j]), texts[j][:SAMPLE_CHARS], float(q[j]),
+                                x[j].tobytes())
+                        (heapq.heappush if len(h) < DESCRIBE_PER_CLUSTER else
+                         heapq.heapreplace)(h, item)
                 lo = hi
         if lo != len(emb):
             raise HFMixtureError(f"Task {rank}: {lo} documents but {len(emb)} embeddings; "
@@ -378,7 +400,7 @@ class AssignClusters(PipelineStep):
                           "_key": pa.array([r[1] for r in rows], pa.int64()),
                           "text": [r[2] for r in rows],
                           "quality": pa.array([r[3] for r in rows], pa.float64()),
-                          "feat": pa.array([r[4] for r in rows], pa.list_(pa.float32()))})
+                          "feat": pa.array([r[4] for r in rows], pa.binary())})
         with atomic_path(work / "assign" / f"{rank:05d}.sample.parquet") as tmp:
             pq.write_table(table, tmp)
 
@@ -428,7 +450,8 @@ class MergeClusters(PipelineStep):
         s_cluster = sample["cluster"].to_numpy()
         s_text = sample["text"].to_pylist()
         s_quality = sample["quality"].to_numpy()
-        s_feat = np.asarray(sample["feat"].to_pylist(), dtype=np.float32).reshape(len(s_text), -1)
+        s_feat = np.frombuffer(b"".join(sample["feat"].to_pylist()), dtype=np.float32).reshape(
+            len(s_text), centroids.shape[1])
 
         present = np.flatnonzero(count > 0)
         means = {int(c): float(quality[c] / count[c]) for c in present}
