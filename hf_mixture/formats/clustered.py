@@ -319,6 +319,23 @@ class _FileMeta:
     schema: pa.Schema
     num_rows: int
     cluster_checked: bool = True  # False: the footer had no cluster_id statistics; rows are checked
+    metadata: Any = None  # pyarrow FileMetaData: later reads skip the footer
+
+
+def read_footer(fh) -> pq.FileMetaData:
+    """A parquet file's metadata from exactly its footer bytes (2 reads at the end of the file).
+
+    pyarrow alone reads a fixed 64 KiB tail; over ``HfFileSystem`` that is what decides how
+    much of a 2 TB corpus ``inspect`` fetches.
+    """
+    fh.seek(-8, os.SEEK_END)
+    tail = fh.read(8)
+    if len(tail) != 8 or tail[4:] != b"PAR1":
+        raise OSError("not a parquet file (no PAR1 footer)")
+    length = int.from_bytes(tail[:4], "little")
+    fh.seek(-(8 + length), os.SEEK_END)
+    footer = fh.read(length)
+    return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail))
 
 
 def _comparable(t: pa.DataType, name: str) -> str:
@@ -494,9 +511,8 @@ class ClusteredCorpus:
             where = self.display(rel)
             try:
                 with self._src.open(rel) as fh:
-                    pf = pq.ParquetFile(fh)
-                    md = pf.metadata
-                    meta = _FileMeta(pf.schema_arrow, md.num_rows)
+                    md = read_footer(fh)
+                    meta = _FileMeta(md.schema.to_arrow_schema(), md.num_rows, metadata=md)
                     check_schema(meta.schema, where)
                     if "cluster_id" in meta.schema.names:
                         meta.cluster_checked = self._check_cluster_stats(rel, md, where)
@@ -506,8 +522,11 @@ class ClusteredCorpus:
                 ) from None
             first = next(iter(self._meta.values()), None)
             if first is not None:
-                want = sorted((f.name, _comparable(f.type, f.name)) for f in first.schema)
-                got = sorted((f.name, _comparable(f.type, f.name)) for f in meta.schema)
+                # cluster_id is optional per file (the folder says the cluster)
+                want = sorted((f.name, _comparable(f.type, f.name)) for f in first.schema
+                              if f.name != "cluster_id")
+                got = sorted((f.name, _comparable(f.type, f.name)) for f in meta.schema
+                             if f.name != "cluster_id")
                 if got != want:
                     diff = sorted({n for n, _ in want} ^ {n for n, _ in got}) or [
                         n for (n, t), (_, t2) in zip(got, want) if t != t2
@@ -580,20 +599,37 @@ class ClusteredCorpus:
         return sum(self.file_meta(rel).num_rows for rel in self.files(cluster_id))
 
     def num_tokens(self, cluster_id: int) -> int | None:
-        """Sum of ``token_count`` (None for a text-only corpus)."""
+        """Sum of ``token_count`` over the cluster's files (None for a text-only corpus).
+
+        Read from the files -- only the ``token_count`` column chunks, by range requests on
+        the Hub -- and checked against ``clusters.json`` when it records a count.
+        """
         self._require(cluster_id)
         if cluster_id not in self._tokens:
-            entry = self._manifest_entry(cluster_id)
-            if entry is not None and entry.get("tokens") is not None:
-                self._tokens[cluster_id] = int(entry["tokens"])
-            elif "token_count" not in self.schema.names:
+            if "token_count" not in self.schema.names:
                 self._tokens[cluster_id] = None
-            else:
-                total = 0
-                for rel, _, batch in self.iter_batches(cluster_id, columns=["token_count"]):
-                    total += int(pc.sum(batch.column(0)).as_py() or 0)
-                self._tokens[cluster_id] = total
+                return None
+            total = sum(self._token_count_sum(rel) for rel in self.files(cluster_id))
+            entry = self._manifest_entry(cluster_id)
+            if (entry is not None and entry.get("tokens") is not None and not self.selected
+                    and int(entry["tokens"]) != total):
+                raise HFMixtureError(
+                    f"{self.display(CLUSTERS_JSON)}: field 'clusters[id={cluster_id}].tokens' is "
+                    f"{entry['tokens']}, but the files of {cluster_config_name(cluster_id)}/ hold "
+                    f"{total} tokens (their token_count column).")
+            self._tokens[cluster_id] = total
         return self._tokens[cluster_id]
+
+    def _token_count_sum(self, rel: str) -> int:
+        self.file_meta(rel)
+        try:
+            with self._src.open(rel, FOOTER_BLOCK) as fh:
+                pf = pq.ParquetFile(fh, metadata=self._meta[rel].metadata)
+                col = pf.read(columns=["token_count"]).column(0)
+        except (pa.ArrowException, OSError) as err:
+            raise HFMixtureError(f"Parquet file '{self.display(rel)}' is corrupt or truncated "
+                                 f"and cannot be read ({_short(err)}).") from None
+        return int(pc.sum(col).as_py() or 0)
 
     def description(self, cluster_id: int) -> str | None:
         entry = self._manifest_entry(cluster_id)

@@ -75,11 +75,21 @@ def inspect_store(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def inspect_corpus(path: str | os.PathLike, *, revision: str | None = None) -> dict[str, Any]:
-    """Per-cluster docs, tokens, token share and description of a clustered corpus."""
-    from .clustered import ClusteredCorpus
+def inspect_corpus(path: str | os.PathLike, *, revision: str | None = None,
+                   filesystem=None) -> dict[str, Any]:
+    """Per-cluster docs, tokens, token share and description of a clustered corpus.
 
-    corpus = ClusteredCorpus(path, revision=revision)
+    Reads parquet footers and ``token_count`` column chunks only (range requests on the
+    Hub): ClimbLab's 2 TB are described from a few megabytes.  A ClimbMix-style mixed corpus
+    is listed by its files (its clusters are known only after reading every row).
+    """
+    from .mixed import MixedCorpus, open_corpus
+
+    corpus = open_corpus(path, revision=revision, filesystem=filesystem)
+    if isinstance(corpus, MixedCorpus):
+        return {"kind": "mixed_corpus", "path": str(path), "revision": corpus.revision,
+                "layout": "mixed (ClimbMix)", "files": corpus.files, "num_components": None,
+                "docs": None, "tokens": None, "components": []}
     rows = [
         {
             "name": c["config_name"],
@@ -106,7 +116,8 @@ def inspect_corpus(path: str | os.PathLike, *, revision: str | None = None) -> d
     }
 
 
-def inspect_path(path: str | os.PathLike, *, revision: str | None = None) -> dict[str, Any]:
+def inspect_path(path: str | os.PathLike, *, revision: str | None = None,
+                 filesystem=None) -> dict[str, Any]:
     """Describe a token store or a clustered corpus (local folder or Hub id) as a plain dict.
 
     Keys: ``kind`` (``"token_store"`` or ``"clustered_corpus"``), ``path``,
@@ -119,9 +130,9 @@ def inspect_path(path: str | os.PathLike, *, revision: str | None = None) -> dic
     'cluster_0'
     """
     p = Path(path)
-    if p.is_dir() and _is_token_store(p):
+    if filesystem is None and p.is_dir() and _is_token_store(p):
         return inspect_store(p)
-    return inspect_corpus(path, revision=revision)
+    return inspect_corpus(path, revision=revision, filesystem=filesystem)
 
 
 def _fmt_int(n: int | None) -> str:
@@ -134,6 +145,10 @@ def _fmt_share(x: float | None) -> str:
 
 def format_table(info: dict[str, Any], *, width: int = 60) -> str:
     """A fixed-width table of :func:`inspect_path`'s result, one line per component."""
+    if info["kind"] == "mixed_corpus":
+        return "\n".join([f"{info['path']}: {len(info['files'])} files of mixed clusters "
+                           "(ClimbMix layout); tokenize reads them to split the clusters:",
+                           *(f"  {f}" for f in info["files"])])
     store = info["kind"] == "token_store"
     header = ["component" if store else "cluster", "docs", "tokens", "share"]
     if store:
