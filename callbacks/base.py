@@ -191,6 +191,10 @@ class MixtureCallback(TrainerCallback):
     :meth:`_state` / :meth:`_load_state` for their own state.
     """
 
+    # MixtureTrainer writes this state into a checkpoint before the checkpoint is complete
+    # (crash-safe resume, see hf_mixture.mixture.trainer); on_save writes it again, unchanged.
+    writes_checkpoint_state = True
+
     config_class: type = MixtureCallbackConfig
     name: str = "mixture"
 
@@ -490,7 +494,9 @@ class MixtureCallback(TrainerCallback):
             self._resume(args, state)
 
     def _resume(self, args: Any, state: Any) -> None:
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        from hf_mixture.mixture.trainer import last_complete_checkpoint
 
         step = int(state.global_step)
         candidates: list[str] = []
@@ -498,7 +504,7 @@ class MixtureCallback(TrainerCallback):
             candidates.append(args.resume_from_checkpoint)
         candidates.append(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}"))
         if os.path.isdir(args.output_dir):
-            last = get_last_checkpoint(args.output_dir)
+            last = last_complete_checkpoint(args.output_dir)
             if last:
                 candidates.append(last)
         for folder in candidates:

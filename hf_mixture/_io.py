@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import HFMixtureError
+
 
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -78,3 +80,78 @@ def short_hash(obj: Any) -> str:
     """
     blob = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove ``.<name>.tmp-<pid>-*`` siblings of ``path`` left by dead processes of this host.
+
+    A SIGKILLed run cannot clean up after itself; the next run does.  Returns what it removed.
+    """
+    final = Path(path)
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for p in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            pid = int(p.name[len(f".{final.name}.tmp-"):].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``.<name>.lock`` beside ``path`` while a stage writes it; one writer at a time.
+
+    The lock file records pid, host and start time.  A second writer gets one sentence
+    naming the holder; a lock left by a dead process of this host is taken over (logged).
+    Stale temporary siblings of dead runs are removed on the way in.
+    """
+    import logging
+    import socket
+    import time
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.with_name(f".{final.name}.lock")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            same_host = holder.get("host") == me["host"]
+            if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
+                logging.getLogger(__name__).warning(
+                    "taking over the lock of %s from process %s, which is gone", final,
+                    holder["pid"])
+                lock.unlink(missing_ok=True)
+                continue
+            raise HFMixtureError(
+                f"Output '{final}' is being written by process {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}; wait for it to finish (or delete '{lock}' if that "
+                "process is gone).") from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    remove_stale_temporaries(final)
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)

@@ -67,11 +67,41 @@ def main(argv: list[str] | None = None) -> int:
     except HFMixtureError as err:
         print(f"hf-mixture {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (OSError, ValueError, RecursionError, MemoryError) as err:
+        # Permissions, a full disk, a missing file, JSON/YAML a user wrote, a query nested too
+        # deep: one sentence naming what failed; the traceback only with -v.
+        if args.verbose:
+            raise
+        print(f"hf-mixture {args.command}: error: {describe_error(err)} (run with -v for "
+              "the traceback)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"hf-mixture {args.command}: interrupted; rerun to resume.", file=sys.stderr)
         return 130
     _close_process_group()
     return int(result or 0)
+
+
+def describe_error(err: BaseException) -> str:
+    """One sentence for an error that is not ours: what failed, on which file."""
+    import errno
+    import json
+
+    if isinstance(err, RecursionError):
+        return "the input is nested too deeply to read (a query or document nested thousands deep)"
+    if isinstance(err, MemoryError):
+        return "out of memory"
+    if isinstance(err, json.JSONDecodeError):
+        return f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+    if isinstance(err, OSError):
+        where = f" '{err.filename}'" if err.filename else ""
+        what = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.ENOSPC: "no space left on the device", errno.ENOENT: "no such file",
+                errno.EROFS: "the filesystem is read-only", errno.EDQUOT: "disk quota exceeded",
+                }.get(err.errno, err.strerror or type(err).__name__)
+        return f"{what}{where}"
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _configure_output(verbose: bool) -> None:

@@ -102,14 +102,16 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: 
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML or JSON mapping with ``yaml.safe_load`` (JSON is YAML)."""
+    """Read a YAML or JSON mapping (``yaml.safe_load`` semantics, a key given twice refused)."""
     import yaml
+
+    from ._yaml import load_yaml
 
     p = Path(path)
     if not p.is_file():
         raise HFMixtureError(f"Config file '{p}' does not exist.")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml(p.read_text(encoding="utf-8"), f"Config file '{p}'")
     except yaml.YAMLError as err:
         raise HFMixtureError(f"Config file '{p}' is not valid YAML: {str(err).splitlines()[0]}.") from None
     if data is None:

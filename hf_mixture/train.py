@@ -653,9 +653,9 @@ def train(cfg: TrainConfig, *, extra_callbacks: Sequence[Callable[[Any], Any]] =
 
     resume = args.resume_from_checkpoint
     if resume in ("latest", "last", "true", "True"):
-        from transformers.trainer_utils import get_last_checkpoint
+        from .mixture.trainer import last_complete_checkpoint
 
-        resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        resume = last_complete_checkpoint(args.output_dir)
         if resume is None:
             raise HFMixtureError(f"resume_from_checkpoint is 'latest' but {args.output_dir} holds "
                                  "no checkpoint-<step> folder.")

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
+from _trainer_helpers import StopAt, small_store, small_trainer
+from transformers import TrainerCallback
 
 from hf_mixture.errors import HFMixtureError
-from _trainer_helpers import Recording, StopAt
-from hf_mixture.formats.token_store import TokenStore, TokenStoreWriter
-from hf_mixture.mixture import Mixture, MixtureDataset
 from hf_mixture.mixture.trainer import STATE_FILE
-
-SEQ_LEN = 16
 
 
 @pytest.fixture(autouse=True)
@@ -29,14 +24,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("store") / "store"
-    with TokenStoreWriter(path, vocab_size=300, eos_token_id=0, tokenizer_name="test") as w:
-        for c in range(3):
-            for i in range(30):
-                w.add(f"cluster_{c}", "train", rng.integers(1, 300, int(rng.integers(2, 30))),
-                      {"cluster_id": c})
-    return TokenStore(path)
+    return small_store(tmp_path_factory.mktemp("store") / "store")
 
 
 class ChangeWeightsAt(TrainerCallback):
@@ -52,17 +40,7 @@ class ChangeWeightsAt(TrainerCallback):
 
 
 def make_trainer(store, out, *callbacks_for):
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=store.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=SEQ_LEN))
-    data = MixtureDataset(store, Mixture.from_store(store, "uniform", seed=3), seq_len=SEQ_LEN)
-    args = TrainingArguments(
-        output_dir=str(out), max_steps=5, per_device_train_batch_size=2,
-        gradient_accumulation_steps=2, learning_rate=1e-3, save_strategy="steps", save_steps=2,
-        logging_steps=1, report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
-        dataloader_num_workers=0)
-    trainer = Recording(model=model, args=args, train_dataset=data)
+    trainer, data = small_trainer(store, out)
     trainer.add_callback(ChangeWeightsAt(data, 1))
     for cb in callbacks_for:
         trainer.add_callback(cb)

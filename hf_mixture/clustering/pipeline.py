@@ -278,7 +278,10 @@ def cluster_corpus(
         config = ClusterConfig(**options)
     elif options:
         config = dataclasses.replace(config, **options)
-    with _progress_bars(progress):
+    output_dir = Path(output_dir)
+    from .._io import output_lock
+
+    with output_lock(output_dir), _progress_bars(progress):
         return _cluster_corpus(dataset_or_path, output_dir, config, executor or ExecutorConfig(),
                                embedder=embedder, lexical=lexical, clusterer=clusterer,
                                pruner=pruner, merger=merger, describer=describer,

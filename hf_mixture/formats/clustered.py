@@ -644,10 +644,10 @@ class ClusteredCorpus:
             entry.setdefault("id", k)
             entry.setdefault("config_name", cluster_config_name(k))
             entry.setdefault("description", None)
-            if entry.get("docs") is None:
-                entry["docs"] = self.num_docs(k)
-            if entry.get("tokens") is None:
-                entry["tokens"] = self.num_tokens(k)
+            # counted from the files (footers, token_count), never taken from clusters.json on
+            # trust: validate() and num_tokens() say which one is wrong when they disagree
+            entry["docs"] = self.num_docs(k)
+            entry["tokens"] = self.num_tokens(k)
             out.append(entry)
         return out
 

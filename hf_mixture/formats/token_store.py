@@ -208,6 +208,10 @@ class TokenStoreWriter:
             self.abort()
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_component_name(name: str) -> None:
     if not name or "/" in name or name.startswith(".") or name != name.strip():
         raise HFMixtureError(f"Component name {name!r} is not a valid folder name.")
@@ -247,15 +251,40 @@ class TokenStore:
                 f"{manifest_path}: field 'version' is {self.manifest.get('version')!r}; "
                 f"this hf_mixture reads version {VERSION}."
             )
-        self.dtype = np.dtype("<" + self.manifest["dtype"])
-        tok = self.manifest["tokenizer"]
+        where = str(manifest_path)
+        dtype = self.manifest.get("dtype")
+        if dtype not in ("u2", "u4"):
+            raise HFMixtureError(f"{where}: field 'dtype' is {dtype!r}, expected 'u2' or 'u4'.")
+        self.dtype = np.dtype("<" + dtype)
+        tok = self.manifest.get("tokenizer")
+        if not isinstance(tok, dict) or not _is_int(tok.get("vocab_size")) \
+                or tok["vocab_size"] < 2:
+            raise HFMixtureError(f"{where}: field 'tokenizer.vocab_size' must be an integer >= 2.")
         self.vocab_size: int = tok["vocab_size"]
+        if self.vocab_size > np.iinfo(self.dtype).max + 1:
+            raise HFMixtureError(f"{where}: field 'tokenizer.vocab_size' is {self.vocab_size}, "
+                                 f"more ids than dtype {dtype} holds.")
         self.eos_token_id: int | None = tok.get("eos_token_id")
+        if self.eos_token_id is not None and not (
+                _is_int(self.eos_token_id) and 0 <= self.eos_token_id < self.vocab_size):
+            raise HFMixtureError(f"{where}: field 'tokenizer.eos_token_id' is "
+                                 f"{self.eos_token_id!r}, outside the vocabulary of size "
+                                 f"{self.vocab_size}.")
         self.tokenizer_name: str = tok.get("name")
+        self.tokenizer_hash: str | None = tok.get("sha256")
         self._cache: dict[tuple[str, str, str], Any] = {}
-        for component, entry in self.manifest["components"].items():
+        components = self.manifest.get("components")
+        if not isinstance(components, dict) or not components:
+            raise HFMixtureError(f"{where}: field 'components' must be a non-empty mapping of "
+                                 "component names to their counts.")
+        for component, entry in components.items():
             for split in SPLITS:
-                self._check_files(component, split, entry[split])
+                counts = entry.get(split) if isinstance(entry, dict) else None
+                if not isinstance(counts, dict) or not all(
+                        _is_int(counts.get(k)) and counts[k] >= 0 for k in ("docs", "tokens")):
+                    raise HFMixtureError(f"{where}: field 'components.{component}.{split}' must "
+                                         "hold integer 'docs' and 'tokens'.")
+                self._check_files(component, split, counts)
 
     def _check_files(self, component: str, split: str, counts: dict[str, int]) -> None:
         base = self.path / component
@@ -274,6 +303,46 @@ class TokenStore:
                 f"Token store file '{idx_path}' does not hold {counts['docs'] + 1} offsets: "
                 "the store is corrupt."
             )
+        # Cheap on open (the offsets are 8 bytes per document, read through a memory map):
+        # they start at 0, never decrease and end exactly at the last token.
+        offsets = np.memmap(idx_path, dtype="<i8", mode="r")
+        if offsets[0] != 0 or offsets[-1] != counts["tokens"]:
+            raise HFMixtureError(
+                f"Token store file '{idx_path}': the offsets run from {int(offsets[0])} to "
+                f"{int(offsets[-1])}, but '{bin_path.name}' holds {counts['tokens']} tokens: the "
+                "store is corrupt.")
+        if len(offsets) > 1 and (np.diff(offsets) < 0).any():
+            bad = int(np.flatnonzero(np.diff(offsets) < 0)[0])
+            raise HFMixtureError(
+                f"Token store file '{idx_path}': offset {bad + 1} is smaller than offset {bad} "
+                "(offsets must not decrease): the store is corrupt.")
+        import pyarrow.parquet as pq
+
+        meta_path = base / f"{split}.meta.parquet"
+        try:
+            rows = pq.ParquetFile(meta_path).metadata.num_rows
+        except Exception as err:  # noqa: BLE001 - unreadable metadata is corruption
+            raise HFMixtureError(f"Token store file '{meta_path}' is unreadable ({err}).") \
+                from None
+        if rows != counts["docs"]:
+            raise HFMixtureError(
+                f"Token store file '{meta_path}' has {rows} rows, but the store holds "
+                f"{counts['docs']} {split} documents of component '{component}': the store is "
+                "corrupt.")
+
+    def validate_deep(self) -> None:
+        """Read every token: each id must be inside the vocabulary (``validate --deep``)."""
+        for component in self.components:
+            for split in SPLITS:
+                tokens = self.tokens(component, split)
+                for lo in range(0, len(tokens), 1 << 24):
+                    chunk = tokens[lo: lo + (1 << 24)]
+                    if chunk.size and int(chunk.max()) >= self.vocab_size:
+                        pos = lo + int(np.argmax(chunk >= self.vocab_size))
+                        raise HFMixtureError(
+                            f"Token store '{self.path}' component '{component}' ({split}): token "
+                            f"{pos} is id {int(tokens[pos])}, outside the vocabulary of size "
+                            f"{self.vocab_size}.")
 
     # -- facts -------------------------------------------------------------------
     @property

@@ -369,9 +369,11 @@ def tokenize(
         "input_fingerprint": fingerprint,
         "eos": eos_seen,
     }
+    from .._io import output_lock
+
     encoder = None if from_tokens else _TextEncoder(tok, num_proc)
     try:
-        with TokenStoreWriter(
+        with output_lock(out), TokenStoreWriter(
             out,
             vocab_size=tok_info["vocab_size"],
             eos_token_id=eos,

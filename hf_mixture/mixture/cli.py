@@ -58,8 +58,13 @@ def add_parser(subparsers) -> None:
         description="Load a mixture file with every check; with --store also resolve each "
                     "component's query against the token store's train split.",
     )
-    validate.add_argument("mixture", help="Mixture file (.yaml, .yml or .json).")
-    validate.add_argument("--store", help="Token store folder to resolve the queries against.")
+    validate.add_argument("mixture", nargs="?", default=None,
+                          help="Mixture file (.yaml, .yml or .json); may be left out with --store.")
+    validate.add_argument("--store", help="Token store folder to check (offsets, metadata, "
+                          "vocabulary) and to resolve the queries against.")
+    validate.add_argument("--deep", action="store_true",
+                          help="With --store: read every token and check it is inside the "
+                          "vocabulary.")
     validate.set_defaults(func=run_validate)
 
 
@@ -89,8 +94,24 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from ..errors import HFMixtureError
     from .mixture import Mixture
 
+    if args.mixture is None and not args.store:
+        raise HFMixtureError("validate needs a mixture file, --store STORE, or both.")
+    if args.deep and not args.store:
+        raise HFMixtureError("--deep checks a token store: pass --store STORE.")
+    store = None
+    if args.store:
+        from ..formats.token_store import TokenStore
+
+        store = TokenStore(args.store)  # offsets, metadata rows and vocabulary checked on open
+        if args.deep:
+            store.validate_deep()
+        print(f"{args.store}: token store is valid{' (every token read)' if args.deep else ''}: "
+              f"{len(store.components)} components, vocabulary {store.vocab_size}")
+    if args.mixture is None:
+        return 0
     mixture = Mixture.load(args.mixture)
     weights = mixture.weights()
     title = f" {mixture.name!r}" if mixture.name else ""
@@ -98,10 +119,8 @@ def run_validate(args: argparse.Namespace) -> int:
           f"{len(mixture.stages)} stages, temperature {mixture.temperature:g}, seed "
           f"{mixture.seed}, fingerprint {mixture.fingerprint}")
     resolved = {}
-    if args.store:
-        from ..formats.token_store import TokenStore
-
-        resolved = {r.name: r for r in mixture.resolve(TokenStore(args.store), "train")}
+    if store is not None:
+        resolved = {r.name: r for r in mixture.resolve(store, "train")}
     for c in mixture.components:
         line = f"  {c.name}: weight {weights[c.name]:.4f}"
         line += f", query {c.query!r}" if c.query else ", store component of that name"

@@ -504,12 +504,15 @@ class Mixture:
 
     @classmethod
     def from_yaml(cls, path_or_str: str | os.PathLike) -> Mixture:
-        """Load from a YAML file path or a YAML string (``yaml.safe_load`` only)."""
+        """Load from a YAML file path or a YAML string (``yaml.safe_load`` semantics; a key
+        written twice in one mapping is an error, not last-wins)."""
         import yaml
+
+        from .._yaml import load_yaml
 
         text, source = _read(path_or_str, looks_inline=lambda s: "\n" in s or ":" in s)
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text, source or "The mixture YAML")
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark is not None else ""

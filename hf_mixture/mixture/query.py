@@ -166,13 +166,16 @@ def parse_query(source: QuerySource) -> Query:
     if not text:
         raise HFMixtureError("The query is empty; an empty query means 'the store component "
                              "of the same name' and is not evaluated.")
+    shown = repr(source) if len(source) <= 120 else repr(source[:117] + "...")
     try:
         node = ast.parse(text, mode="eval")
+        return Query(source, _condition(node.body, source))
     except SyntaxError as err:
         raise HFMixtureError(
-            f"Query {source!r} is not valid syntax ({err.msg} at column {err.offset})."
+            f"Query {shown} is not valid syntax ({err.msg} at column {err.offset})."
         ) from None
-    return Query(source, _condition(node.body, source))
+    except RecursionError:
+        raise HFMixtureError(f"Query {shown} is nested too deeply to evaluate.") from None
 
 
 def _parse_mapping(source: Mapping[str, Any]) -> Any:

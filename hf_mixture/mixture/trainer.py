@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .._io import atomic_write_json
 from ..errors import HFMixtureError
@@ -75,6 +75,42 @@ def load_sampler_state(dataset: MixtureDataset, checkpoint_dir: str | os.PathLik
     dataset.sampler.load_state_dict(state, where=str(path))
 
 
+def _checkpoint_complete(folder: Path) -> str | None:
+    """``None`` when ``folder`` is a complete checkpoint, else what it lacks."""
+    if not (folder / "trainer_state.json").is_file():
+        return "no trainer_state.json (the save was interrupted)"
+    if not (folder / STATE_FILE).is_file():
+        return f"no {STATE_FILE}"
+    weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+               "pytorch_model.bin.index.json", "adapter_model.safetensors")
+    if not any((folder / w).is_file() for w in weights) and not any(folder.glob("global_step*")):
+        return "no model weights"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` of ``output_dir`` that is complete; skipped ones are logged.
+
+    A run killed while saving leaves its newest checkpoint half-written; resuming from it
+    would fail (or worse, resume wrongly), while the one before is intact.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    found = []
+    for p in root.iterdir():
+        name = p.name
+        if p.is_dir() and name.startswith(PREFIX_CHECKPOINT_DIR + "-") and \
+                name.rsplit("-", 1)[-1].isdigit():
+            found.append((int(name.rsplit("-", 1)[-1]), p))
+    for _, folder in sorted(found, reverse=True):
+        missing = _checkpoint_complete(folder)
+        if missing is None:
+            return str(folder)
+        logger.warning("Skipping %s: it is incomplete (%s).", folder, missing)
+    return None
+
+
 def token_losses(logits: Any, labels: Any, ignore_index: int = -100) -> tuple[Any, Any]:
     """Per-token next-token cross-entropy ``(B, T-1)`` and its mask, as a causal LM computes it.
 
@@ -101,6 +137,8 @@ class MixtureStateCallback(TrainerCallback):
 
     >>> trainer.add_callback(MixtureStateCallback(data))   # doctest: +SKIP
     """
+
+    writes_checkpoint_state = True  # MixtureTrainer writes it before the checkpoint completes
 
     def __init__(self, dataset: MixtureDataset):
         self.dataset = dataset
@@ -134,6 +172,18 @@ class MixtureTrainerMixin:
                 cb.dataset = self.train_dataset
                 return
         self.add_callback(MixtureStateCallback(self.train_dataset))
+
+    def _save_rng_state(self, output_dir):
+        # Crash safety: the Trainer writes trainer_state.json and then deletes old checkpoints
+        # (save_total_limit) *before* callbacks' on_save.  Writing the sampler and callback
+        # state here -- inside the checkpoint, before trainer_state.json -- makes
+        # trainer_state.json the last file of a checkpoint: a checkpoint that has it is
+        # complete, and rotation never removes the last complete one for an incomplete one.
+        super()._save_rng_state(output_dir)
+        if isinstance(self.train_dataset, MixtureDataset):
+            for cb in self.callback_handler.callbacks:
+                if getattr(cb, "writes_checkpoint_state", False):
+                    cb.on_save(self.args, self.state, self.control)
 
     def get_train_dataloader(self):
         if not isinstance(self.train_dataset, MixtureDataset):
@@ -197,7 +247,7 @@ class MixtureTrainerMixin:
         self.args.ignore_data_skip = True
         if resume_from_checkpoint is True or (isinstance(resume_from_checkpoint, bool)
                                               and resume_from_checkpoint):
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise HFMixtureError(f"resume_from_checkpoint=True, but output_dir "
                                      f"'{self.args.output_dir}' holds no checkpoint.")

@@ -418,9 +418,19 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
     ``store``: a :class:`~hf_mixture.formats.TokenStore` or its path.  ``target``:
     ``"mean"``, ``"worst"``, a text file/folder/dataset id, ``"module:function"`` or a
     callable ``fn(model, tokenizer) -> float`` (see :mod:`hf_mixture.search.target`).
+    One search at a time writes a folder (a second one is one sentence: it would train every
+    proxy twice).
 
     >>> run_search("store/", "held_out.jsonl", "out/", SearchConfig(rounds=[8, 4]))  # doctest: +SKIP
     """
+    from .._io import output_lock
+
+    with output_lock(output_dir):
+        return _run_search(store, target, output_dir, config, progress=progress)
+
+
+def _run_search(store: Any, target: Any, output_dir: str | os.PathLike,
+                config: SearchConfig | None = None, *, progress: bool = True) -> SearchResult:
     from ..formats.token_store import TokenStore
 
     config = config or SearchConfig()

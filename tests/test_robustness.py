@@ -1,0 +1,242 @@
+"""Nothing silently wrong: what is read is checked, writers lock, interrupted saves resume.
+
+Each case is a fault a hostile user (or a SIGKILL) produces: the answer is one sentence naming
+the file/field, a non-zero exit, and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hf_mixture import cli
+from hf_mixture._io import output_lock, remove_stale_temporaries
+from hf_mixture.errors import HFMixtureError
+from hf_mixture.formats import TokenStore, TokenStoreWriter
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def store_path(tmp_path) -> Path:
+    path = tmp_path / "store"
+    rng = np.random.default_rng(0)
+    with TokenStoreWriter(path, vocab_size=300, eos_token_id=0, tokenizer_name="t") as w:
+        for i in range(10):
+            w.add("cluster_0", "train", rng.integers(1, 300, 20), {"cluster_id": 0})
+            w.add("cluster_0", "validation", rng.integers(1, 300, 5), {"cluster_id": 0})
+    return path
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def _write_manifest(path: Path, m: dict) -> None:
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def _validate(capsys, *args) -> tuple[int, str]:
+    code = cli.main(["validate", *args])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_store_offsets_past_the_end(store_path, capsys):
+    idx = np.memmap(store_path / "cluster_0" / "train.idx", dtype="<i8", mode="r+")
+    idx[-1] += 1000
+    idx.flush()
+    code, err = _validate(capsys, "--store", str(store_path))
+    assert code == 2 and "train.idx': the offsets run from 0 to 1200" in err
+
+
+def test_store_offsets_that_decrease(store_path, capsys):
+    idx = np.memmap(store_path / "cluster_0" / "train.idx", dtype="<i8", mode="r+")
+    idx[3], idx[4] = idx[4], idx[3]
+    idx.flush()
+    code, err = _validate(capsys, "--store", str(store_path))
+    assert code == 2 and "offset 4 is smaller than offset 3" in err
+
+
+def test_store_bin_short_with_the_manifest_edited_to_match(store_path, capsys):
+    bin_path = store_path / "cluster_0" / "train.bin"
+    bin_path.write_bytes(bin_path.read_bytes()[:-100])  # 50 uint16 tokens short
+    m = _manifest(store_path)
+    m["components"]["cluster_0"]["train"]["tokens"] -= 50
+    _write_manifest(store_path, m)
+    code, err = _validate(capsys, "--store", str(store_path))
+    assert code == 2 and "the offsets run from 0 to 200, but 'train.bin' holds 150 tokens" in err
+
+
+def test_store_metadata_with_twice_the_rows(store_path, capsys):
+    meta = store_path / "cluster_0" / "train.meta.parquet"
+    table = pq.read_table(meta)
+    pq.write_table(pa.concat_tables([table, table]), meta)
+    code, err = _validate(capsys, "--store", str(store_path))
+    assert code == 2 and "train.meta.parquet' has 20 rows, but the store holds 10" in err
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("eos_token_id", 70000, "field 'tokenizer.eos_token_id' is 70000, outside the vocabulary"),
+    ("vocab_size", 70000, "more ids than dtype u2 holds"),
+])
+def test_store_manifest_tokenizer_facts(store_path, capsys, field, value, match):
+    m = _manifest(store_path)
+    m["tokenizer"][field] = value
+    _write_manifest(store_path, m)
+    code, err = _validate(capsys, "--store", str(store_path))
+    assert code == 2 and match in err
+
+
+def test_store_manifest_shape_errors_are_one_sentence(store_path, capsys):
+    m = _manifest(store_path)
+    m["components"] = ["cluster_0"]
+    _write_manifest(store_path, m)
+    code, err = _validate(capsys, "--store", str(store_path))
+    assert code == 2 and "field 'components' must be a non-empty mapping" in err
+    del m["dtype"]
+    _write_manifest(store_path, m)
+    code, err = _validate(capsys, "--store", str(store_path))
+    assert code == 2 and "field 'dtype' is None" in err
+
+
+def test_validate_deep_reads_every_id(store_path, capsys):
+    m = _manifest(store_path)
+    m["tokenizer"]["vocab_size"] = 100  # the ids go up to 299
+    _write_manifest(store_path, m)
+    assert _validate(capsys, "--store", str(store_path))[0] == 0  # cheap checks pass
+    code, err = _validate(capsys, "--store", str(store_path), "--deep")
+    assert code == 2 and "outside the vocabulary of size 100" in err
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    from hf_mixture.mixture import Mixture
+
+    path = tmp_path / "m.yaml"
+    path.write_text("components:\n  - name: a\n    weight: 1\n    weight: 9\n")
+    with pytest.raises(HFMixtureError, match=r"m.yaml line 4: key 'weight' appears twice"):
+        Mixture.load(path)
+
+
+@pytest.mark.parametrize("query, match", [
+    ("(" * 2000 + "cluster_id == 1" + ")" * 2000, "too many nested parentheses"),
+    ("not " * 3000 + "cluster_id == 1", "nested too deep"),
+])
+def test_a_query_nested_thousands_deep_is_one_sentence(tmp_path, capsys, query, match):
+    path = tmp_path / "m.yaml"
+    path.write_text(json.dumps({"components": [{"name": "a", "query": query}]}))
+    code = cli.main(["validate", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and match in err and len(err) < 400, err
+
+
+def test_an_output_path_that_cannot_be_written_is_one_sentence(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = cli.main(["playground", "--export", str(blocker / "sub")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and str(blocker) in err, err
+
+
+def test_a_second_writer_gets_one_sentence_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    out = tmp_path / "out"
+    with output_lock(out):
+        with pytest.raises(HFMixtureError, match=f"is being written by process {os.getpid()}"):
+            with output_lock(out):
+                pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    import socket
+
+    (tmp_path / ".out.lock").write_text(json.dumps({"pid": int(dead),
+                                                    "host": socket.gethostname()}))
+    (tmp_path / f".out.tmp-{dead}-abcd1234").mkdir()  # what a SIGKILLed writer leaves
+    with output_lock(out):
+        assert not (tmp_path / f".out.tmp-{dead}-abcd1234").exists()
+    assert not (tmp_path / ".out.lock").exists()
+    assert remove_stale_temporaries(out) == []
+
+
+def test_two_tokenize_runs_on_one_output_do_not_both_write(tmp_path, make_climblab,
+                                                           tiny_tokenizer_path):
+    from hf_mixture.formats.tokenize import tokenize
+
+    corpus = make_climblab()
+    with output_lock(tmp_path / "store"):  # another run is writing it
+        with pytest.raises(HFMixtureError, match="is being written by process"):
+            tokenize(corpus, tmp_path / "store", str(tiny_tokenizer_path))
+    assert not (tmp_path / "store").exists()
+
+
+def test_inspect_checks_clusters_json_against_the_files(tmp_path, capsys):
+    import datasets
+
+    from hf_mixture.formats import write_clustered_corpus
+
+    out = write_clustered_corpus(datasets.Dataset.from_dict(
+        {"tokens": [[1, 2, 3]] * 4, "cluster_id": [0, 0, 1, 1]}), tmp_path / "c")
+    m = json.loads((out / "clusters.json").read_text())
+    m["clusters"][0]["tokens"] *= 10
+    (out / "clusters.json").write_text(json.dumps(m))
+    code = cli.main(["inspect", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "field 'clusters[id=0].tokens' is 60, but the files of cluster_0/ " \
+                         "hold 6 tokens" in err
+
+
+_DYING = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from _trainer_helpers import Recording, small_store, small_trainer
+
+    class Dying(Recording):  # killed in the middle of writing checkpoint-4
+        def _save_rng_state(self, output_dir):
+            super()._save_rng_state(output_dir)
+            if str(output_dir).endswith("checkpoint-4"):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    store = small_store({store!r})
+    trainer, _ = small_trainer(store, {out!r}, trainer_class=Dying, save_total_limit=1)
+    trainer.train()
+""")
+
+
+def test_sigkill_during_a_save_resumes_from_the_previous_complete_checkpoint(tmp_path, caplog):
+    from _trainer_helpers import small_store, small_trainer
+
+    out = tmp_path / "run"
+    script = tmp_path / "dying.py"
+    script.write_text(_DYING.format(tests=str(TESTS), store=str(tmp_path / "store"),
+                                    out=str(out)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    # checkpoint-4 is half-written (no trainer_state.json); with save_total_limit=1 the old
+    # rotation would already have deleted checkpoint-2 -- it must still be there, complete.
+    assert (out / "checkpoint-4").is_dir() and not (out / "checkpoint-4" /
+                                                    "trainer_state.json").exists()
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+
+    torch.set_num_threads(1)
+    store = small_store(tmp_path / "store2")
+    full, _ = small_trainer(store, tmp_path / "full")
+    full.train()
+    resumed, _ = small_trainer(store, out)
+    resumed.train(resume_from_checkpoint=True)
+    assert "Skipping" in caplog.text and "checkpoint-4" in caplog.text
+    assert len(resumed.seen) == 6  # steps 3..5 from checkpoint-2
+    for a, b in zip(resumed.seen, full.seen[4:]):
+        assert torch.equal(a, b)
+    losses = {e["step"]: e["loss"] for e in full.state.log_history if "loss" in e}
+    again = {e["step"]: e["loss"] for e in resumed.state.log_history if "loss" in e}
+    for step in (3, 4, 5):
+        assert again[step] == pytest.approx(losses[step], rel=1e-4)
