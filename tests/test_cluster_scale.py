@@ -101,7 +101,7 @@ with open(log, "a") as fh:
     fh.write(json.dumps({{"job": job, "args": args, "script": text}}) + "\\n")
 m = re.search(r"#SBATCH --array=(\\d+)-(\\d+)", text)
 lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-out = re.search(r"#SBATCH --output=(\S+)", text)
+out = re.search(r"#SBATCH --output=(\\S+)", text)
 for i in range(lo, hi + 1):
     env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i), SLURM_JOB_ID=str(job),
                SLURM_NODELIST="localhost")

@@ -22,7 +22,7 @@ import torch
 from hf_mixture import cli
 from hf_mixture._io import output_lock, remove_stale_temporaries
 from hf_mixture.errors import HFMixtureError
-from hf_mixture.formats import TokenStore, TokenStoreWriter
+from hf_mixture.formats import TokenStoreWriter
 
 TESTS = Path(__file__).resolve().parent
 

@@ -56,8 +56,8 @@ def quiet_datatrove_console() -> None:
     """
     import sys
 
-    import datatrove.executor.base as base
     import datatrove.utils.logging as dlog
+    from datatrove.executor import base
     from loguru import logger as loguru_logger
 
     if getattr(dlog, "_hf_mixture_quiet", False):

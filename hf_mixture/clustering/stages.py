@@ -242,8 +242,6 @@ class FitCentroids(PipelineStep):
         self.lexical = lexical
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         from .embed import compute_threads
         from .kmeans import KMeansClusterer
@@ -261,7 +259,7 @@ class FitCentroids(PipelineStep):
                 f"num_clusters={k} exceeds the number of documents to cluster ({num_docs}); "
                 "pass a smaller --num-clusters.")
         m = s.resolved_kmeans_sample(num_docs, k)
-        texts, emb, rows = _global_sample(work, self.tasks, m)
+        texts, emb, _ = _global_sample(work, self.tasks, m)
         model = work / "model"
         model.mkdir(parents=True, exist_ok=True)
         with compute_threads(s.num_threads):
@@ -406,6 +404,31 @@ class AssignClusters(PipelineStep):
 
 
 # ----------------------------------------------------------------------------- merge
+def _reduce_describe_samples(work: Path, tasks: int, k: int, dim: int):
+    """Per k-means cluster, the ``DESCRIBE_PER_CLUSTER`` smallest-key sampled documents over
+    every task -- read a batch at a time, so memory holds ``k x DESCRIBE_PER_CLUSTER`` rows,
+    however many tasks sampled them."""
+    import pyarrow.parquet as pq
+
+    heaps: list[list[tuple]] = [[] for _ in range(k)]
+    for t in range(tasks):
+        pf = pq.ParquetFile(work / "assign" / f"{t:05d}.sample.parquet")
+        for batch in pf.iter_batches(batch_size=4096):
+            cols = [batch.column(c).to_pylist() for c in ("cluster", "_key", "text", "quality",
+                                                          "feat")]
+            for c, key, text, q, feat in zip(*cols):
+                h = heaps[c]
+                if len(h) < DESCRIBE_PER_CLUSTER:
+                    heapq.heappush(h, (-key, text, q, feat))
+                elif -key > h[0][0]:
+                    heapq.heapreplace(h, (-key, text, q, feat))
+    rows = sorted((c, -item[0], item[1], item[2], item[3]) for c, h in enumerate(heaps)
+                  for item in h)
+    cluster = np.array([r[0] for r in rows], dtype=np.int64)
+    feat = np.frombuffer(b"".join(r[4] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+    return cluster, [r[2] for r in rows], np.array([r[3] for r in rows], dtype=np.float64), feat
+
+
 class MergeClusters(PipelineStep):
     """Reduce the task summaries; prune low-quality clusters; merge; describe."""
 
@@ -423,8 +446,6 @@ class MergeClusters(PipelineStep):
         self.pruner = pruner
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         from .describe import ClusterDescriber, _snippet
         from .merge import CentroidMerger
@@ -432,7 +453,7 @@ class MergeClusters(PipelineStep):
 
         s = self.config
         work = Path(self.work_dir)
-        _, centroids, model = _load_model(work)
+        _, centroids, _ = _load_model(work)
         k = len(centroids)
         count = np.zeros(k, np.int64)
         sums = np.zeros((k, centroids.shape[1]), np.float64)
@@ -444,14 +465,8 @@ class MergeClusters(PipelineStep):
                 sums += z["sums"]
                 quality += z["quality"]
                 flags += z["flags"]
-        sample = pa.concat_tables(
-            [pq.read_table(work / "assign" / f"{t:05d}.sample.parquet") for t in range(self.tasks)]
-        ).sort_by([("cluster", "ascending"), ("_key", "ascending")])
-        s_cluster = sample["cluster"].to_numpy()
-        s_text = sample["text"].to_pylist()
-        s_quality = sample["quality"].to_numpy()
-        s_feat = np.frombuffer(b"".join(sample["feat"].to_pylist()), dtype=np.float32).reshape(
-            len(s_text), centroids.shape[1])
+        s_cluster, s_text, s_quality, s_feat = _reduce_describe_samples(
+            work, self.tasks, k, centroids.shape[1])
 
         present = np.flatnonzero(count > 0)
         means = {int(c): float(quality[c] / count[c]) for c in present}
