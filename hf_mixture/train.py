@@ -616,6 +616,11 @@ def train(cfg: TrainConfig, *, extra_callbacks: Sequence[Callable[[Any], Any]] =
                              "made by `hf-mixture tokenize`).")
     args = training_arguments(cfg)     # before the model: DeepSpeed ZeRO-3 builds it sharded
     store = TokenStore(cfg.data.store)
+    if cfg.data.tokenizer:  # checked before training, not after: see _save_tokenizer
+        from .formats.clustered import check_tokenizer_matches, load_tokenizer
+
+        check_tokenizer_matches(load_tokenizer(cfg.data.tokenizer), store,
+                                "saved beside the model")
     mixture = resolve_mixture(cfg, store)
     seq_len = cfg.data.seq_len
     tokens_per_step = global_batch_size(args) * seq_len
@@ -714,14 +719,18 @@ def _save_tokenizer(cfg: TrainConfig, store: Any, out: Path) -> None:
     if not name:
         logger.warning("The token store names no tokenizer; %s holds none.", out)
         return
-    from .formats.clustered import load_tokenizer
+    from .formats.clustered import check_tokenizer_matches, load_tokenizer
 
     try:
         tokenizer = load_tokenizer(name)
     except HFMixtureError as err:
+        if cfg.data.tokenizer:  # asked for explicitly: not loadable is the user's error
+            raise
         logger.warning("The model folder %s holds no tokenizer (%s); set data.tokenizer to "
                        "save one beside the weights.", out, err)
         return
+    # a model trained on one vocabulary shipped with another tokenizer is silently broken
+    check_tokenizer_matches(tokenizer, store, "saved beside the model")
     tokenizer.save_pretrained(str(out))
 
 

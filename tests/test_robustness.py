@@ -240,3 +240,21 @@ def test_sigkill_during_a_save_resumes_from_the_previous_complete_checkpoint(tmp
     again = {e["step"]: e["loss"] for e in resumed.state.log_history if "loss" in e}
     for step in (3, 4, 5):
         assert again[step] == pytest.approx(losses[step], rel=1e-4)
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path, tiny_store, tiny_tokenizer_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from hf_mixture.formats.clustered import check_tokenizer_matches, load_tokenizer
+    from hf_mixture.search.target import _store_tokenizer
+
+    same = load_tokenizer(str(tiny_tokenizer_path))
+    check_tokenizer_matches(same, tiny_store, "test")  # the store's own tokenizer passes
+    from hf_mixture import playground
+
+    other = playground.tokenizer()  # 8,192 ids, not the tiny store's
+    assert isinstance(other, PreTrainedTokenizerFast)
+    with pytest.raises(HFMixtureError, match="is not the tokenizer of token store"):
+        check_tokenizer_matches(other, tiny_store, "saved beside the model")
+    with pytest.raises(HFMixtureError, match="tokenizing the search target"):
+        _store_tokenizer(tiny_store, str(playground.tokenizer_dir()))

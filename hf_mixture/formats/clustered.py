@@ -118,6 +118,27 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
     }
 
 
+def check_tokenizer_matches(tokenizer: Any, store: Any, purpose: str) -> None:
+    """Refuse a tokenizer that is not the one ``store``'s ids were made with.
+
+    Compares the content hash of tokenizer.json when the store records one, else the
+    vocabulary size; ``purpose`` says what the tokenizer was for ("saved beside the model").
+    """
+    info = tokenizer_fingerprint(tokenizer)
+    want_hash = getattr(store, "tokenizer_hash", None)
+    if want_hash is not None and info["sha256"] != want_hash:
+        raise HFMixtureError(
+            f"Tokenizer '{info['name']}' ({purpose}) is not the tokenizer of token store "
+            f"'{store.path}' ('{store.tokenizer_name}'): their tokenizer.json hashes differ "
+            f"({info['sha256'][:12]} vs {want_hash[:12]}, vocabularies {info['vocab_size']} vs "
+            f"{store.vocab_size}).")
+    if info["vocab_size"] != store.vocab_size:
+        raise HFMixtureError(
+            f"Tokenizer '{info['name']}' ({purpose}) has {info['vocab_size']} ids, but token store "
+            f"'{store.path}' was made with a vocabulary of {store.vocab_size} "
+            f"('{store.tokenizer_name}').")
+
+
 def check_texts(texts: list, where: str, start: int = 0) -> None:
     """Raise naming the row when a value of field 'text' is not a string (e.g. null)."""
     for i, text in enumerate(texts):

@@ -159,10 +159,14 @@ def pack_documents(docs: list[np.ndarray] | Any, seq_len: int, max_tokens: int,
 
 
 def _store_tokenizer(store: Any, tokenizer: Any | None):
-    from ..formats.clustered import load_tokenizer
+    from ..formats.clustered import check_tokenizer_matches, load_tokenizer
 
     if tokenizer is not None:
-        return load_tokenizer(tokenizer)
+        tok = load_tokenizer(tokenizer)
+        # target text tokenized with another vocabulary would make every proxy fail deep
+        # inside the embedding lookup: say so once, here
+        check_tokenizer_matches(tok, store, "tokenizing the search target")
+        return tok
     name = store.tokenizer_name
     if not name:
         raise HFMixtureError(f"Token store '{store.path}' names no tokenizer in its manifest; "
