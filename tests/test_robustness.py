@@ -258,3 +258,26 @@ def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path, tiny_store, tiny
         check_tokenizer_matches(other, tiny_store, "saved beside the model")
     with pytest.raises(HFMixtureError, match="tokenizing the search target"):
         _store_tokenizer(tiny_store, str(playground.tokenizer_dir()))
+
+
+@pytest.mark.parametrize("field, value", [("dirichlet_concentration", float("inf")),
+                                          ("proxy_weight_decay", float("nan")),
+                                          ("proxy_weight_decay", -0.1)])
+def test_search_settings_are_checked_before_anything_is_recorded(tmp_path, tiny_store, field,
+                                                                 value):
+    from hf_mixture.search import SearchConfig, run_search
+
+    with pytest.raises(HFMixtureError, match=f"Field '{field}'"):
+        run_search(tiny_store, "mean", tmp_path / "search", SearchConfig(**{field: value}))
+    assert not (tmp_path / "search").exists()
+
+
+def test_a_long_text_is_tokenized_in_pieces_with_the_same_ids(tiny_tokenizer_path, monkeypatch):
+    from hf_mixture.formats import clustered
+
+    backend = clustered.load_tokenizer(str(tiny_tokenizer_path)).backend_tokenizer
+    text = " ".join(f"word{i % 97} and\nmore" for i in range(3000))
+    whole = clustered.encode_texts(backend, [text])[0]
+    monkeypatch.setattr(clustered, "ENCODE_PIECE_CHARS", 1000)
+    assert len(clustered._pieces(text)) > 10
+    assert clustered.encode_texts(backend, [text, "short"])[0] == whole

@@ -148,10 +148,41 @@ def check_texts(texts: list, where: str, start: int = 0) -> None:
             )
 
 
+# Characters handed to the tokenizer at once: one 100 MB document would otherwise cost
+# gigabytes of offsets and merge state inside the Rust tokenizer.
+ENCODE_PIECE_CHARS = 1_000_000
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut just before a whitespace character every ~``ENCODE_PIECE_CHARS``.
+
+    Byte-level BPE (GPT-2 and the playground's) pre-tokenizes at whitespace, and a space
+    starts the next word's token, so encoding the pieces gives the whole text's ids.
+    """
+    out, start = [], 0
+    while len(text) - start > ENCODE_PIECE_CHARS:
+        cut = start + ENCODE_PIECE_CHARS
+        ws = max(text.rfind(" ", start + 1, cut), text.rfind("\n", start + 1, cut))
+        cut = ws if ws > start else cut
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
 def encode_texts(backend, texts: list, *, where: str = "text", start: int = 0) -> list[list[int]]:
-    """Token ids of ``texts`` without special tokens, through the Rust tokenizer (batched)."""
+    """Token ids of ``texts`` without special tokens, through the Rust tokenizer (batched);
+    a very long text is encoded in whitespace-aligned pieces (bounded memory)."""
     check_texts(texts, where, start)
-    return [enc.ids for enc in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    if all(len(t) <= ENCODE_PIECE_CHARS for t in texts):
+        return [enc.ids for enc in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    out = []
+    for t in texts:
+        ids: list[int] = []
+        for enc in backend.encode_batch_fast(_pieces(t), add_special_tokens=False):
+            ids.extend(enc.ids)
+        out.append(ids)
+    return out
 
 
 # ----------------------------------------------------------------------------- schema checks

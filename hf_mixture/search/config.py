@@ -14,6 +14,7 @@ is CLIMB's setting (64/32/16 proxies of 62M parameters).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -149,7 +150,13 @@ class SearchConfig:
             raise HFMixtureError(f"Field 'rounds' must be a non-empty list of positive run counts, "
                                  f"got {self.rounds!r}.")
         self.rounds = [int(r) for r in self.rounds]
-        checks = [("candidates", self.candidates >= 1), ("final_top_k", self.final_top_k >= 1),
+        # Every number must be finite before anything is recorded: a search folder records its
+        # settings, and an inf or NaN there would make it refuse the corrected value later.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise HFMixtureError(f"Field {f.name!r} must be a finite number, got {value!r}.")
+        checks = [("proxy_weight_decay", self.proxy_weight_decay >= 0), ("candidates", self.candidates >= 1), ("final_top_k", self.final_top_k >= 1),
                   ("cv_folds", self.cv_folds >= 2), ("top_fraction", 0 < self.top_fraction <= 1),
                   ("prior_temperature", self.prior_temperature > 0),
                   ("dirichlet_concentration", self.dirichlet_concentration > 0),
