@@ -22,7 +22,7 @@ import torch
 from hf_mixture import cli
 from hf_mixture._io import output_lock, remove_stale_temporaries
 from hf_mixture.errors import HFMixtureError
-from hf_mixture.formats import TokenStoreWriter
+from hf_mixture.formats import TokenStore, TokenStoreWriter
 
 TESTS = Path(__file__).resolve().parent
 
@@ -281,3 +281,34 @@ def test_a_long_text_is_tokenized_in_pieces_with_the_same_ids(tiny_tokenizer_pat
     monkeypatch.setattr(clustered, "ENCODE_PIECE_CHARS", 1000)
     assert len(clustered._pieces(text)) > 10
     assert clustered.encode_texts(backend, [text, "short"])[0] == whole
+
+
+def test_small_faults_are_one_sentence(store_path, tmp_path):
+    from hf_mixture.mixture.cli import parse_tokens
+
+    with pytest.raises(HFMixtureError, match="has the splits train, validation, not 'test'"):
+        TokenStore(store_path).num_docs("cluster_0", split="test")
+    with pytest.raises(HFMixtureError, match="too large to be a token count"):
+        parse_tokens("1e400")
+
+
+def test_a_rerun_of_tokenize_with_overwrite_leaves_a_current_store_alone(
+        tmp_path, make_climblab, tiny_tokenizer_path):
+    from hf_mixture.formats.tokenize import tokenize
+
+    corpus = make_climblab()
+    first = tokenize(corpus, tmp_path / "store", str(tiny_tokenizer_path))
+    mtime = (tmp_path / "store" / "manifest.json").stat().st_mtime_ns
+    again = tokenize(corpus, tmp_path / "store", str(tiny_tokenizer_path), overwrite=True)
+    assert first.written and not again.written
+    assert (tmp_path / "store" / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_a_replaced_input_file_changes_the_cluster_stage_fingerprint(tmp_path):
+    from hf_mixture.clustering.reader import plan_input
+
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(300)]}), path)
+    before = plan_input(str(path)).fingerprint
+    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(60)]}), path)
+    assert plan_input(str(path)).fingerprint != before  # same path, new content

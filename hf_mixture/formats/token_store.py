@@ -353,11 +353,17 @@ class TokenStore:
         self._require(component)
         return self.manifest["components"][component]
 
+    def _split(self, component: str, split: str) -> dict[str, int]:
+        if split not in SPLITS:
+            raise HFMixtureError(f"A token store has the splits {', '.join(SPLITS)}, not "
+                                 f"{split!r}.")
+        return self.info(component)[split]
+
     def num_docs(self, component: str, split: str = "train") -> int:
-        return int(self.info(component)[split]["docs"])
+        return int(self._split(component, split)["docs"])
 
     def num_tokens(self, component: str, split: str = "train") -> int:
-        return int(self.info(component)[split]["tokens"])
+        return int(self._split(component, split)["tokens"])
 
     @property
     def fingerprint(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 
@@ -33,6 +34,8 @@ def parse_tokens(text: str) -> int:
         raise HFMixtureError(f"--tokens {text!r} is not a token count (e.g. 1000000, 1e9, "
                              "500M, 2B).")
     value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if not math.isfinite(value) or value > 10**18:  # 1e18 tokens: far beyond any corpus
+        raise HFMixtureError(f"--tokens {text!r} is too large to be a token count.")
     if value != int(value) or value <= 0:
         raise HFMixtureError(f"--tokens {text!r} must be a whole number of tokens > 0.")
     return int(value)
