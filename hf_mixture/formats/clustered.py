@@ -399,7 +399,35 @@ def _comparable(t: pa.DataType, name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- reader
-class ClusteredCorpus:
+class _SourceFacts:
+    """Where a corpus lives, for both layouts (cluster folders, mixed files): ``self._src``."""
+
+    _src: _Source
+
+    @property
+    def is_local(self) -> bool:
+        return self._src.is_local
+
+    @property
+    def revision(self) -> str | None:
+        """The Hub commit the corpus is pinned to (None for a local folder)."""
+        return self._src.revision
+
+    @property
+    def repo_id(self) -> str | None:
+        return self._src.repo_id
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever a file of the corpus does (local) or the commit does (Hub)."""
+        return self._src.fingerprint()
+
+    def display(self, rel: str) -> str:
+        """The name of a file for messages: a local path or an ``hf://`` URL."""
+        return self._src.display(rel)
+
+
+class ClusteredCorpus(_SourceFacts):
     """A validated clustered corpus: ours (with ``clusters.json``) or ClimbLab's layout.
 
     ``path`` is a local folder or a Hub dataset id (``owner/name``, optionally
@@ -510,24 +538,6 @@ class ClusteredCorpus:
     def cluster_ids(self) -> list[int]:
         return list(self._files)
 
-    @property
-    def is_local(self) -> bool:
-        return self._src.is_local
-
-    @property
-    def revision(self) -> str | None:
-        """The Hub commit the corpus is pinned to (None for a local folder)."""
-        return self._src.revision
-
-    @property
-    def repo_id(self) -> str | None:
-        return self._src.repo_id
-
-    @property
-    def fingerprint(self) -> str:
-        """Changes whenever a file of the corpus does (local) or the commit does (Hub)."""
-        return self._src.fingerprint()
-
     def _require(self, cluster_id: int) -> None:
         if cluster_id not in self._files:
             raise HFMixtureError(
@@ -539,10 +549,6 @@ class ClusteredCorpus:
         """The cluster's parquet files, relative to the corpus root, in read order."""
         self._require(cluster_id)
         return list(self._files[cluster_id])
-
-    def display(self, rel: str) -> str:
-        """The name of a file for messages: a local path or an ``hf://`` URL."""
-        return self._src.display(rel)
 
     def local_file(self, rel: str) -> str:
         """A local path to ``rel`` (downloaded into the Hugging Face cache for a Hub corpus)."""

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import HFMixtureError
-from .clustered import STREAM_BLOCK, ClusteredCorpus, _Source, _short
+from .clustered import STREAM_BLOCK, ClusteredCorpus, _Source, _short, _SourceFacts
 
 
-class MixedCorpus:
+class MixedCorpus(_SourceFacts):
     """Root-level jsonl / parquet files whose rows carry ``cluster_id``, ``tokens``, ``token_count``.
 
     ``clusters`` keeps only rows of those clusters (the others are still read: a mixed file
@@ -49,21 +49,6 @@ class MixedCorpus:
             files = files[:max_files]
         self.files = files
         self.clusters = None if clusters is None else {int(k) for k in clusters}
-
-    @property
-    def repo_id(self) -> str | None:
-        return self._src.repo_id
-
-    @property
-    def revision(self) -> str | None:
-        return self._src.revision
-
-    @property
-    def fingerprint(self) -> str:
-        return self._src.fingerprint()
-
-    def display(self, rel: str) -> str:
-        return self._src.display(rel)
 
     def iter_rows(self) -> Iterator[tuple[str, int, int, np.ndarray, int | None]]:
         """``(file, row, cluster_id, token ids, token_count)`` for every row, in file order."""
