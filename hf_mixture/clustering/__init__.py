@@ -17,7 +17,7 @@ from __future__ import annotations
 from .config import ClusterConfig
 from .describe import ClusterDescriber
 from .embed import SentenceEmbedder
-from .executors import ExecutorConfig
+from ..executors import ExecutorConfig
 from .kmeans import KMeansClusterer
 from .merge import CentroidMerger
 from .metrics import clustering_scores

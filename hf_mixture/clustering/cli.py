@@ -7,7 +7,7 @@ hf-mixture cluster corpus/ --output out --executor slurm --slurm-partition cpu -
 hf-mixture cluster corpus/ --output out --executor ray --ray-address auto
 
 Every flag is a :class:`~hf_mixture.clustering.config.ClusterConfig` or
-:class:`~hf_mixture.clustering.executors.ExecutorConfig` field.
+:class:`~hf_mixture.executors.ExecutorConfig` field.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     add_config_arguments(parser)
-    from .executors import ExecutorConfig
+    from ..executors import ExecutorConfig
 
     add_config_arguments(parser.add_argument_group("executor"), ExecutorConfig)
     parser.set_defaults(func=run)
@@ -51,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from .config import config_from_args
-    from .executors import ExecutorConfig
+    from ..executors import ExecutorConfig
     from .pipeline import cluster_corpus
 
     config = config_from_args(args)

@@ -51,7 +51,7 @@ import numpy as np
 from .._io import atomic_write_json, short_hash
 from ..errors import HFMixtureError
 from .config import ClusterConfig
-from .executors import ExecutorConfig, Stage, run_stages
+from ..executors import ExecutorConfig, Stage, run_stages
 from .reader import CorpusReader, plan_input
 
 logger = logging.getLogger(__name__)

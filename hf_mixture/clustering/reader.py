@@ -35,7 +35,7 @@ from datatrove.pipeline.readers.base import BaseReader
 
 from .._io import short_hash
 from ..errors import HFMixtureError
-from .executors import quiet_datatrove_console
+from ..executors import quiet_datatrove_console
 
 quiet_datatrove_console()  # every worker that runs a reader imports this module
 

@@ -47,7 +47,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from .._io import atomic_path, atomic_write_json, file_sha256
 from ..errors import HFMixtureError
-from .executors import quiet_datatrove_console
+from ..executors import quiet_datatrove_console
 
 quiet_datatrove_console()
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import HFMixtureError
+from .errors import HFMixtureError
 
 logger = logging.getLogger(__name__)
 
