@@ -249,3 +249,23 @@ def test_100mb_single_document_stays_small(tmp_path, tiny_tokenizer_path):
     # 100M characters in pieces of at most 100k, cut at a space near the end of each
     assert 1000 + 50 <= got["docs"] <= 1002 + 50
     assert got["peak_mb"] < 2500, got
+
+
+@pytest.mark.slow
+def test_tokenize_as_datatrove_tasks_equals_one_process(tmp_path, make_climblab,
+                                                       tiny_tokenizer_path):
+    from hf_mixture.formats import TokenStore
+    from hf_mixture.formats.tokenize import tokenize
+
+    corpus = make_climblab()
+    one = tokenize(corpus, tmp_path / "one", str(tiny_tokenizer_path))
+    tasks = tokenize(corpus, tmp_path / "tasks", str(tiny_tokenizer_path),
+                     executor=ExecutorConfig(workers=2, tasks=2))
+    a, b = TokenStore(one.path), TokenStore(tasks.path)
+    assert a.components == b.components
+    assert a.manifest["components"] == b.manifest["components"]
+    for c in a.components:
+        for split in ("train", "validation"):
+            assert np.array_equal(a.tokens(c, split), b.tokens(c, split))
+            assert np.array_equal(a.offsets(c, split), b.offsets(c, split))
+    assert not (tmp_path / "tasks.work").exists() or not any((tmp_path / "tasks.work").iterdir())

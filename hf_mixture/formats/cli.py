@@ -39,6 +39,13 @@ def add_parser(subparsers) -> None:
                      help="Only these clusters (e.g. 1,5,7): nothing of the others is read.")
     tok.add_argument("--max-files-per-cluster", type=int, default=None, metavar="N",
                      help="Only the first N files of each cluster (or of a mixed corpus).")
+    tok.add_argument("--executor", default=None, choices=("local", "slurm", "ray"),
+                     help="Convert the clusters as datatrove tasks on this executor (default: "
+                     "one process); the Slurm/Ray options are those of `hf-mixture cluster`.")
+    tok.add_argument("--tasks", type=int, default=None,
+                     help="With --executor: tasks (default: one per cluster).")
+    tok.add_argument("--workers", type=int, default=None,
+                     help="With --executor: tasks at once (default: local, one per core).")
     tok.add_argument("--download", action="store_true",
                      help="Download Hub files whole into the Hugging Face cache instead of "
                      "streaming their row groups.")
@@ -90,6 +97,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
+    from ..executors import ExecutorConfig
     from .inspect import format_table, inspect_store
     from .tokenize import DEFAULT_VALIDATION_FRACTION, tokenize
 
@@ -112,6 +120,8 @@ def run_tokenize(args: argparse.Namespace) -> int:
         clusters=_cluster_list(args.clusters),
         max_files_per_cluster=args.max_files_per_cluster,
         download=args.download,
+        executor=None if args.executor is None else ExecutorConfig(
+            executor=args.executor, tasks=args.tasks, workers=args.workers),
     )
     if not result.written:
         print(f"{result.path} is up to date (same inputs and settings); nothing to do.")

@@ -27,6 +27,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -283,8 +284,13 @@ def tokenize(
     max_files_per_cluster: int | None = None,
     download: bool = False,
     filesystem=None,
+    executor=None,
 ) -> TokenizeResult:
-    """:func:`tokenize_corpus`, also saying whether the store was written or already current."""
+    """:func:`tokenize_corpus`, also saying whether the store was written or already current.
+
+    ``executor`` (an :class:`~hf_mixture.executors.ExecutorConfig`) converts the clusters as
+    datatrove tasks (local processes, Slurm, Ray) and merges them; without it, one process.
+    """
     from .clustered import load_tokenizer, tokenizer_fingerprint
     from .mixed import MixedCorpus, open_corpus
 
@@ -371,6 +377,19 @@ def tokenize(
     }
     from .._io import output_lock
 
+    if executor is not None:
+        if mixed:
+            raise HFMixtureError("A mixed-cluster corpus (ClimbMix) is one stream: tokenize it "
+                                 "without --executor.")
+        with output_lock(out):
+            return _tokenize_tasks(executor, out, fingerprint, extra, {
+                "input": str(input), "revision": revision, "filesystem": filesystem,
+                "max_files_per_cluster": max_files_per_cluster,
+                "tokenizer": tokenizer if isinstance(tokenizer, (str, os.PathLike)) or
+                tokenizer is None else tok, "tok_info": tok_info, "eos": eos,
+                "from_tokens": from_tokens, "fraction": fraction, "seed": int(seed),
+                "key_column": key_column, "batch_size": batch_size, "download": download,
+            }, corpus.cluster_ids)
     encoder = None if from_tokens else _TextEncoder(tok, num_proc)
     try:
         with output_lock(out), TokenStoreWriter(
@@ -406,6 +425,24 @@ def tokenize(
         if encoder is not None:
             encoder.close()
     logger.info("wrote token store %s", out)
+    return TokenizeResult(out, True, fingerprint)
+
+
+def _tokenize_tasks(executor, out: Path, fingerprint: str, extra: dict[str, Any],
+                    options: dict[str, Any], cluster_ids: list[int]) -> TokenizeResult:
+    """Clusters as datatrove tasks, then one merge (:mod:`.tokenize_tasks`)."""
+    from ..executors import Stage, run_stages
+    from .tokenize_tasks import MergeStoreParts, TokenizeClusters
+
+    work = out.with_name(out.name + ".work") / fingerprint
+    tasks = min(len(cluster_ids), executor.tasks or len(cluster_ids))
+    stages = [Stage("tokenize", [TokenizeClusters(str(work), cluster_ids, options)], tasks),
+              Stage("merge", [MergeStoreParts(str(work), cluster_ids, str(out), extra)], 1)]
+    if not run_stages(executor, stages, work):
+        logger.warning("queued the tokenize tasks on Slurm; %s appears when they finish", out)
+        return TokenizeResult(out, False, fingerprint)
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("wrote token store %s (%d clusters in %d tasks)", out, len(cluster_ids), tasks)
     return TokenizeResult(out, True, fingerprint)
 
 
