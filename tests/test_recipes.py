@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from hf_mixture.errors import HFMixtureError
-from hf_mixture.train import build_model, count_parameters, load_train_config, training_arguments
+from hf_mixture.models import build_model, count_parameters
+from hf_mixture.train import load_train_config, training_arguments
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TRAINING = sorted([*RECIPES.glob("*.yaml"), *RECIPES.glob("family/*.yaml")])
@@ -24,7 +25,7 @@ TRAINER_OWNED = ("train_micro_batch_size_per_gpu", "train_batch_size",
 
 def _params(path: Path, *overrides: str) -> int:
     cfg = load_train_config(path, list(overrides))
-    return count_parameters(build_model(cfg, device="meta"))
+    return count_parameters(build_model(cfg.model, device="meta"))
 
 
 def _cpu(path: Path, tmp_path: Path, *extra: str):
@@ -74,7 +75,7 @@ def test_training_recipes_build_training_arguments(path, tmp_path):
 def test_pretrain_1b_is_the_llama_3_2_1b_shape(tmp_path):
     path = RECIPES / "pretrain_1b.yaml"
     cfg, args = _cpu(path, tmp_path)
-    model = build_model(cfg, device="meta")
+    model = build_model(cfg.model, device="meta")
     n = count_parameters(model)
     assert 1.20e9 <= n <= 1.27e9, n                    # Llama-3.2-1B: 1.236B
     c = model.config
@@ -100,7 +101,8 @@ def test_family_shapes_and_shared_hyperparameters(tmp_path):
         for key in set(base.training) | set(cfg.training):
             if key not in differ:
                 assert base.training.get(key) == cfg.training.get(key), (cfg.source, key)
-        assert cfg.data == base.data and cfg.model["vocab_size"] == base.model["vocab_size"]
+        assert cfg.data == base.data
+        assert cfg.model_fields["vocab_size"] == base.model_fields["vocab_size"]
         # 20 tokens per parameter, within 10%.
     for cfg, n in zip(configs, [counts[p.stem] for p in sorted(RECIPES.glob("family/*.yaml"))]):
         tokens = cfg.training["max_steps"] * 256 * cfg.data.seq_len
@@ -109,8 +111,8 @@ def test_family_shapes_and_shared_hyperparameters(tmp_path):
 
 def test_proxy_shapes():
     path = RECIPES / "proxy.yaml"
-    assert 58e6 <= _params(path, "shape=62m") <= 66e6
-    assert 330e6 <= _params(path, "shape=350m") <= 370e6
+    assert 58e6 <= _params(path, "model.shape=62m") <= 66e6
+    assert 330e6 <= _params(path, "model.shape=350m") <= 370e6
 
 
 def test_wsd_schedule_switch(tmp_path):
@@ -191,7 +193,7 @@ def test_deepspeed_json_passes_deepspeed_checker(path, tmp_path):
     hf = HfTrainerDeepSpeedConfig(json.loads(path.read_text()))
     hf.trainer_config_process(args)
     hf.trainer_config_finalize(args, SimpleNamespace(config=SimpleNamespace(
-        hidden_size=cfg.model["hidden_size"])), args.max_steps)
+        hidden_size=cfg.model_fields["hidden_size"])), args.max_steps)
     checked = DeepSpeedConfig(hf.config)
     assert checked.train_micro_batch_size_per_gpu == args.per_device_train_batch_size
     assert checked.gradient_accumulation_steps == args.gradient_accumulation_steps
@@ -203,7 +205,7 @@ def test_deepspeed_json_passes_deepspeed_checker(path, tmp_path):
     ("bogus.x=1", "unknown section"),
     ("model.hidden_sise=8", "hidden_sise"),
     ("training.learnin_rate=0.1", "learnin_rate"),
-    ("shape=nope", "nope"),
+    ("model.shape=nope", "nope"),
     ("training.ignore_data_skip=false", "ignore_data_skip"),
     ("training.max_steps=0", "max_steps"),
     ("callbacks=[{weight: 1}]", "name"),
@@ -212,7 +214,7 @@ def test_bad_recipe_input_is_one_clear_error(override, message, tmp_path):
     with pytest.raises(HFMixtureError, match=message):
         cfg = load_train_config(RECIPES / "tiny_cpu.yaml",
                                 [override, f"training.output_dir={tmp_path}"])
-        build_model(cfg, vocab_size=500, device="meta")
+        build_model(cfg.model, vocab_size=500, device="meta")
         training_arguments(cfg)
 
 
