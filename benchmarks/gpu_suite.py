@@ -198,8 +198,9 @@ def section_pretrain_1b(ctx: dict[str, Any]) -> dict[str, Any]:
     steps = size["train_steps"]
     common = [f"data.store={ctx['stores']['pretrain_1b']}", "data.eval_sequences=0",
               f"training.max_steps={steps}",
-              # One micro-batch per optimizer step: the recipe's 16 would make a step ~11 s.
-              "training.gradient_accumulation_steps=1",
+              # One micro-batch per optimizer step: the recipe's global batch of 256 (16
+              # accumulation steps on one GPU) would make a step ~11 s.
+              "training.global_batch_size=null", "training.gradient_accumulation_steps=1",
               "training.eval_strategy=no", "training.save_strategy=no",
               f"training.logging_steps={max(1, steps // 4)}", "training.disable_tqdm=true",
               *ctx["shape_overrides"]]
