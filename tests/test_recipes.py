@@ -226,3 +226,83 @@ def test_eight_bit_optimizer_needs_bitsandbytes_named(monkeypatch, tmp_path):
                             ["training.optim=paged_adamw_8bit", f"training.output_dir={tmp_path}"])
     with pytest.raises(HFMixtureError, match=r"hf_mixture\[bitsandbytes\]"):
         training_arguments(cfg)
+
+
+def _header(path: Path) -> str:
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.name)
+def test_recipe_header_states_the_parameter_count_it_builds(path):
+    """Every recipe names a registered shape and its header says the count it builds to."""
+    from hf_mixture.models import format_parameters, get_shape
+
+    cfg = load_train_config(path)
+    shape = get_shape(cfg.model["shape"])
+    # vocab_size: auto takes the store's; the header states the count at the shape's vocabulary.
+    n = count_parameters(build_model(cfg.model, vocab_size=shape.fields["vocab_size"],
+                                     device="meta"))
+    assert n == shape.parameters(), "the recipe overrides a field that changes the count"
+    assert f"{format_parameters(n)} parameters" in _header(path), (path.name, format_parameters(n))
+    assert shape.name in _header(path)
+
+
+def test_proxy_header_states_both_climb_sizes():
+    from hf_mixture.models import format_parameters
+
+    header = _header(RECIPES / "proxy.yaml")
+    assert f"({format_parameters(_params(RECIPES / 'proxy.yaml', 'model.shape=350m'))};" in header
+
+
+@pytest.mark.parametrize("path", [p for p in TRAINING if p.name != "tiny_cpu.yaml"],
+                         ids=lambda p: p.name)
+def test_gpu_recipes_state_a_global_batch_not_an_accumulation(path, tmp_path):
+    cfg = load_train_config(path)
+    assert "gradient_accumulation_steps" not in cfg.training and cfg.training["global_batch_size"]
+    _, args = _cpu(path, tmp_path)
+    assert (args.per_device_train_batch_size * args.gradient_accumulation_steps
+            == cfg.training["global_batch_size"])
+
+
+def test_accumulation_is_derived_from_the_global_batch_and_world_size():
+    from hf_mixture.train import gradient_accumulation_for
+
+    assert gradient_accumulation_for(256, 16, 1) == 16
+    assert gradient_accumulation_for(256, 16, 8) == 2
+    assert gradient_accumulation_for(64, 32, 2) == 1
+    with pytest.raises(HFMixtureError, match=r"global_batch_size 256 is not a multiple of "
+                                             r"per_device_train_batch_size 16 x 3 process"):
+        gradient_accumulation_for(256, 16, 3)
+    with pytest.raises(HFMixtureError, match="global_batch_size must be an integer >= 1"):
+        gradient_accumulation_for(True, 16, 1)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["training.gradient_accumulation_steps=2"], "both global_batch_size and gradient_accum"),
+    (["training.global_batch_size=250"], "250 is not a multiple of per_device_train_batch_size 16"),
+])
+def test_bad_global_batch_is_one_clear_error(extra, message, tmp_path):
+    with pytest.raises(HFMixtureError, match=message):
+        _cpu(RECIPES / "pretrain_1b.yaml", tmp_path, *extra)
+
+
+def test_dropping_the_global_batch_gives_back_a_hand_set_accumulation(tmp_path):
+    _, args = _cpu(RECIPES / "pretrain_1b.yaml", tmp_path, "training.global_batch_size=null",
+                   "training.gradient_accumulation_steps=1")
+    assert args.gradient_accumulation_steps == 1
+
+
+def test_recipe_saved_by_an_earlier_version_still_loads(tmp_path):
+    """`recipe.yaml` beside older models holds `shape: null, shapes: {}`; a real table is named."""
+    from hf_mixture.train import config_from_mapping
+
+    old = {"model": {"shape": "cpu-tiny", "vocab_size": 64}, "shape": None, "shapes": {},
+           "training": {"max_steps": 1, "output_dir": str(tmp_path)}}
+    assert config_from_mapping(old).model_fields["hidden_size"] == 64
+    with pytest.raises(HFMixtureError, match="'shapes' is gone; name a registered shape"):
+        config_from_mapping({**old, "shapes": {"x": {"hidden_size": 8}}}, source="r.yaml")
