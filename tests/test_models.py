@@ -12,8 +12,15 @@ import pytest
 
 from hf_mixture import models
 from hf_mixture.errors import HFMixtureError
-from hf_mixture.models import (SHAPES, build_model, count_parameters, get_shape, model_fields,
-                               register_shape, shape_table)
+from hf_mixture.models import (
+    SHAPES,
+    build_model,
+    count_parameters,
+    get_shape,
+    model_fields,
+    register_shape,
+    shape_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
