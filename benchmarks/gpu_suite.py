@@ -83,9 +83,10 @@ def sizes(dry_run: bool) -> dict[str, Any]:
 def tiny_shape_overrides() -> list[str]:
     """The model shape, sequence length and batch of recipes/tiny_cpu.yaml as overrides."""
     from hf_mixture.config import load_config_file
+    from hf_mixture.train import load_train_config
 
     tiny = load_config_file(RECIPES / "tiny_cpu.yaml")
-    model = tiny["model"]
+    model = load_train_config(RECIPES / "tiny_cpu.yaml").model_fields  # its shape, expanded
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
     out = [f"model.{k}={model[k]}" for k in keys]
@@ -197,8 +198,9 @@ def section_pretrain_1b(ctx: dict[str, Any]) -> dict[str, Any]:
     steps = size["train_steps"]
     common = [f"data.store={ctx['stores']['pretrain_1b']}", "data.eval_sequences=0",
               f"training.max_steps={steps}",
-              # One micro-batch per optimizer step: the recipe's 16 would make a step ~11 s.
-              "training.gradient_accumulation_steps=1",
+              # One micro-batch per optimizer step: the recipe's global batch of 256 (16
+              # accumulation steps on one GPU) would make a step ~11 s.
+              "training.global_batch_size=null", "training.gradient_accumulation_steps=1",
               "training.eval_strategy=no", "training.save_strategy=no",
               f"training.logging_steps={max(1, steps // 4)}", "training.disable_tqdm=true",
               *ctx["shape_overrides"]]
@@ -255,7 +257,8 @@ def section_proxy_62m(ctx: dict[str, Any]) -> dict[str, Any]:
     # The search's own settings: CLIMB's GPU proxies, or the CPU default in a dry run.
     make = SearchConfig if ctx["dry_run"] else SearchConfig.gpu
     base = make()
-    config = make(proxy_tokens=steps * base.proxy_batch_size * base.proxy_seq_len,
+    config = make(proxy_tokens=steps * base.proxy_settings().sequences_per_step
+                  * base.proxy_seq_len,
                   **({"proxy_device": "cpu"} if ctx["dry_run"] else {}))
     settings = config.proxy_settings()
     store = TokenStore(ctx["stores"]["proxy_62m"])

@@ -37,6 +37,14 @@ from typing import Any
 from ._io import atomic_write_json, atomic_write_text
 from .config import dataclass_from_dict, load_config_file
 from .errors import HFMixtureError
+from .formats.tokenize import DEFAULT_VALIDATION_FRACTION
+
+# climb holds out twice the tokenizer's default: the search measures every domain on
+# proxy_eval_tokens (2048 by default) held-out tokens, i.e. about 12 playground documents
+# (706 characters, ≈175 tokens, on average); at 1% only clusters of 1,200+ documents hold
+# that many, at 2% clusters of 600+, which the playground's smaller clusters need (its
+# 15,400 documents make about 2,200 per cluster on average, the small ones far fewer).
+CLIMB_VALIDATION_FRACTION = 2 * DEFAULT_VALIDATION_FRACTION
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +56,8 @@ class TokenizeSettings:
     """Options of the tokenize stage."""
 
     validation_fraction: float = field(
-        default=0.02, metadata={"help": "Share of each cluster's documents held out for validation."})
+        default=CLIMB_VALIDATION_FRACTION,
+        metadata={"help": "Share of each cluster's documents held out for validation."})
     num_proc: int | None = field(default=None, metadata={"help": "Tokenizer processes (None: one)."})
 
 

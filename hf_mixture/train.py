@@ -2,11 +2,13 @@
 
 A recipe is a YAML file with five sections (see ``recipes/`` and ``docs/training.md``)::
 
-    model:      LlamaConfig fields (vocab_size: auto takes the token store's), plus
-                attn_implementation (sdpa, eager, flash_attention_2)
-    shapes:     optional named model shapes; `shape: 62m` picks one and merges it into model
+    model:      shape: a registered shape (hf_mixture.models: 62m, llama-3.2-1b, ...) and/or
+                LlamaConfig fields overriding it (vocab_size: auto takes the token
+                store's), plus attn_implementation (sdpa, eager, flash_attention_2)
     data:       store, mixture, seq_len, eval_sequences, ... (DataConfig)
-    training:   TrainingArguments fields, checked against transformers' names
+    training:   TrainingArguments fields, checked against transformers' names, plus
+                global_batch_size (sequences per optimizer step over all processes: the
+                gradient accumulation is derived from it and the world size)
     callbacks:  [{name: ado, <its config>}, ...]  mixture callbacks by name
     hub:        push, model_repo, mixture_repo, private (HubConfig)
 
@@ -44,13 +46,17 @@ from typing import Any
 
 from .config import dataclass_from_dict, load_config_file
 from .errors import HFMixtureError
+from .models import build_model, count_parameters, model_fields
 
 logger = logging.getLogger(__name__)
 
 # Keys of a recipe file, in the order docs/training.md explains them.
-RECIPE_KEYS = ("model", "shape", "shapes", "data", "training", "callbacks", "hub")
-# Model keys that are not LlamaConfig fields but say how to build the model.
-_BUILD_KEYS = ("attn_implementation",)
+RECIPE_KEYS = ("model", "data", "training", "callbacks", "hub")
+# Recipe keys of earlier versions: a recipe-local shape table (now hf_mixture.models).
+_OLD_SHAPE_KEYS = ("shape", "shapes")
+# The training-section key that is not a TrainingArguments field: the accumulation is
+# derived from it (see gradient_accumulation_for).
+GLOBAL_BATCH_KEY = "global_batch_size"
 # Peak dense bf16 tensor-core FLOP/s, for MFU (vendor data sheets, no sparsity).  A name
 # matches its longest key: "H100 PCIe" (756) before "H100" (the SXM part, 989).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H100 PCIe": 756e12, "H200": 989e12, "A100": 312e12,
@@ -118,14 +124,11 @@ class TrainConfig:
     """A whole recipe: see the module docstring for the sections."""
 
     model: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "LlamaConfig fields (+ attn_implementation); vocab_size: auto = the store's."})
+        "help": "shape: a registered model shape (hf_mixture.models), and LlamaConfig fields "
+                "overriding it (+ attn_implementation); vocab_size: auto = the store's."})
     training: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "TrainingArguments fields (transformers' names)."})
+        "help": "TrainingArguments fields (transformers' names) and global_batch_size."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data section."})
-    shape: str | None = field(default=None, metadata={
-        "help": "Name of an entry of `shapes` merged into `model`."})
-    shapes: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "Named model shapes (e.g. 62m, 350m)."})
     callbacks: list[dict[str, Any]] = field(default_factory=list, metadata={
         "help": "Mixture callbacks: [{name: ado, <config fields>}, ...]."})
     hub: HubConfig = field(default_factory=HubConfig, metadata={"help": "Hub section."})
@@ -133,25 +136,15 @@ class TrainConfig:
         "help": "The recipe file this config was read from (set by load_train_config)."})
 
     def __post_init__(self) -> None:
-        if self.shape is not None:
-            if self.shape not in self.shapes:
-                known = ", ".join(sorted(self.shapes)) or "none"
-                raise HFMixtureError(f"shape {self.shape!r} is not among the recipe's shapes "
-                                     f"({known}).")
-            chosen = self.shapes[self.shape]
-            if not isinstance(chosen, Mapping):
-                raise HFMixtureError(f"shapes.{self.shape} must be a mapping of model fields.")
+        model_fields(self.model, where=self.source or "the recipe")   # the shape name is known
         for i, entry in enumerate(self.callbacks):
             if not isinstance(entry.get("name"), str) or not entry["name"]:
                 raise HFMixtureError(f"callbacks[{i}] has no field 'name' (e.g. name: ado).")
 
     @property
     def model_fields(self) -> dict[str, Any]:
-        """``model`` with the chosen shape merged in."""
-        merged = dict(self.model)
-        if self.shape is not None:
-            merged.update(self.shapes[self.shape])
-        return merged
+        """``model`` with its named shape expanded (the shape's fields, then the overrides)."""
+        return model_fields(self.model, where=self.source or "the recipe")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -230,7 +223,15 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str | None = None) ->
     if not isinstance(raw, Mapping):
         raise HFMixtureError(f"{source or 'The recipe'} must be a mapping of sections.")
     data = dict(raw)
-    for key in ("model", "training", "shapes", "data", "hub"):
+    for key in _OLD_SHAPE_KEYS:
+        # Recipes saved beside earlier models hold `shape: null, shapes: {}`: nothing to migrate.
+        if key in data and data[key] in (None, {}):
+            data.pop(key)
+        elif key in data:
+            raise HFMixtureError(f"{source or 'The recipe'}: the section {key!r} is gone; name a "
+                                 "registered shape in model.shape (e.g. model: {shape: 62m}) and "
+                                 "override its fields beside it.")
+    for key in ("model", "training", "data", "hub"):
         if data.get(key) is None:
             data.pop(key, None)
     if data.get("callbacks") is None:
@@ -244,82 +245,7 @@ def config_from_mapping(raw: Mapping[str, Any], *, source: str | None = None) ->
         raise
 
 
-# -- the model ---------------------------------------------------------------------------
-def llama_config(cfg: TrainConfig, *, vocab_size: int | None = None, eos_token_id: int | None = None):
-    """The ``LlamaConfig`` of a recipe; ``vocab_size: auto`` takes ``vocab_size`` (the store's).
-
-    Unknown keys are an error that names them (LlamaConfig would store them silently).
-    """
-    from transformers import LlamaConfig
-
-    fields = cfg.model_fields
-    known = {f.name for f in dataclasses.fields(LlamaConfig)} | set(_BUILD_KEYS)
-    unknown = sorted(set(fields) - known)
-    where = cfg.source or "the recipe"
-    if unknown:
-        raise HFMixtureError(f"{where}: model has the unknown key(s) {', '.join(map(repr, unknown))}"
-                             "; use LlamaConfig field names (hidden_size, num_hidden_layers, ...).")
-    kwargs = {k: v for k, v in fields.items() if k not in _BUILD_KEYS}
-    if kwargs.get("vocab_size", "auto") == "auto":
-        if vocab_size is None:
-            raise HFMixtureError(f"{where}: model.vocab_size is 'auto' but no token store was "
-                                 "given to take it from (data.store / --store).")
-        # A multiple of 64 keeps the embedding and LM-head matmuls on fast tensor-core shapes.
-        kwargs["vocab_size"] = int(math.ceil(vocab_size / 64) * 64)
-    elif vocab_size is not None and int(kwargs["vocab_size"]) < vocab_size:
-        raise HFMixtureError(f"{where}: model.vocab_size {kwargs['vocab_size']} is smaller than "
-                             f"the token store's vocabulary ({vocab_size}).")
-    if eos_token_id is not None:
-        kwargs.setdefault("eos_token_id", eos_token_id)
-        kwargs.setdefault("bos_token_id", None)
-    try:
-        config = LlamaConfig(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise HFMixtureError(f"{where}: the model section is not a valid LlamaConfig ({err}).") \
-            from None
-    attn = fields.get("attn_implementation")
-    if attn is not None:
-        config._attn_implementation = attn
-    return config
-
-
-def build_model(cfg: TrainConfig, *, vocab_size: int | None = None,
-                eos_token_id: int | None = None, seed: int = 0, device: str | None = None):
-    """A randomly initialized causal LM from the recipe (no weights are downloaded).
-
-    ``device="meta"`` builds it without memory (parameter counts of large shapes).
-    Initialization draws from a private copy of torch's generator seeded with ``seed``,
-    so building a model leaves the global RNG untouched.
-
-    >>> model = build_model(load_train_config("recipes/pretrain_1b.yaml"), device="meta")  # doctest: +SKIP
-    >>> round(sum(p.numel() for p in model.parameters()) / 1e9, 2)                         # doctest: +SKIP
-    1.24
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    config = llama_config(cfg, vocab_size=vocab_size, eos_token_id=eos_token_id)
-    attn = cfg.model_fields.get("attn_implementation")
-    kwargs = {"attn_implementation": attn} if attn else {}
-    if device == "meta":
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, **kwargs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, **kwargs)
-
-
-def count_parameters(model: Any) -> int:
-    """Parameters of ``model``, tied weights counted once."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
-
-
+# -- the model (built by hf_mixture.models) ----------------------------------------------
 def model_flops_per_token(config: Any, seq_len: int) -> float:
     """Training FLOPs per token: ``6 N + 12 L H S`` (PaLM, appendix B).
 
@@ -355,14 +281,51 @@ BNB_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "paged_ada
                   "rmsprop_bnb_8bit", "rmsprop_bnb_32bit")
 
 
+def gradient_accumulation_for(global_batch: Any, per_device: Any, world_size: int, *,
+                              where: str = "the recipe") -> int:
+    """Accumulation steps that make ``global_batch`` sequences per optimizer step.
+
+    >>> gradient_accumulation_for(256, 16, 8)
+    2
+    >>> gradient_accumulation_for(256, 16, 1)
+    16
+    """
+    for key, value in ((GLOBAL_BATCH_KEY, global_batch),
+                       ("per_device_train_batch_size", per_device)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise HFMixtureError(f"{where}: training.{key} must be an integer >= 1, got {value!r}.")
+    per_step = per_device * world_size
+    if global_batch % per_step:
+        raise HFMixtureError(
+            f"{where}: training.global_batch_size {global_batch} is not a multiple of "
+            f"per_device_train_batch_size {per_device} x {world_size} process(es) = {per_step}; "
+            "change one of them so that the accumulation steps are a whole number.")
+    return global_batch // per_step
+
+
+def _launched_world_size() -> int:
+    """Processes of this launch, as torchrun / accelerate launch / the DeepSpeed launcher set it."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def training_arguments(cfg: TrainConfig):
-    """``TrainingArguments`` from the ``training:`` section (names checked, numbers coerced)."""
+    """``TrainingArguments`` from the ``training:`` section (names checked, numbers coerced).
+
+    ``global_batch_size`` (sequences per optimizer step over all processes) sets
+    ``gradient_accumulation_steps`` = global / (per-device batch x world size), so a
+    recipe runs unchanged on any number of GPUs; the two keys exclude each other.
+    """
     from transformers import TrainingArguments
 
     where = cfg.source or "the recipe"
     hints = typing.get_type_hints(TrainingArguments)
     names = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     given = dict(cfg.training)
+    global_batch = given.pop(GLOBAL_BATCH_KEY, None)
+    if global_batch is not None and "gradient_accumulation_steps" in given:
+        raise HFMixtureError(f"{where}: training sets both global_batch_size and "
+                             "gradient_accumulation_steps; keep global_batch_size (the "
+                             "accumulation is derived from it and the number of processes).")
     unknown = sorted(set(given) - names)
     if unknown:
         raise HFMixtureError(f"{where}: training has the unknown key(s) "
@@ -391,12 +354,23 @@ def training_arguments(cfg: TrainConfig):
 
         require("bitsandbytes", "bitsandbytes", f"training.optim {optim!r}")
     args = {**_DEFAULT_ARGS, **given, **_FORCED_ARGS}
+    world = _launched_world_size()
+    if global_batch is not None:
+        args["gradient_accumulation_steps"] = gradient_accumulation_for(
+            _number_or_same(global_batch), args.get("per_device_train_batch_size", next(
+                f.default for f in dataclasses.fields(TrainingArguments)
+                if f.name == "per_device_train_batch_size")), world,
+            where=where)
     try:
-        return TrainingArguments(**args)
+        built = TrainingArguments(**args)
     except (TypeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HFMixtureError(f"{where}: the training section is not valid TrainingArguments "
                              f"({first})") from None
+    if global_batch is not None and int(built.world_size) != world:
+        raise HFMixtureError(f"{where}: the launcher's WORLD_SIZE is {world} but the Trainer runs "
+                             f"{built.world_size} processes; global_batch_size cannot be split.")
+    return built
 
 
 def global_batch_size(args: Any) -> int:
@@ -636,8 +610,8 @@ def train(cfg: TrainConfig, *, extra_callbacks: Sequence[Callable[[Any], Any]] =
         # eval_<component>_loss, which the mixture callbacks read.
         eval_data = domain_eval_datasets(store, mixture, seq_len=seq_len,
                                          max_sequences=cfg.data.eval_sequences)
-    model = build_model(cfg, vocab_size=store.vocab_size, eos_token_id=store.eos_token_id,
-                        seed=args.seed)
+    model = build_model(cfg.model, vocab_size=store.vocab_size, eos_token_id=store.eos_token_id,
+                        seed=args.seed, where=where)
     num_parameters = count_parameters(model)
     if args.process_index == 0:
         logger.info("Model: %s parameters; mixture %s over %s; %d tokens per optimizer step.",

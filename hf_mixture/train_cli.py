@@ -4,7 +4,7 @@
         recipes/pretrain_1b.yaml --store STORE --mixture MIXTURE [key=value ...]
 
 Overrides are ``section.key=value`` (values read as YAML), e.g.
-``training.max_steps=200 model.gradient_checkpointing=true shape=350m``; the
+``training.max_steps=200 training.activation_checkpointing=true model.shape=350m``; the
 flags below are shortcuts for the common ones.  ``--dry-run`` prints the
 resolved recipe and the model's parameter count (built on the meta device) and
 trains nothing.
@@ -26,7 +26,7 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, DataConfig)
     parser.add_argument("--output-dir", help="Shortcut for training.output_dir=...")
     parser.add_argument("--max-steps", type=int, help="Shortcut for training.max_steps=...")
-    parser.add_argument("--shape", help="Shortcut for shape=... (a name under `shapes`).")
+    parser.add_argument("--shape", help="Shortcut for model.shape=... (a registered model shape).")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                         help="Resume from a checkpoint folder, or the latest one in output_dir.")
     parser.add_argument("--push-to-hub", metavar="REPO_ID",
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("config", help="Recipe YAML (recipes/*.yaml).")
     # Everything after CONFIG is parsed by _parse_rest, so flags and overrides may mix.
     parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
-                        help="Recipe overrides, e.g. training.max_steps=100 shape=350m.")
+                        help="Recipe overrides, e.g. training.max_steps=100 model.shape=350m.")
     parser.set_defaults(func=run)
 
 
@@ -76,7 +76,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     if args.max_steps is not None:
         out.append(f"training.max_steps={args.max_steps}")
     if args.shape:
-        out.append(f"shape={json.dumps(args.shape)}")
+        out.append(f"model.shape={json.dumps(args.shape)}")
     if args.resume:
         out.append(f"training.resume_from_checkpoint={json.dumps(args.resume)}")
     if args.push_to_hub:
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
             store = TokenStore(cfg.data.store)
             vocab, eos = store.vocab_size, store.eos_token_id
-        model = build_model(cfg, vocab_size=vocab, eos_token_id=eos, device="meta")
+        model = build_model(cfg.model, vocab_size=vocab, eos_token_id=eos, device="meta",
+                            where=cfg.source or "the recipe")
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
         print(f"# parameters: {count_parameters(model):,}")
         return 0

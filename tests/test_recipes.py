@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from hf_mixture.errors import HFMixtureError
-from hf_mixture.train import build_model, count_parameters, load_train_config, training_arguments
+from hf_mixture.models import build_model, count_parameters
+from hf_mixture.train import load_train_config, training_arguments
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TRAINING = sorted([*RECIPES.glob("*.yaml"), *RECIPES.glob("family/*.yaml")])
@@ -24,7 +25,7 @@ TRAINER_OWNED = ("train_micro_batch_size_per_gpu", "train_batch_size",
 
 def _params(path: Path, *overrides: str) -> int:
     cfg = load_train_config(path, list(overrides))
-    return count_parameters(build_model(cfg, device="meta"))
+    return count_parameters(build_model(cfg.model, device="meta"))
 
 
 def _cpu(path: Path, tmp_path: Path, *extra: str):
@@ -74,7 +75,7 @@ def test_training_recipes_build_training_arguments(path, tmp_path):
 def test_pretrain_1b_is_the_llama_3_2_1b_shape(tmp_path):
     path = RECIPES / "pretrain_1b.yaml"
     cfg, args = _cpu(path, tmp_path)
-    model = build_model(cfg, device="meta")
+    model = build_model(cfg.model, device="meta")
     n = count_parameters(model)
     assert 1.20e9 <= n <= 1.27e9, n                    # Llama-3.2-1B: 1.236B
     c = model.config
@@ -100,7 +101,8 @@ def test_family_shapes_and_shared_hyperparameters(tmp_path):
         for key in set(base.training) | set(cfg.training):
             if key not in differ:
                 assert base.training.get(key) == cfg.training.get(key), (cfg.source, key)
-        assert cfg.data == base.data and cfg.model["vocab_size"] == base.model["vocab_size"]
+        assert cfg.data == base.data
+        assert cfg.model_fields["vocab_size"] == base.model_fields["vocab_size"]
         # 20 tokens per parameter, within 10%.
     for cfg, n in zip(configs, [counts[p.stem] for p in sorted(RECIPES.glob("family/*.yaml"))]):
         tokens = cfg.training["max_steps"] * 256 * cfg.data.seq_len
@@ -109,8 +111,8 @@ def test_family_shapes_and_shared_hyperparameters(tmp_path):
 
 def test_proxy_shapes():
     path = RECIPES / "proxy.yaml"
-    assert 58e6 <= _params(path, "shape=62m") <= 66e6
-    assert 330e6 <= _params(path, "shape=350m") <= 370e6
+    assert 58e6 <= _params(path, "model.shape=62m") <= 66e6
+    assert 330e6 <= _params(path, "model.shape=350m") <= 370e6
 
 
 def test_wsd_schedule_switch(tmp_path):
@@ -191,7 +193,7 @@ def test_deepspeed_json_passes_deepspeed_checker(path, tmp_path):
     hf = HfTrainerDeepSpeedConfig(json.loads(path.read_text()))
     hf.trainer_config_process(args)
     hf.trainer_config_finalize(args, SimpleNamespace(config=SimpleNamespace(
-        hidden_size=cfg.model["hidden_size"])), args.max_steps)
+        hidden_size=cfg.model_fields["hidden_size"])), args.max_steps)
     checked = DeepSpeedConfig(hf.config)
     assert checked.train_micro_batch_size_per_gpu == args.per_device_train_batch_size
     assert checked.gradient_accumulation_steps == args.gradient_accumulation_steps
@@ -203,7 +205,7 @@ def test_deepspeed_json_passes_deepspeed_checker(path, tmp_path):
     ("bogus.x=1", "unknown section"),
     ("model.hidden_sise=8", "hidden_sise"),
     ("training.learnin_rate=0.1", "learnin_rate"),
-    ("shape=nope", "nope"),
+    ("model.shape=nope", "nope"),
     ("training.ignore_data_skip=false", "ignore_data_skip"),
     ("training.max_steps=0", "max_steps"),
     ("callbacks=[{weight: 1}]", "name"),
@@ -212,7 +214,7 @@ def test_bad_recipe_input_is_one_clear_error(override, message, tmp_path):
     with pytest.raises(HFMixtureError, match=message):
         cfg = load_train_config(RECIPES / "tiny_cpu.yaml",
                                 [override, f"training.output_dir={tmp_path}"])
-        build_model(cfg, vocab_size=500, device="meta")
+        build_model(cfg.model, vocab_size=500, device="meta")
         training_arguments(cfg)
 
 
@@ -224,3 +226,83 @@ def test_eight_bit_optimizer_needs_bitsandbytes_named(monkeypatch, tmp_path):
                             ["training.optim=paged_adamw_8bit", f"training.output_dir={tmp_path}"])
     with pytest.raises(HFMixtureError, match=r"hf_mixture\[bitsandbytes\]"):
         training_arguments(cfg)
+
+
+def _header(path: Path) -> str:
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.name)
+def test_recipe_header_states_the_parameter_count_it_builds(path):
+    """Every recipe names a registered shape and its header says the count it builds to."""
+    from hf_mixture.models import format_parameters, get_shape
+
+    cfg = load_train_config(path)
+    shape = get_shape(cfg.model["shape"])
+    # vocab_size: auto takes the store's; the header states the count at the shape's vocabulary.
+    n = count_parameters(build_model(cfg.model, vocab_size=shape.fields["vocab_size"],
+                                     device="meta"))
+    assert n == shape.parameters(), "the recipe overrides a field that changes the count"
+    assert f"{format_parameters(n)} parameters" in _header(path), (path.name, format_parameters(n))
+    assert shape.name in _header(path)
+
+
+def test_proxy_header_states_both_climb_sizes():
+    from hf_mixture.models import format_parameters
+
+    header = _header(RECIPES / "proxy.yaml")
+    assert f"({format_parameters(_params(RECIPES / 'proxy.yaml', 'model.shape=350m'))};" in header
+
+
+@pytest.mark.parametrize("path", [p for p in TRAINING if p.name != "tiny_cpu.yaml"],
+                         ids=lambda p: p.name)
+def test_gpu_recipes_state_a_global_batch_not_an_accumulation(path, tmp_path):
+    cfg = load_train_config(path)
+    assert "gradient_accumulation_steps" not in cfg.training and cfg.training["global_batch_size"]
+    _, args = _cpu(path, tmp_path)
+    assert (args.per_device_train_batch_size * args.gradient_accumulation_steps
+            == cfg.training["global_batch_size"])
+
+
+def test_accumulation_is_derived_from_the_global_batch_and_world_size():
+    from hf_mixture.train import gradient_accumulation_for
+
+    assert gradient_accumulation_for(256, 16, 1) == 16
+    assert gradient_accumulation_for(256, 16, 8) == 2
+    assert gradient_accumulation_for(64, 32, 2) == 1
+    with pytest.raises(HFMixtureError, match=r"global_batch_size 256 is not a multiple of "
+                                             r"per_device_train_batch_size 16 x 3 process"):
+        gradient_accumulation_for(256, 16, 3)
+    with pytest.raises(HFMixtureError, match="global_batch_size must be an integer >= 1"):
+        gradient_accumulation_for(True, 16, 1)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["training.gradient_accumulation_steps=2"], "both global_batch_size and gradient_accum"),
+    (["training.global_batch_size=250"], "250 is not a multiple of per_device_train_batch_size 16"),
+])
+def test_bad_global_batch_is_one_clear_error(extra, message, tmp_path):
+    with pytest.raises(HFMixtureError, match=message):
+        _cpu(RECIPES / "pretrain_1b.yaml", tmp_path, *extra)
+
+
+def test_dropping_the_global_batch_gives_back_a_hand_set_accumulation(tmp_path):
+    _, args = _cpu(RECIPES / "pretrain_1b.yaml", tmp_path, "training.global_batch_size=null",
+                   "training.gradient_accumulation_steps=1")
+    assert args.gradient_accumulation_steps == 1
+
+
+def test_recipe_saved_by_an_earlier_version_still_loads(tmp_path):
+    """`recipe.yaml` beside older models holds `shape: null, shapes: {}`; a real table is named."""
+    from hf_mixture.train import config_from_mapping
+
+    old = {"model": {"shape": "cpu-tiny", "vocab_size": 64}, "shape": None, "shapes": {},
+           "training": {"max_steps": 1, "output_dir": str(tmp_path)}}
+    assert config_from_mapping(old).model_fields["hidden_size"] == 64
+    with pytest.raises(HFMixtureError, match="'shapes' is gone; name a registered shape"):
+        config_from_mapping({**old, "shapes": {"x": {"hidden_size": 8}}}, source="r.yaml")

@@ -18,7 +18,6 @@ _EXPORTS = {
     "run_search": "search",
     "load_runs": "search",
     "ProxySettings": "proxy",
-    "MODEL_PRESETS": "proxy",
     "run_proxy": "proxy",
     "TargetSpec": "target",
     "prepare_target": "target",

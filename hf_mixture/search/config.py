@@ -4,7 +4,8 @@ The defaults are the CPU-sized search (3 rounds of 8/4/2 proxies of a ≈1M-para
 Llama on 150k tokens each, then 2 verification runs of the final candidates: the same
 16 proxies as the 8/4/4 search without verification, which took 11.7 minutes on a
 shared, loaded 2-core machine).  :meth:`SearchConfig.gpu`
-is CLIMB's setting (64/32/16 proxies of 62M parameters).
+is CLIMB's setting (64/32/16 proxies of the 62m shape, trained as ``recipes/proxy.yaml``
+says).  The ``proxy_*`` defaults are :class:`~hf_mixture.search.proxy.ProxySettings`'.
 
 >>> SearchConfig().rounds
 [8, 4, 2]
@@ -20,7 +21,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import HFMixtureError
-from .proxy import MODEL_PRESETS, ProxySettings
+from ..models import SHAPES
+from .proxy import PROXY_RECIPE, ProxySettings
+
+# The one place the proxy defaults are written: ProxySettings (proxy_<name> = its <name>).
+_PROXY = ProxySettings()
 
 FINAL_CHOICES = ("top_k_average", "predicted_best", "best_run")
 PRIORS = ("natural", "uniform")
@@ -113,28 +118,37 @@ class SearchConfig:
     tokenizer: str | None = field(default=None, metadata=_h(
         "Tokenizer for target text; default: the one named in the token store's manifest."))
     # the proxies
-    proxy_model: str = field(default="cpu-1m", metadata=_h(
-        f"Proxy model: a preset ({', '.join(MODEL_PRESETS)}) or a config file/folder."))
-    proxy_init_from: str | None = field(default=None, metadata=_h(
+    proxy_model: str = field(default=_PROXY.model, metadata=_h(
+        f"Proxy model: a registered shape ({', '.join(SHAPES)}; hf_mixture.models) or a config "
+        "file/folder."))
+    proxy_init_from: str | None = field(default=_PROXY.init_from, metadata=_h(
         "Continue every proxy from this model folder instead of training from scratch."))
-    proxy_tokens: int = field(default=150_000, metadata=_h(
+    proxy_tokens: int = field(default=_PROXY.tokens, metadata=_h(
         "Training tokens per proxy run."))
-    proxy_seq_len: int = field(default=128, metadata=_h("Tokens per training sequence."))
-    proxy_batch_size: int = field(default=8, metadata=_h("Sequences per step."))
-    # 5e-3 with 10% warm-up: at 1e-2 two near-identical mixtures ended 0.4 nats apart (a tiny
-    # model escapes the unigram plateau or not, by chance); at 5e-3 they end 0.02 apart.
-    proxy_learning_rate: float = field(default=5e-3, metadata=_h("Peak learning rate (cosine)."))
-    proxy_warmup_fraction: float = field(default=0.1, metadata=_h("Warm-up fraction of steps."))
-    proxy_weight_decay: float = field(default=0.0, metadata=_h("AdamW weight decay."))
-    proxy_eval_points: int = field(default=5, metadata=_h(
+    proxy_seq_len: int = field(default=_PROXY.seq_len, metadata=_h(
+        "Tokens per training sequence."))
+    proxy_batch_size: int = field(default=_PROXY.batch_size, metadata=_h(
+        "Sequences per forward pass."))
+    proxy_gradient_accumulation_steps: int = field(
+        default=_PROXY.gradient_accumulation_steps, metadata=_h(
+            "Forward passes per optimizer step (sequences per step = proxy_batch_size x this)."))
+    proxy_learning_rate: float = field(default=_PROXY.learning_rate, metadata=_h(
+        "Peak learning rate (cosine)."))
+    proxy_warmup_fraction: float = field(default=_PROXY.warmup_fraction, metadata=_h(
+        "Warm-up fraction of steps."))
+    proxy_weight_decay: float = field(default=_PROXY.weight_decay, metadata=_h(
+        "AdamW weight decay."))
+    proxy_eval_points: int = field(default=_PROXY.eval_points, metadata=_h(
         "Steps at which domain and target losses are recorded (>= 3 for fit-laws)."))
-    proxy_eval_tokens: int = field(default=2048, metadata=_h(
+    proxy_eval_tokens: int = field(default=_PROXY.eval_tokens, metadata=_h(
         "Validation tokens per domain at each eval point."))
-    proxy_threads: int = field(default=1, metadata=_h(
+    proxy_threads: int = field(default=_PROXY.threads, metadata=_h(
         "torch threads per proxy process (1 per core with workers = cores is fastest for tiny "
         "models)."))
-    proxy_device: str = field(default="auto", metadata=_h("'auto', 'cpu', 'cuda' or 'cuda:N'."))
-    proxy_bf16: bool = field(default=False, metadata=_h("Train proxies in bf16 mixed precision."))
+    proxy_device: str = field(default=_PROXY.device, metadata=_h(
+        "'auto', 'cpu', 'cuda' or 'cuda:N'."))
+    proxy_bf16: bool = field(default=_PROXY.bf16, metadata=_h(
+        "Train proxies in bf16 mixed precision."))
     # execution
     workers: int = field(default=0, metadata=_h(
         "Proxy runs in parallel in local processes; 0 = one per GPU, else one per "
@@ -162,6 +176,8 @@ class SearchConfig:
                   ("dirichlet_concentration", self.dirichlet_concentration > 0),
                   ("proxy_tokens", self.proxy_tokens >= 1), ("proxy_seq_len", self.proxy_seq_len >= 2),
                   ("proxy_batch_size", self.proxy_batch_size >= 1),
+                  ("proxy_gradient_accumulation_steps",
+                   self.proxy_gradient_accumulation_steps >= 1),
                   ("proxy_learning_rate", self.proxy_learning_rate > 0),
                   ("proxy_eval_points", self.proxy_eval_points >= 1),
                   ("proxy_eval_tokens", self.proxy_eval_tokens >= 2),
@@ -184,13 +200,18 @@ class SearchConfig:
                                      f"{', '.join(allowed)}.")
 
     @classmethod
-    def gpu(cls, **overrides: Any) -> SearchConfig:
-        """CLIMB's scale: 64/32/16 proxies of 62M parameters, one worker per GPU."""
-        base = {"rounds": [64, 32, 16], "proxy_model": "62m", "proxy_tokens": 200_000_000,
-                    "proxy_seq_len": 2048, "proxy_batch_size": 32, "proxy_learning_rate": 1e-3,
-                    "proxy_eval_points": 8, "proxy_eval_tokens": 65536, "target_max_tokens": 1_000_000,
-                    "proxy_bf16": True, "proxy_device": "cuda", "predictor": "lightgbm",
-                    "workers": 0}
+    def gpu(cls, recipe: str | os.PathLike = PROXY_RECIPE, **overrides: Any) -> SearchConfig:
+        """CLIMB's scale: 64/32/16 proxies, one worker per GPU, each trained as ``recipe`` says.
+
+        The proxy's shape, sequence length, batch, length, learning rate, warm-up, weight
+        decay and precision come from the training recipe (``recipes/proxy.yaml``: the
+        62m shape), so a proxy of the search and ``hf-mixture train recipes/proxy.yaml``
+        are the same model trained the same way; the rest is the search's.
+        """
+        proxy = ProxySettings.recipe_fields(recipe)
+        base = {"rounds": [64, 32, 16], **{f"proxy_{k}": v for k, v in proxy.items()},
+                "proxy_eval_points": 8, "proxy_eval_tokens": 65536, "target_max_tokens": 1_000_000,
+                "proxy_device": "cuda", "predictor": "lightgbm", "workers": 0}
         base.update(overrides)
         return cls(**base)
 
@@ -214,6 +235,7 @@ class SearchConfig:
         return ProxySettings(
             model=self.proxy_model, init_from=self.proxy_init_from, tokens=self.proxy_tokens,
             seq_len=self.proxy_seq_len, batch_size=self.proxy_batch_size,
+            gradient_accumulation_steps=self.proxy_gradient_accumulation_steps,
             learning_rate=self.proxy_learning_rate, warmup_fraction=self.proxy_warmup_fraction,
             weight_decay=self.proxy_weight_decay, eval_points=self.proxy_eval_points,
             eval_tokens=self.proxy_eval_tokens, threads=self.proxy_threads,

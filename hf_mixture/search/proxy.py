@@ -46,6 +46,7 @@ import numpy as np
 
 from .._io import atomic_write_json, atomic_write_text
 from ..errors import HFMixtureError
+from ..models import SHAPES, build_model, count_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -53,33 +54,27 @@ SPEC, METRICS, FAILED, LOG, MIXTURE_FILE = ("spec.json", "metrics.json", "failed
                                             "log.jsonl", "mixture.yaml")
 STARTED = ".started"  # present while a process trains the run (tells a crash from a queue)
 
-# Llama shapes by name (the vocabulary comes from the token store).  "cpu-1m" is the CPU
-# default: ≈0.8M parameters with an 8k vocabulary (about two thirds of them the tied
-# embedding), ≈5k tokens/s on 2 cores.  "62m" and "350m" are CLIMB's proxy sizes (with
-# a 50k GPT-2 vocabulary): run them on a GPU.
-MODEL_PRESETS: dict[str, dict[str, int]] = {
-    "cpu-1m": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4,
-                   "num_attention_heads": 4, "num_key_value_heads": 4},
-    "cpu-5m": {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 6,
-                   "num_attention_heads": 6, "num_key_value_heads": 6},
-    "cpu-20m": {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 8,
-                    "num_attention_heads": 6, "num_key_value_heads": 6},
-    "62m": {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 12,
-                "num_attention_heads": 8, "num_key_value_heads": 8},
-    "350m": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 24,
-                 "num_attention_heads": 16, "num_key_value_heads": 16},
-}
+# Where SearchConfig.gpu() reads CLIMB's GPU proxy training (a repository file, like every
+# recipe: pass another recipe to use a different one).
+PROXY_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "proxy.yaml"
+# Model keys of a proxy recipe that the search sets itself: the vocabulary is the token
+# store's, the context is proxy seq_len, and the attention is transformers' default (sdpa).
+_PROXY_SET_KEYS = ("vocab_size", "max_position_embeddings", "attn_implementation")
 
 
 @dataclass
 class ProxySettings:
-    """How every proxy of a search trains (a slice of :class:`~hf_mixture.search.SearchConfig`)."""
+    """How every proxy of a search trains (a slice of :class:`~hf_mixture.search.SearchConfig`,
+    whose ``proxy_*`` fields take their defaults from here)."""
 
     model: str = "cpu-1m"
     init_from: str | None = None
     tokens: int = 150_000
     seq_len: int = 128
     batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    # 5e-3 with 10% warm-up: at 1e-2 two near-identical mixtures ended 0.4 nats apart (a tiny
+    # model escapes the unigram plateau or not, by chance); at 5e-3 they end 0.02 apart.
     learning_rate: float = 5e-3
     warmup_fraction: float = 0.1
     weight_decay: float = 0.0
@@ -94,9 +89,60 @@ class ProxySettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def recipe_fields(cls, path: str | os.PathLike = PROXY_RECIPE) -> dict[str, Any]:
+        """The proxy training of a ``hf-mixture train`` recipe (``recipes/proxy.yaml``).
+
+        Read from it: the shape (``model.shape``), ``data.seq_len``, the per-device batch
+        and ``global_batch_size`` (one process: accumulation = global / per device), the
+        length (``max_steps`` x global batch x seq_len tokens), learning rate, warm-up
+        (as a fraction of the steps), weight decay and bf16.
+
+        >>> ProxySettings.recipe_fields()["model"]          # doctest: +SKIP
+        '62m'
+        """
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise HFMixtureError(f"The proxy recipe '{path}' does not exist (SearchConfig.gpu() "
+                                 "reads recipes/proxy.yaml of the hf_mixture repository; pass "
+                                 "recipe=PATH).")
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        model = dict(recipe.get("model") or {})
+        train = dict(recipe.get("training") or {})
+        name = model.pop("shape", None)
+        extra = sorted(set(model) - set(_PROXY_SET_KEYS))
+        if not isinstance(name, str) or extra:
+            raise HFMixtureError(f"{path}: a search proxy is a registered shape: the model section "
+                                 f"needs model.shape and no other shape fields (has "
+                                 f"{', '.join(extra) or 'no shape'}).")
+        missing = [k for k in ("per_device_train_batch_size", "global_batch_size", "max_steps",
+                               "learning_rate") if k not in train]
+        if missing or "seq_len" not in (recipe.get("data") or {}):
+            raise HFMixtureError(f"{path}: a proxy recipe states data.seq_len and training."
+                                 f"{', training.'.join(missing or ['max_steps'])}.")
+        per_device, global_batch = int(train["per_device_train_batch_size"]), \
+            int(train["global_batch_size"])
+        if global_batch % per_device:
+            raise HFMixtureError(f"{path}: training.global_batch_size {global_batch} is not a "
+                                 f"multiple of per_device_train_batch_size {per_device}.")
+        seq_len, steps = int(recipe["data"]["seq_len"]), int(train["max_steps"])
+        return {"model": name, "seq_len": seq_len, "batch_size": per_device,
+                "gradient_accumulation_steps": global_batch // per_device,
+                "tokens": steps * global_batch * seq_len,
+                "learning_rate": float(train["learning_rate"]),
+                "warmup_fraction": float(train.get("warmup_steps", 0)) / steps,
+                "weight_decay": float(train.get("weight_decay", 0.0)),
+                "bf16": bool(train.get("bf16", False))}
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
     @property
     def steps(self) -> int:
-        return max(1, math.ceil(self.tokens / (self.batch_size * self.seq_len)))
+        return max(1, math.ceil(self.tokens / (self.sequences_per_step * self.seq_len)))
 
 
 def eval_steps(total_steps: int, points: int) -> list[int]:
@@ -112,54 +158,36 @@ def eval_steps(total_steps: int, points: int) -> list[int]:
     return [int(s) for s in steps]
 
 
-def build_model(settings: ProxySettings, vocab_size: int, seed: int):
-    """The proxy model: a preset Llama, a config file/folder, or ``init_from`` weights."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+def proxy_model(settings: ProxySettings, vocab_size: int, seed: int):
+    """The proxy model: a registered shape, a config file/folder, or ``init_from`` weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if settings.init_from:
         path = Path(settings.init_from)
         if not path.is_dir():
             raise HFMixtureError(f"proxy_init_from '{path}' is not a model folder.")
         model = AutoModelForCausalLM.from_pretrained(str(path))
+    elif settings.model in SHAPES:
+        model = build_model({"shape": settings.model, "vocab_size": vocab_size,
+                             "max_position_embeddings": settings.seq_len}, seed=seed,
+                            where=f"proxy_model {settings.model!r}")
     else:
-        if settings.model in MODEL_PRESETS:
-            config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=settings.seq_len,
-                                 tie_word_embeddings=True, **MODEL_PRESETS[settings.model])
-        else:
-            path = Path(settings.model)
-            if not path.exists():
-                raise HFMixtureError(
-                    f"proxy_model {settings.model!r} is neither a preset "
-                    f"({', '.join(MODEL_PRESETS)}) nor a config file/folder.")
-            try:
-                config = AutoConfig.from_pretrained(str(path))
-            except (OSError, ValueError) as err:
-                raise HFMixtureError(f"proxy_model '{path}' is not a readable model config "
-                                     f"({str(err).splitlines()[0]}).") from None
-            config.vocab_size = max(int(getattr(config, "vocab_size", 0) or 0), vocab_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(config)
+        path = Path(settings.model)
+        if not path.exists():
+            raise HFMixtureError(
+                f"proxy_model {settings.model!r} is neither a registered shape "
+                f"({', '.join(SHAPES)}) nor a config file/folder.")
+        try:
+            config = AutoConfig.from_pretrained(str(path))
+        except (OSError, ValueError) as err:
+            raise HFMixtureError(f"proxy_model '{path}' is not a readable model config "
+                                 f"({str(err).splitlines()[0]}).") from None
+        config.vocab_size = max(int(getattr(config, "vocab_size", 0) or 0), vocab_size)
+        model = build_model(config, seed=seed)
     if model.get_input_embeddings().num_embeddings < vocab_size:
         raise HFMixtureError(f"The proxy model's vocabulary ({model.get_input_embeddings().num_embeddings}) "
                              f"is smaller than the token store's ({vocab_size}).")
     return model
-
-
-def count_parameters(model) -> tuple[int, int]:
-    """(all unique parameters, parameters outside the input/output embeddings)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    emb = {id(model.get_input_embeddings().weight)}
-    out = model.get_output_embeddings()
-    if out is not None:
-        emb.add(id(out.weight))
-    embedding = sum(p.numel() for p in model.parameters() if id(p) in emb and p.numel())
-    return int(total), int(total - embedding)
 
 
 def resolve_device(name: str) -> str:
@@ -312,20 +340,23 @@ def _train(run_dir: Path, spec: dict[str, Any], target_fn=None) -> dict[str, Any
     device = resolve_device(settings.device)
     seed = int(spec["seed"])
     steps = settings.steps
-    tokens_per_step = settings.batch_size * settings.seq_len
+    tokens_per_step = settings.sequences_per_step * settings.seq_len
     total_tokens = steps * tokens_per_step
     with _torch_threads(settings.threads), torch.random.fork_rng(devices=[]):
         dataset = MixtureDataset(store, mixture, seq_len=settings.seq_len,
                                  total_tokens=total_tokens, seed=seed)
-        model = build_model(settings, store.vocab_size, seed)
-        num_params, non_embedding = count_parameters(model)
+        model = proxy_model(settings, store.vocab_size, seed)
+        num_params = count_parameters(model)
+        non_embedding = count_parameters(model, embeddings=False)
         evaluator = _Evaluator(spec, store, pool, settings, device, target_fn)
         curve: list[dict[str, Any]] = []
         started = time.perf_counter()
         at = eval_steps(steps, settings.eval_points)
         args = TrainingArguments(
             output_dir=str(run_dir / "trainer"), max_steps=steps,
-            per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+            per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            learning_rate=settings.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=max(0, round(settings.warmup_fraction * steps)),
             weight_decay=settings.weight_decay, logging_steps=max(1, steps // 20),
             save_strategy="no", report_to=[], disable_tqdm=True, seed=seed, data_seed=seed,

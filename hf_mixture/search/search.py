@@ -33,6 +33,7 @@ stopped, with the same mixtures.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -316,12 +317,14 @@ def _check_or_write_identity(output_dir: Path, identity: dict[str, Any], rounds:
                 raise HFMixtureError(
                     f"Search folder '{output_dir}' holds a search with a different {key}; "
                     "use a new --output to start another search.")
+        # A setting added since the folder was started held its default then.
+        defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
         for key, value in identity["settings"].items():
-            if old.get("settings", {}).get(key) != value:
+            was = old.get("settings", {}).get(key, defaults.get(key))
+            if was != value:
                 raise HFMixtureError(
                     f"Search folder '{output_dir}' was started with {key} = "
-                    f"{old.get('settings', {}).get(key)!r}, not {value!r}; use a new --output "
-                    "to start another search.")
+                    f"{was!r}, not {value!r}; use a new --output to start another search.")
         planned = sorted((output_dir / "rounds").glob("round_*.json"))
         if len(planned) > len(rounds):
             raise HFMixtureError(f"Search folder '{output_dir}' already planned {len(planned)} "
