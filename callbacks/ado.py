@@ -42,9 +42,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from hf_mixture._checks import check_float, check_int
 from hf_mixture.errors import HFMixtureError
 
-from .base import MixtureCallback, MixtureCallbackConfig, _check_float, _check_int, expected_counts
+from .base import MixtureCallback, MixtureCallbackConfig, expected_counts
 
 
 # -- the math (pure functions) -------------------------------------------------------------------
@@ -244,18 +245,18 @@ class ADOConfig(MixtureCallbackConfig):
         if self.loss not in ("eval", "train"):
             raise HFMixtureError(f"ADOConfig field 'loss' must be 'eval' or 'train', got "
                                  f"{self.loss!r}.")
-        _check_int(self.train_every, "train_every", 1)
+        check_int(self.train_every, "Config field 'train_every'", 1)
         if self.count not in ("total", "domain"):
             raise HFMixtureError(f"ADOConfig field 'count' must be 'total' or 'domain', got "
                                  f"{self.count!r}.")
-        _check_int(self.min_points, "min_points", 3)
-        _check_int(self.refit_every, "refit_every", 1)
-        _check_int(self.fit_from_step, "fit_from_step", 0)
-        self.max_alpha = _check_float(self.max_alpha, "max_alpha", 0.0, 100.0, low_open=True)
-        self.smoothing = _check_float(self.smoothing, "smoothing", 0.0, 1.0, low_open=True)
-        self.credit_smoothing = _check_float(self.credit_smoothing, "credit_smoothing", 0.0, 1.0)
-        self.credit_exponent = _check_float(self.credit_exponent, "credit_exponent", 0.0, 10.0)
-        self.min_weight = _check_float(self.min_weight, "min_weight", 0.0, 1.0, high_open=True)
+        check_int(self.min_points, "Config field 'min_points'", 3)
+        check_int(self.refit_every, "Config field 'refit_every'", 1)
+        check_int(self.fit_from_step, "Config field 'fit_from_step'", 0)
+        self.max_alpha = check_float(self.max_alpha, "Config field 'max_alpha'", 0.0, 100.0, low_open=True)
+        self.smoothing = check_float(self.smoothing, "Config field 'smoothing'", 0.0, 1.0, low_open=True)
+        self.credit_smoothing = check_float(self.credit_smoothing, "Config field 'credit_smoothing'", 0.0, 1.0)
+        self.credit_exponent = check_float(self.credit_exponent, "Config field 'credit_exponent'", 0.0, 10.0)
+        self.min_weight = check_float(self.min_weight, "Config field 'min_weight'", 0.0, 1.0, high_open=True)
 
 
 # -- the callback --------------------------------------------------------------------------------

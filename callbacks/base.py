@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 from transformers import TrainerCallback
 
+from hf_mixture._checks import check_int
 from hf_mixture._io import atomic_write_json
 from hf_mixture.config import dataclass_from_dict
 from hf_mixture.errors import HFMixtureError
@@ -88,32 +89,10 @@ class MixtureCallbackConfig:
         if not isinstance(self.metric_prefix, str) or not self.metric_prefix:
             raise HFMixtureError(f"Config field 'metric_prefix' must be a non-empty string, got "
                                  f"{self.metric_prefix!r}.")
-        _check_int(self.start_step, "start_step", 0)
+        check_int(self.start_step, "Config field 'start_step'", 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _check_int(value: Any, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise HFMixtureError(f"Config field {name!r} must be an integer >= {low}, got {value!r}.")
-
-
-def _check_float(value: Any, name: str, low: float, high: float, *, low_open: bool = False,
-                 high_open: bool = False) -> float:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = float(value)
-    except (TypeError, ValueError):
-        raise HFMixtureError(f"Config field {name!r} must be a number, got {value!r}.") from None
-    bad = (not math.isfinite(v) or v < low or v > high or (low_open and v == low)
-           or (high_open and v == high))
-    if bad:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise HFMixtureError(f"Config field {name!r} is {value!r}; it must lie in "
-                             f"{lo}{low}, {high}{hi}.")
-    return v
 
 
 def _live_of(target: Any) -> Any:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_path
+from ._markdown import cell as _cell
 from .errors import HFMixtureError
 from .formats.hubstyle import files_fingerprint, stamp_configs
 
@@ -104,10 +105,6 @@ def _check_repo_id(repo_id: str) -> str:
 
 def _template(name: str) -> str:
     return str(importlib.resources.files("hf_mixture.hub_cards") / name)
-
-
-def _cell(value: Any) -> str:
-    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

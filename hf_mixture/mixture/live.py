@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import as_number, check_int
 from ..errors import HFMixtureError
 
 
@@ -95,9 +96,7 @@ class LiveMixture:
         self.names = list(component_names)
         if len(set(self.names)) != len(self.names) or not self.names:
             raise HFMixtureError(f"Component names must be unique and non-empty, got {self.names}.")
-        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
-            raise HFMixtureError(f"seq_len must be an integer >= 1, got {seq_len!r}.")
-        self.seq_len = int(seq_len)
+        self.seq_len = check_int(seq_len, "seq_len", 1)
         self.stages = list(stages)
         initial = self.normalize(weights)
         self._stage = int(stage)            # index of the stage in force
@@ -180,13 +179,10 @@ class LiveMixture:
                                      f"{len(self.names)} components ({', '.join(self.names)}).")
         values = []
         for name, value in zip(self.names, raw):
-            try:
-                if isinstance(value, bool):
-                    raise TypeError
-                v = float(value)
-            except (TypeError, ValueError):
+            v = as_number(value)
+            if v is None:
                 raise HFMixtureError(f"The weight of component {name!r} is {value!r}, not a "
-                                     "number.") from None
+                                     "number.")
             if not math.isfinite(v) or v < 0:
                 raise HFMixtureError(f"The weight of component {name!r} is {value!r}; weights "
                                      "must be finite and >= 0.")
@@ -229,9 +225,7 @@ class LiveMixture:
         if self._sampler is not None:
             raise HFMixtureError("This LiveMixture belongs to a sampler, which crosses stage "
                                  "boundaries itself; advance() is for a LiveMixture used alone.")
-        if isinstance(tokens_seen, bool) or not isinstance(tokens_seen, (int, np.integer)) \
-                or tokens_seen < 0:
-            raise HFMixtureError(f"tokens_seen must be an integer >= 0, got {tokens_seen!r}.")
+        check_int(tokens_seen, "tokens_seen", 0)
         self._position = max(self._position, -(-int(tokens_seen) // self.seq_len))
         self._apply_stages(self._position)
 

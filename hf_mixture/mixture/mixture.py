@@ -30,7 +30,6 @@ A mixture file (YAML shown; JSON holds the same keys)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -42,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._io import atomic_write_text
+from .._checks import as_number, check_int, check_tokens
+from .._io import atomic_write_text, short_hash
 from ..errors import HFMixtureError
 from .query import QuerySource, describe, parse_query, select
 
@@ -65,16 +65,10 @@ def _number(value: Any, what: str) -> float:
     Strings that spell a number are accepted because YAML 1.1 (PyYAML) reads
     ``1e-3`` — no dot — as the string '1e-3'.
     """
-    if isinstance(value, bool) or value is None:
+    number = as_number(value)
+    if number is None:
         raise HFMixtureError(f"{what} must be a number, got {value!r}.")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise HFMixtureError(f"{what} must be a number, got {value!r}.")
+    return number
 
 
 def _weight(value: Any, what: str) -> float:
@@ -324,10 +318,7 @@ class Mixture:
             raise HFMixtureError(f"Field 'temperature' is {self.temperature!r}; it must be a "
                                  "finite number > 0.")
         self.temperature = temperature
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
-                or self.seed < 0:
-            raise HFMixtureError(f"Field 'seed' must be an integer >= 0, got {self.seed!r}.")
-        self.seed = int(self.seed)
+        self.seed = check_int(self.seed, "Field 'seed'", 0)
         for key in ("name", "description"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
@@ -397,7 +388,7 @@ class Mixture:
         [0, 250]
         """
         if total_tokens is not None:
-            total_tokens = _check_tokens(total_tokens, "total_tokens")
+            total_tokens = check_tokens(total_tokens, "total_tokens")
         starts = [s.start_tokens(total_tokens) for s in self.stages]
         for i in range(1, len(starts)):
             if starts[i] <= starts[i - 1]:
@@ -411,7 +402,7 @@ class Mixture:
 
     def stage_at(self, tokens_seen: int, total_tokens: int | None) -> int:
         """Index of the stage in force after ``tokens_seen`` tokens (0 without stages)."""
-        tokens_seen = _check_tokens(tokens_seen, "tokens_seen", allow_zero=True)
+        tokens_seen = check_tokens(tokens_seen, "tokens_seen", allow_zero=True)
         if not self.stages:
             return 0
         starts = self.stage_boundaries(total_tokens)
@@ -421,7 +412,7 @@ class Mixture:
     def weights_at(self, tokens_seen: int, total_tokens: int | None) -> dict[str, float]:
         """The normalized weights in force after ``tokens_seen`` tokens of the run."""
         if not self.stages:
-            _check_tokens(tokens_seen, "tokens_seen", allow_zero=True)
+            check_tokens(tokens_seen, "tokens_seen", allow_zero=True)
             return self.weights()
         stage = self.stages[self.stage_at(tokens_seen, total_tokens)]
         return self.stage_weights(stage)
@@ -553,7 +544,7 @@ class Mixture:
         for s in data["stages"]:
             s.pop("name", None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return short_hash(blob)
 
     # -- other shapes ----------------------------------------------------------------------
     @classmethod
@@ -713,17 +704,6 @@ def _stage_from(data: Any, index: int) -> Stage:
 
 def _stage_label(stage: Stage, index: int) -> str:
     return f"stages[{index}] ({stage.name!r})" if stage.name else f"stages[{index}]"
-
-
-def _check_tokens(value: Any, what: str, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise HFMixtureError(f"{what} must be a whole number of tokens, got {value!r}.")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise HFMixtureError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
-    return int(value)
 
 
 def _exactly_one(entry: Mapping[str, Any], keys: tuple[str, str], where: str) -> Any:
