@@ -20,16 +20,9 @@ to ``HfApi`` and never printed or logged.
 >>> load_mixture("out/demo").weights()                                # doctest: +SKIP
 {'code': 0.75, 'prose': 0.25}
 
-The two methods on :class:`~hf_mixture.mixture.Mixture` delegate here::
-
-    def push_to_hub(self, repo_id, **kwargs):
-        from ..hub import push_mixture_to_hub
-        return push_mixture_to_hub(self, repo_id, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, repo_id_or_path, **kwargs):
-        from ..hub import load_mixture
-        return load_mixture(repo_id_or_path, **kwargs)
+``Mixture.push_to_hub`` and ``Mixture.from_pretrained`` are these two functions:
+this module registers them as the ``hf_mixture.mixture_hub`` entry points
+(``pyproject.toml``), so the mixture layer below never imports the Hub layer.
 """
 
 from __future__ import annotations

@@ -665,19 +665,49 @@ class Mixture:
 
         return build_plan(self, total_tokens, store)
 
-    # -- the Hub (hf_mixture.hub sits above this module; imported only when used) -----------
+    # -- the Hub: provided by hf_mixture.hub, which sits above this module -------------------
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Publish as a dataset repo with ``mixture.yaml`` and a card; see :func:`hf_mixture.hub.push_mixture_to_hub`."""
-        from ..hub import push_mixture_to_hub
+        """Publish as a dataset repo with ``mixture.yaml`` and a card.
 
-        return push_mixture_to_hub(self, repo_id, **kwargs)
+        The same as :func:`hf_mixture.hub.push_mixture_to_hub` ``(self, repo_id, **kwargs)``,
+        found through the package's ``hf_mixture.mixture_hub`` entry points (see
+        :func:`hub_function`): this module never imports the Hub layer.
+
+        >>> mix.push_to_hub("me/my-mixture")                     # doctest: +SKIP
+        """
+        return hub_function("push_to_hub")(self, repo_id, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_path: str, **kwargs: Any) -> "Mixture":
-        """Load a published mixture from a Hub repo id or a local folder/file."""
-        from ..hub import load_mixture
+    def from_pretrained(cls, repo_id_or_path: str, **kwargs: Any) -> Mixture:
+        """Load a published mixture from a Hub repo id or a local folder/file.
 
-        return load_mixture(repo_id_or_path, **kwargs)
+        The same as :func:`hf_mixture.hub.load_mixture`, found like :meth:`push_to_hub`'s.
+        """
+        return hub_function("from_pretrained")(repo_id_or_path, **kwargs)
+
+
+HUB_ENTRY_POINTS = "hf_mixture.mixture_hub"
+
+
+def hub_function(name: str) -> Any:
+    """The function a higher layer registered as entry point ``name`` of ``hf_mixture.mixture_hub``.
+
+    ``pyproject.toml`` registers ``push_to_hub = hf_mixture.hub:push_mixture_to_hub`` and
+    ``from_pretrained = hf_mixture.hub:load_mixture``: the dependency points from the Hub
+    layer down to the mixture, as the layers require (``tests/test_layers.py``).
+    """
+    from importlib.metadata import entry_points
+
+    found = {ep.value: ep for ep in entry_points(group=HUB_ENTRY_POINTS) if ep.name == name}
+    if not found:
+        raise HFMixtureError(
+            f"Mixture.{name} needs the entry point {name!r} of group {HUB_ENTRY_POINTS!r}, which "
+            "this installation's metadata lacks: reinstall hf_mixture (`pip install -e .` in a "
+            "checkout) or call hf_mixture.hub directly.")
+    if len(found) > 1:
+        raise HFMixtureError(f"Entry point {name!r} of group {HUB_ENTRY_POINTS!r} is registered "
+                             f"more than once ({', '.join(sorted(found))}); uninstall all but one.")
+    return next(iter(found.values())).load()
 
 
 # -- helpers -----------------------------------------------------------------------------
