@@ -45,7 +45,7 @@ from hf_mixture._checks import check_float, check_int
 from hf_mixture.errors import HFMixtureError
 from hf_mixture.power_law import PowerLaw, fit_power_law
 
-from .base import MixtureCallback, MixtureCallbackConfig, expected_counts
+from .base import MixtureCallback, MixtureCallbackConfig, expected_counts, register_callback
 
 # -- the math (pure functions) -------------------------------------------------------------------
 # The law and its fit are shared with `hf-mixture fit-laws` (hf_mixture.power_law); ADO's bounds
@@ -161,6 +161,7 @@ class ADOConfig(MixtureCallbackConfig):
 
 
 # -- the callback --------------------------------------------------------------------------------
+@register_callback
 class ADOCallback(MixtureCallback):
     """Adaptive Data Optimization from per-domain eval (or training) losses.
 

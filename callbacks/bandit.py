@@ -44,7 +44,7 @@ from hf_mixture._checks import check_float, check_int
 from hf_mixture.errors import HFMixtureError
 
 from .ado import floor_weights
-from .base import MixtureCallback, MixtureCallbackConfig
+from .base import MixtureCallback, MixtureCallbackConfig, register_callback
 
 
 # -- the math (pure functions) -------------------------------------------------------------------
@@ -139,6 +139,7 @@ class BanditConfig(MixtureCallbackConfig):
 
 
 # -- the callback --------------------------------------------------------------------------------
+@register_callback
 class BanditCallback(MixtureCallback):
     """EXP3 online data mixing (ODM) anchored at the starting mixture.
 

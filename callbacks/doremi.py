@@ -51,8 +51,9 @@ from hf_mixture.errors import HFMixtureError
 from .base import (
     MixtureCallback,
     MixtureCallbackConfig,
-    _timed,
     logger,
+    register_callback,
+    timed,
 )
 
 REFERENCE_FORMAT = "hf_mixture.reference_losses"
@@ -226,6 +227,7 @@ class DoReMiConfig(MixtureCallbackConfig):
 
 
 # -- the callback --------------------------------------------------------------------------------
+@register_callback
 class DoReMiCallback(MixtureCallback):
     """Exponentiated-gradient reweighting on clipped excess loss over a reference.
 
@@ -354,7 +356,7 @@ class DoReMiCallback(MixtureCallback):
             model.to(device)
         return model
 
-    @_timed
+    @timed
     def on_token_losses(self, token_losses, mask, component_ids, *, inputs, model):
         import torch
 
