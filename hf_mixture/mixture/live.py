@@ -325,6 +325,16 @@ class LiveMixture:
         return f"LiveMixture({w}, stage={self._stage}, changes={len(self.history) - 1})"
 
 
+def check_same_run(state: Mapping[str, Any], mine: Mapping[str, Any], where: str,
+                   holder: str) -> None:
+    """Refuse a saved state whose identity fields differ from ``mine`` (another run's state)."""
+    for field, value in mine.items():
+        if state.get(field) != value:
+            raise HFMixtureError(
+                f"{where} was saved with {field}={state.get(field)!r}, but this {holder} has "
+                f"{field}={value!r}; it belongs to another run and cannot be resumed here.")
+
+
 def _broadcast_from_rank0(weights: np.ndarray) -> np.ndarray:
     """Rank 0's weights on every rank when torch.distributed runs; ``weights`` otherwise."""
     try:

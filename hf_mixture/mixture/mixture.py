@@ -103,13 +103,22 @@ def normalize_weights(weights: Mapping[str, float], temperature: float = 1.0) ->
         )
     if not (math.isfinite(temperature) and temperature > 0):
         raise HFMixtureError(f"temperature must be a finite number > 0, got {temperature!r}.")
+    return {n: float(x) for n, x in zip(names, tempered(w, temperature))}
+
+
+def tempered(w: np.ndarray, temperature: float) -> np.ndarray:
+    """``w ** (1 / T)`` normalized, in log space (no overflow or all-zero underflow at tiny
+    ``T``); zeros stay zero.  ``w`` finite, ``>= 0``, not all zero; ``T > 0``.
+
+    >>> tempered(np.array([1.0, 4.0]), 2.0).tolist()
+    [0.3333333333333333, 0.6666666666666666]
+    """
     positive = w > 0
     logits = np.full(len(w), -np.inf)
     logits[positive] = np.log(w[positive]) / temperature
     logits[positive] -= logits[positive].max()
     p = np.where(positive, np.exp(logits), 0.0)
-    p /= p.sum()
-    return {n: float(x) for n, x in zip(names, p)}
+    return p / p.sum()
 
 
 def _check_keys(data: Any, allowed: Iterable[str], what: str) -> dict[str, Any]:

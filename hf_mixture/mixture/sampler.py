@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import HFMixtureError
-from .live import LiveMixture
+from .live import LiveMixture, check_same_run
 
 logger = logging.getLogger(__name__)
 
@@ -565,11 +565,7 @@ class MixtureSampler:
                                  f"hf_mixture reads version {STATE_VERSION}.")
         mine = {**self.identity, "seed": self.seed, "seq_len": self.seq_len,
                 "components": list(self.live.names)}
-        for field, value in mine.items():
-            if state.get(field) != value:
-                raise HFMixtureError(
-                    f"{where} was saved with {field}={state.get(field)!r}, but this sampler has "
-                    f"{field}={value!r}; it belongs to another run and cannot be resumed here.")
+        check_same_run(state, mine, where, "sampler")
         counts = state.get("counts")
         if (not isinstance(counts, list) or len(counts) != len(self.counts)
                 or not all(isinstance(x, int) and x >= 0 for x in counts)):

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import HFMixtureError
-from .live import LiveMixture
+from .live import LiveMixture, check_same_run
 from .sampler import choose_components, counter_uniform
 
 STATE_FORMAT = "hf_mixture.streaming_state"
@@ -237,11 +237,7 @@ class MixtureIterableDataset(torch.utils.data.IterableDataset):
             raise HFMixtureError(f"{where}: field 'format' must be {STATE_FORMAT!r}.")
         mine = {"version": STATE_VERSION, "seed": self.seed, "seq_len": self.seq_len,
                 "components": list(self.live.names), "mixture_fingerprint": self.fingerprint}
-        for field, value in mine.items():
-            if state.get(field) != value:
-                raise HFMixtureError(
-                    f"{where} was saved with {field}={state.get(field)!r}, but this dataset has "
-                    f"{field}={value!r}; it belongs to another run and cannot be resumed here.")
+        check_same_run(state, mine, where, "dataset")
         positions = state.get("sources")
         if not isinstance(positions, Mapping) or set(positions) != set(self.live.names):
             raise HFMixtureError(f"{where}: field 'sources' must hold the sources "
