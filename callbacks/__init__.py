@@ -20,6 +20,9 @@ and changes weights only through ``LiveMixture.set_weights``:
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from hf_mixture._lazy import lazy_exports
 
 _EXPORTS = {
@@ -51,21 +54,29 @@ _EXPORTS = {
     "eval_fingerprint": "eval",
 }
 
-# Callbacks by name, for configs and the CLI (`callback: ado`).
-CALLBACKS = {"ado": "ADOCallback", "doremi": "DoReMiCallback", "bandit": "BanditCallback",
-             "schedule": "ScheduleCallback"}
+__all__ = list(_EXPORTS) + ["callback_class", "callback_names", "register_callback"]
 
-__all__ = list(_EXPORTS) + ["CALLBACKS", "callback_class"]
+
+def _import_all() -> Any:
+    """Import every callback module (each registers its callbacks by ``name``); the base module."""
+    for module in sorted(set(_EXPORTS.values())):
+        importlib.import_module(f"{__name__}.{module}")
+    return importlib.import_module(f"{__name__}.base")
 
 
 def callback_class(name: str) -> type:
     """The callback class registered as ``name`` (``ado``, ``doremi``, ``bandit``, ``schedule``)."""
-    from hf_mixture.errors import HFMixtureError
+    return _import_all().registered_callback(name)
 
-    if name not in CALLBACKS:
-        raise HFMixtureError(f"Unknown mixture callback {name!r}; the callbacks are "
-                             f"{', '.join(CALLBACKS)}.")
-    return __getattr__(CALLBACKS[name])
+
+def callback_names() -> list[str]:
+    """The names of the registered callbacks, sorted (each class's ``name`` attribute)."""
+    return _import_all().callback_names()
+
+
+def register_callback(cls: type) -> type:
+    """Class decorator: register a MixtureCallback subclass by its ``name``; a duplicate is refused."""
+    return _import_all().register_callback(cls)
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -35,124 +35,26 @@ differ from the reference implementation and why: ``docs/callbacks.md``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from hf_mixture._checks import check_float, check_int
 from hf_mixture.errors import HFMixtureError
+from hf_mixture.power_law import PowerLaw, fit_power_law
 
-from .base import MixtureCallback, MixtureCallbackConfig, _check_float, _check_int, expected_counts
-
+from .base import MixtureCallback, MixtureCallbackConfig, expected_counts, register_callback
 
 # -- the math (pure functions) -------------------------------------------------------------------
-class PowerLaw(NamedTuple):
-    """``L(n) = epsilon + beta * n**(-alpha)``."""
+# The law and its fit are shared with `hf-mixture fit-laws` (hf_mixture.power_law); ADO's bounds
+# (E below the lowest loss, alpha <= max_alpha, a soft-L1 loss) are that fit's defaults.
 
-    epsilon: float
-    beta: float
-    alpha: float
-
-    def __call__(self, n: Any) -> Any:
-        return self.epsilon + self.beta * np.asarray(n, dtype=np.float64) ** (-self.alpha)
-
-    def speed(self, n: Any) -> Any:
-        """``-n * dL/dn = alpha * (L(n) - epsilon)``: loss the next samples remove, per log-sample."""
-        return self.alpha * (self(n) - self.epsilon)
-
-    def slope(self, n: Any) -> Any:
-        """``-dL/dn = alpha * (L(n) - epsilon) / n``: loss the next sample removes (ADO's rho)."""
-        return self.speed(n) / np.asarray(n, dtype=np.float64)
-
-
-def _power(x: np.ndarray, eps: float, b: float, a: float) -> np.ndarray:
-    return eps + b * x ** (-a)
-
-
-def _power_jac(x: np.ndarray, eps: float, b: float, a: float) -> np.ndarray:
-    f = x ** (-a)
-    return np.stack([np.ones_like(x), f, -b * f * np.log(x)], axis=1)
-
-
-def _grid_fit(x: np.ndarray, y: np.ndarray, alphas: np.ndarray, hi_eps: float
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """For each alpha the best ``(eps, beta)`` in closed form (bounded); ``(sse, params)``."""
-    F = x[None, :] ** (-alphas[:, None])                       # (alphas, points)
-    Fm, ym = F.mean(axis=1), y.mean()
-    var = ((F - Fm[:, None]) ** 2).sum(axis=1)
-    b = np.where(var > 0, ((F - Fm[:, None]) * (y - ym)).sum(axis=1) / np.maximum(var, 1e-300),
-                 0.0)
-    eps = np.clip(ym - b * Fm, 0.0, hi_eps)
-    b = np.maximum((F * (y - eps[:, None])).sum(axis=1) / (F * F).sum(axis=1), 0.0)
-    sse = ((eps[:, None] + b[:, None] * F - y) ** 2).sum(axis=1)
-    return sse, np.stack([eps, b, alphas], axis=1)
-
-
-def _soft_l1(residuals: np.ndarray, f_scale: float) -> float:
-    """curve_fit's ``loss="soft_l1"`` cost: quadratic for small residuals, linear for large."""
-    z = (residuals / f_scale) ** 2
-    return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
-
-
-def fit_power_law(n: Any, losses: Any, *, max_alpha: float = 0.8) -> PowerLaw:
-    """Fit ``L(n) = eps + beta * n**-alpha`` to ``(n, losses)`` (robust, bounded, multi-start).
-
-    Bounds: ``0 <= eps < min(losses)``, ``beta >= 0``, ``1e-4 <= alpha <= max_alpha``.
-    ``n`` is rescaled to ``n / max(n)`` for the fit (conditioning) and ``beta``
-    mapped back.  The start comes from a grid over ``alpha`` (for a fixed alpha the
-    law is linear in ``eps, beta``); ``curve_fit`` (trust-region, soft-L1 loss so
-    one noisy eval does not bend the curve) refines it and is kept when it fits
-    at least as well.
-
-    >>> law = fit_power_law([10, 100, 1000, 10000], [3.0, 2.0, 1.5, 1.25])
-    >>> bool(law.alpha > 0) and bool(law.epsilon < 1.25)
-    True
-    """
-    from scipy.optimize import OptimizeWarning, curve_fit
-
-    n = np.asarray(n, dtype=np.float64).reshape(-1)
-    y = np.asarray(losses, dtype=np.float64).reshape(-1)
-    if len(n) != len(y):
-        raise HFMixtureError(f"fit_power_law got {len(n)} sample counts and {len(y)} losses.")
-    if len(n) < 3:
-        raise HFMixtureError(f"fit_power_law needs at least 3 points for 3 parameters, got "
-                             f"{len(n)}.")
-    if not (np.isfinite(n).all() and (n > 0).all()):
-        raise HFMixtureError("fit_power_law needs finite sample counts > 0.")
-    if not (np.isfinite(y).all() and (y > 0).all()):
-        raise HFMixtureError("fit_power_law needs finite losses > 0.")
-    scale = float(n.max())
-    x = n / scale
-    hi_eps = float(y.min()) * (1 - 1e-9)
-    # Initial guess by variable projection: for a fixed alpha the law is linear in
-    # (eps, beta), so a coarse then a fine grid over alpha, each solved in closed form,
-    # lands next to the optimum in about a millisecond; curve_fit then polishes all
-    # three parameters in a few iterations.
-    alphas = np.geomspace(1e-3, max_alpha, 48)
-    sse, params = _grid_fit(x, y, alphas, hi_eps)
-    i = int(np.argmin(sse))
-    fine = np.linspace(alphas[max(i - 1, 0)], alphas[min(i + 1, len(alphas) - 1)], 33)
-    sse, params = _grid_fit(x, y, fine, hi_eps)
-    grid = params[int(np.argmin(sse))]
-    best = grid
-    f_scale = max(1e-4, 0.05 * float(y.max() - y.min()))   # residuals beyond it count linearly
-    p0 = np.clip(grid, [0.0, 0.0, 1e-4], [hi_eps * (1 - 1e-9), np.inf, max_alpha])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OptimizeWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            p, _ = curve_fit(_power, x, y, p0=p0, jac=_power_jac, method="trf", loss="soft_l1",
-                             f_scale=f_scale, max_nfev=60,
-                             bounds=([0.0, 0.0, 1e-4], [hi_eps, np.inf, max_alpha]))
-            if np.isfinite(p).all() and (_soft_l1(_power(x, *p) - y, f_scale)
-                                         <= _soft_l1(_power(x, *grid) - y, f_scale)):
-                best = p
-        except (RuntimeError, ValueError):
-            pass   # the grid solution stands
-    eps, b, a = (float(v) for v in best)
-    return PowerLaw(eps, b * scale ** a, a)
+def _law_from(saved: Any) -> PowerLaw:
+    """The law of a saved state: ``[E, A, alpha]`` (a ValueError/TypeError when it is not)."""
+    e, a, alpha = (float(v) for v in saved)
+    return PowerLaw(e, a, alpha)
 
 
 def ado_preference(prior: np.ndarray, credit: np.ndarray, speed: np.ndarray,
@@ -244,21 +146,22 @@ class ADOConfig(MixtureCallbackConfig):
         if self.loss not in ("eval", "train"):
             raise HFMixtureError(f"ADOConfig field 'loss' must be 'eval' or 'train', got "
                                  f"{self.loss!r}.")
-        _check_int(self.train_every, "train_every", 1)
+        check_int(self.train_every, "Config field 'train_every'", 1)
         if self.count not in ("total", "domain"):
             raise HFMixtureError(f"ADOConfig field 'count' must be 'total' or 'domain', got "
                                  f"{self.count!r}.")
-        _check_int(self.min_points, "min_points", 3)
-        _check_int(self.refit_every, "refit_every", 1)
-        _check_int(self.fit_from_step, "fit_from_step", 0)
-        self.max_alpha = _check_float(self.max_alpha, "max_alpha", 0.0, 100.0, low_open=True)
-        self.smoothing = _check_float(self.smoothing, "smoothing", 0.0, 1.0, low_open=True)
-        self.credit_smoothing = _check_float(self.credit_smoothing, "credit_smoothing", 0.0, 1.0)
-        self.credit_exponent = _check_float(self.credit_exponent, "credit_exponent", 0.0, 10.0)
-        self.min_weight = _check_float(self.min_weight, "min_weight", 0.0, 1.0, high_open=True)
+        check_int(self.min_points, "Config field 'min_points'", 3)
+        check_int(self.refit_every, "Config field 'refit_every'", 1)
+        check_int(self.fit_from_step, "Config field 'fit_from_step'", 0)
+        self.max_alpha = check_float(self.max_alpha, "Config field 'max_alpha'", 0.0, 100.0, low_open=True)
+        self.smoothing = check_float(self.smoothing, "Config field 'smoothing'", 0.0, 1.0, low_open=True)
+        self.credit_smoothing = check_float(self.credit_smoothing, "Config field 'credit_smoothing'", 0.0, 1.0)
+        self.credit_exponent = check_float(self.credit_exponent, "Config field 'credit_exponent'", 0.0, 10.0)
+        self.min_weight = check_float(self.min_weight, "Config field 'min_weight'", 0.0, 1.0, high_open=True)
 
 
 # -- the callback --------------------------------------------------------------------------------
+@register_callback
 class ADOCallback(MixtureCallback):
     """Adaptive Data Optimization from per-domain eval (or training) losses.
 
@@ -358,7 +261,7 @@ class ADOCallback(MixtureCallback):
             "prior": self.prior.tolist(),
             "credit": self.credit.tolist(),
             "mean_preference": self.mean_preference.tolist(),
-            "laws": [None if law is None else list(law) for law in self.laws],
+            "laws": [None if law is None else [law.E, law.A, law.alpha] for law in self.laws],
             "evals_at_fit": self._evals_at_fit,
         }
 
@@ -367,8 +270,7 @@ class ADOCallback(MixtureCallback):
         try:
             vectors = {k: np.asarray([float(x) for x in state[k]], dtype=np.float64)
                        for k in ("prior", "credit", "mean_preference")}
-            laws = [None if v is None else PowerLaw(*(float(x) for x in v))
-                    for v in state["laws"]]
+            laws = [None if v is None else _law_from(v) for v in state["laws"]]
             at_fit = state["evals_at_fit"]
         except (KeyError, TypeError, ValueError) as err:
             raise HFMixtureError(f"{where}: field 'rule' is malformed ({type(err).__name__}: "

@@ -40,10 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from hf_mixture._checks import check_float, check_int
 from hf_mixture.errors import HFMixtureError
 
 from .ado import floor_weights
-from .base import MixtureCallback, MixtureCallbackConfig, _check_float, _check_int
+from .base import MixtureCallback, MixtureCallbackConfig, register_callback
 
 
 # -- the math (pure functions) -------------------------------------------------------------------
@@ -131,13 +132,14 @@ class BanditConfig(MixtureCallbackConfig):
         if self.feedback not in ("eval", "train"):
             raise HFMixtureError(f"BanditConfig field 'feedback' must be 'eval' or 'train', got "
                                  f"{self.feedback!r}.")
-        self.decay = _check_float(self.decay, "decay", 0.0, 1.0, high_open=True)
-        self.lr = _check_float(self.lr, "lr", 0.0, 1e6)
-        self.min_prior = _check_float(self.min_prior, "min_prior", 0.0, 1.0, high_open=True)
-        _check_int(self.train_every, "train_every", 1)
+        self.decay = check_float(self.decay, "Config field 'decay'", 0.0, 1.0, high_open=True)
+        self.lr = check_float(self.lr, "Config field 'lr'", 0.0, 1e6)
+        self.min_prior = check_float(self.min_prior, "Config field 'min_prior'", 0.0, 1.0, high_open=True)
+        check_int(self.train_every, "Config field 'train_every'", 1)
 
 
 # -- the callback --------------------------------------------------------------------------------
+@register_callback
 class BanditCallback(MixtureCallback):
     """EXP3 online data mixing (ODM) anchored at the starting mixture.
 

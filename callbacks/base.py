@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 from transformers import TrainerCallback
 
+from hf_mixture._checks import check_int
 from hf_mixture._io import atomic_write_json
 from hf_mixture.config import dataclass_from_dict
 from hf_mixture.errors import HFMixtureError
@@ -88,32 +89,10 @@ class MixtureCallbackConfig:
         if not isinstance(self.metric_prefix, str) or not self.metric_prefix:
             raise HFMixtureError(f"Config field 'metric_prefix' must be a non-empty string, got "
                                  f"{self.metric_prefix!r}.")
-        _check_int(self.start_step, "start_step", 0)
+        check_int(self.start_step, "Config field 'start_step'", 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _check_int(value: Any, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise HFMixtureError(f"Config field {name!r} must be an integer >= {low}, got {value!r}.")
-
-
-def _check_float(value: Any, name: str, low: float, high: float, *, low_open: bool = False,
-                 high_open: bool = False) -> float:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = float(value)
-    except (TypeError, ValueError):
-        raise HFMixtureError(f"Config field {name!r} must be a number, got {value!r}.") from None
-    bad = (not math.isfinite(v) or v < low or v > high or (low_open and v == low)
-           or (high_open and v == high))
-    if bad:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise HFMixtureError(f"Config field {name!r} is {value!r}; it must lie in "
-                             f"{lo}{low}, {high}{hi}.")
-    return v
 
 
 def _live_of(target: Any) -> Any:
@@ -129,7 +108,7 @@ def _live_of(target: Any) -> Any:
                          f"MixtureDataLoader holding one), got {type(target).__name__}.")
 
 
-def _timed(method: Callable) -> Callable:
+def timed(method: Callable) -> Callable:
     """Add the time spent in a hook to ``self.seconds`` (the callback's wall-clock overhead)."""
 
     @functools.wraps(method)
@@ -264,7 +243,7 @@ class MixtureCallback(TrainerCallback):
     #: to the training batches and calls :meth:`on_token_losses` for every micro-batch.
     wants_token_losses: bool = False
 
-    @_timed
+    @timed
     def on_token_losses(self, token_losses: Any, mask: Any, component_ids: Any, *,
                         inputs: Mapping[str, Any], model: Any) -> None:
         """One training micro-batch: per-token losses ``(B, T)``, their mask, sample components.
@@ -477,7 +456,7 @@ class MixtureCallback(TrainerCallback):
         return self.live.weights_array
 
     # -- Trainer hooks ---------------------------------------------------------------------------
-    @_timed
+    @timed
     def on_train_begin(self, args, state, control, **kwargs):
         self._training = True
         report_to = getattr(args, "report_to", None) or []
@@ -525,13 +504,13 @@ class MixtureCallback(TrainerCallback):
             "checkpoint folder>) before trainer.train(). On several nodes without a shared "
             "filesystem, train with save_on_each_node=True so every node holds it.")
 
-    @_timed
+    @timed
     def on_step_begin(self, args, state, control, **kwargs):
         # Losses left incomplete by the last evaluation (a domain missing) are settled here.
         if self._pending:
             self._flush(args, state)
 
-    @_timed
+    @timed
     def on_step_end(self, args, state, control, **kwargs):
         if not self.wants_token_losses or not self._training:
             return
@@ -541,7 +520,7 @@ class MixtureCallback(TrainerCallback):
         self.on_train_losses(sums, tokens, counts, step=int(state.global_step),
                              samples=samples_seen(args, state))
 
-    @_timed
+    @timed
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not metrics or not self._training:
             return
@@ -555,7 +534,7 @@ class MixtureCallback(TrainerCallback):
         if all(d in self._pending for d in self.domains):
             self._flush(args, state)
 
-    @_timed
+    @timed
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.config.log_weights or logs is None:
             return
@@ -570,7 +549,7 @@ class MixtureCallback(TrainerCallback):
         return {f"{LOG_PREFIX}{d}": float(w) for d, w in zip(self.domains,
                                                               self.live.weights_array)}
 
-    @_timed
+    @timed
     def on_save(self, args, state, control, **kwargs):
         self._flush(args, state)
         # The processes that write the Trainer's checkpoint write ours: the global main
@@ -589,7 +568,7 @@ class MixtureCallback(TrainerCallback):
         payload["saved_at_step"] = int(state.global_step)
         atomic_write_json(self.state_file(folder), payload)
 
-    @_timed
+    @timed
     def on_train_end(self, args, state, control, **kwargs):
         self._flush(args, state)
         self._training = False
@@ -616,3 +595,40 @@ def all_reduce_sum(array: np.ndarray) -> np.ndarray:
 def safe_name(name: str) -> str:
     """A file-name-safe form of a callback name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+# -- callbacks by name (configs, recipes, the CLI: `callbacks: [{name: ado}]`) --------------------
+_REGISTRY: dict[str, type[MixtureCallback]] = {}
+
+
+def register_callback(cls: type[MixtureCallback]) -> type[MixtureCallback]:
+    """Class decorator: make a :class:`MixtureCallback` available under its ``name`` attribute.
+
+    A second class with a name already registered is refused, as predictors are.
+
+    >>> @register_callback                                   # doctest: +SKIP
+    ... class MyCallback(MixtureCallback):
+    ...     name = "mine"
+    """
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise HFMixtureError(f"{cls.__name__} needs its own non-empty class attribute 'name' to be "
+                             f"registered, got {name!r}.")
+    if name in _REGISTRY:
+        raise HFMixtureError(f"A mixture callback named {name!r} is already registered "
+                             f"({_REGISTRY[name].__name__}); choose another name.")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def registered_callback(name: str) -> type[MixtureCallback]:
+    """The callback class registered as ``name``."""
+    if name not in _REGISTRY:
+        raise HFMixtureError(f"Unknown mixture callback {name!r}; the callbacks are "
+                             f"{', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[name]
+
+
+def callback_names() -> list[str]:
+    """The registered callback names, sorted."""
+    return sorted(_REGISTRY)

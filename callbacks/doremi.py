@@ -45,15 +45,15 @@ from typing import Any
 
 import numpy as np
 
+from hf_mixture._checks import as_number, check_float, check_int
 from hf_mixture.errors import HFMixtureError
 
 from .base import (
     MixtureCallback,
     MixtureCallbackConfig,
-    _check_float,
-    _check_int,
-    _timed,
     logger,
+    register_callback,
+    timed,
 )
 
 REFERENCE_FORMAT = "hf_mixture.reference_losses"
@@ -189,13 +189,10 @@ def read_reference_losses(source: Mapping[str, float] | str | os.PathLike, domai
         if value is None:
             raise HFMixtureError(f"The {where} have no loss for domain {d!r} (looked for keys "
                                  f"{d!r} and {key!r}).")
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            v = float(value)
-        except (TypeError, ValueError):
+        v = as_number(value)
+        if v is None:
             raise HFMixtureError(f"The {where} give domain {d!r} the loss {value!r}, not a "
-                                 "number.") from None
+                                 "number.")
         if not math.isfinite(v):
             raise HFMixtureError(f"The {where} give domain {d!r} the non-finite loss {value!r}.")
         out.append(v)
@@ -224,12 +221,13 @@ class DoReMiConfig(MixtureCallbackConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.eta = _check_float(self.eta, "eta", 0.0, 1e6, low_open=True)
-        self.smoothing = _check_float(self.smoothing, "smoothing", 0.0, 1.0)
-        _check_int(self.train_every, "train_every", 1)
+        self.eta = check_float(self.eta, "Config field 'eta'", 0.0, 1e6, low_open=True)
+        self.smoothing = check_float(self.smoothing, "Config field 'smoothing'", 0.0, 1.0)
+        check_int(self.train_every, "Config field 'train_every'", 1)
 
 
 # -- the callback --------------------------------------------------------------------------------
+@register_callback
 class DoReMiCallback(MixtureCallback):
     """Exponentiated-gradient reweighting on clipped excess loss over a reference.
 
@@ -358,7 +356,7 @@ class DoReMiCallback(MixtureCallback):
             model.to(device)
         return model
 
-    @_timed
+    @timed
     def on_token_losses(self, token_losses, mask, component_ids, *, inputs, model):
         import torch
 

@@ -35,9 +35,10 @@ from .base import (
     LOG_PREFIX,
     MixtureCallback,
     MixtureCallbackConfig,
-    _timed,
+    register_callback,
     samples_per_step,
     samples_seen,
+    timed,
 )
 
 
@@ -56,6 +57,7 @@ class ScheduleConfig(MixtureCallbackConfig):
                                  f"{self.unit!r}.")
 
 
+@register_callback
 class ScheduleCallback(MixtureCallback):
     """Switch the weights at stage boundaries (see the module doc).
 
@@ -166,7 +168,7 @@ class ScheduleCallback(MixtureCallback):
         super().on_train_begin(args, state, control, **kwargs)
         self._begin(args, state)
 
-    @_timed
+    @timed
     def _begin(self, args: Any, state: Any) -> None:
         if self.own:
             total = state.max_steps if state.max_steps and state.max_steps > 0 else None
@@ -175,7 +177,7 @@ class ScheduleCallback(MixtureCallback):
             self.starts = self._resolve_starts(total)
         self._advance(args, state)
 
-    @_timed
+    @timed
     def on_step_end(self, args, state, control, **kwargs):
         self._advance(args, state)
 

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 from .errors import HFMixtureError
 
 
-def _tmp_sibling(path: Path) -> Path:
+def tmp_sibling(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` (same folder, so ``os.replace`` onto it is atomic)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
@@ -31,11 +32,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(final)
+    tmp = tmp_sibling(final)
     try:
         yield tmp
         if final.is_dir() and tmp.is_dir():
-            old = _tmp_sibling(final)
+            old = tmp_sibling(final)
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -71,13 +72,16 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def short_hash(obj: Any) -> str:
-    """16 hex digits of SHA-256 over ``obj``: a string as is, anything else as sorted JSON.
+    """16 hex digits of SHA-256 over ``obj``: bytes and strings as they are, anything else
+    as sorted JSON.
 
     The one fingerprint of hf_mixture's caches, manifests and up-to-date checks.
 
     >>> short_hash({"b": 1, "a": 2}) == short_hash({"a": 2, "b": 1})
     True
     """
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(obj).hexdigest()[:16]
     blob = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_json, atomic_write_text
+from ._io import atomic_write_json, atomic_write_text, short_hash
 from .config import dataclass_from_dict, load_config_file
 from .errors import HFMixtureError
 from .formats.tokenize import DEFAULT_VALIDATION_FRACTION
@@ -91,7 +90,7 @@ class ClimbConfig:
 
 
 def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return short_hash(obj)
 
 
 class _Markers:

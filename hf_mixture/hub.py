@@ -20,16 +20,9 @@ to ``HfApi`` and never printed or logged.
 >>> load_mixture("out/demo").weights()                                # doctest: +SKIP
 {'code': 0.75, 'prose': 0.25}
 
-The two methods on :class:`~hf_mixture.mixture.Mixture` delegate here::
-
-    def push_to_hub(self, repo_id, **kwargs):
-        from ..hub import push_mixture_to_hub
-        return push_mixture_to_hub(self, repo_id, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, repo_id_or_path, **kwargs):
-        from ..hub import load_mixture
-        return load_mixture(repo_id_or_path, **kwargs)
+``Mixture.push_to_hub`` and ``Mixture.from_pretrained`` are these two functions:
+this module registers them as the ``hf_mixture.mixture_hub`` entry points
+(``pyproject.toml``), so the mixture layer below never imports the Hub layer.
 """
 
 from __future__ import annotations
@@ -48,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_path
+from ._markdown import cell as _cell
 from .errors import HFMixtureError
 from .formats.hubstyle import files_fingerprint, stamp_configs
 
@@ -104,10 +98,6 @@ def _check_repo_id(repo_id: str) -> str:
 
 def _template(name: str) -> str:
     return str(importlib.resources.files("hf_mixture.hub_cards") / name)
-
-
-def _cell(value: Any) -> str:
-    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -376,6 +376,27 @@ def test_registry_by_name():
         callback_class("odm")
 
 
+def test_registry_reads_each_class_name_and_refuses_a_duplicate():
+    from hf_mixture.callbacks import MixtureCallback, callback_names, register_callback
+
+    assert callback_names() == ["ado", "bandit", "doremi", "schedule"]
+    for name in callback_names():
+        assert callback_class(name).name == name
+
+    class SecondADO(MixtureCallback):
+        name = "ado"
+
+    with pytest.raises(HFMixtureError, match="named 'ado' is already registered"):
+        register_callback(SecondADO)
+
+    class Nameless(MixtureCallback):
+        pass
+
+    with pytest.raises(HFMixtureError, match="Nameless needs its own non-empty class attribute"):
+        register_callback(Nameless)
+    assert callback_class("ado") is ADOCallback and callback_names()[0] == "ado"
+
+
 # -- schedule -------------------------------------------------------------------------------------
 def test_schedule_in_steps_switches_at_the_boundaries(tmp_path):
     live = live3((1, 0, 0))

@@ -246,7 +246,7 @@ def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path, tiny_store, tiny
     from transformers import PreTrainedTokenizerFast
 
     from hf_mixture.formats.clustered import check_tokenizer_matches, load_tokenizer
-    from hf_mixture.search.target import _store_tokenizer
+    from hf_mixture.search.target import store_tokenizer
 
     same = load_tokenizer(str(tiny_tokenizer_path))
     check_tokenizer_matches(same, tiny_store, "test")  # the store's own tokenizer passes
@@ -257,7 +257,7 @@ def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path, tiny_store, tiny
     with pytest.raises(HFMixtureError, match="is not the tokenizer of token store"):
         check_tokenizer_matches(other, tiny_store, "saved beside the model")
     with pytest.raises(HFMixtureError, match="tokenizing the search target"):
-        _store_tokenizer(tiny_store, str(playground.tokenizer_dir()))
+        store_tokenizer(tiny_store, str(playground.tokenizer_dir()))
 
 
 @pytest.mark.parametrize("field, value", [("dirichlet_concentration", float("inf")),

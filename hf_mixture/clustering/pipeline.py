@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_json, short_hash
+from .._markdown import cell as _cell
 from ..errors import HFMixtureError
 from .config import ClusterConfig
 from ..executors import ExecutorConfig, Stage, run_stages
@@ -455,10 +456,6 @@ def _result(work: Path, tasks: int, output_dir: Path, timings: dict,
 
 
 # ----------------------------------------------------------------------------- report
-def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
 def render_report(facts: dict[int, dict[str, Any]], summary: dict[str, Any],
                   prune: dict[str, Any] | None, stats: dict | None = None) -> str:
     """The Markdown report: what was clustered, how, what was dropped, and each cluster."""

@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .._io import atomic_path, atomic_write_json, file_sha256, short_hash
+from .._markdown import cell as _escape_cell
 from ..errors import HFMixtureError
 from .hubstyle import stamp_configs
 
@@ -915,10 +916,6 @@ class ClusteredCorpusBuilder(datasets.ArrowBasedBuilder):
 
 
 # ----------------------------------------------------------------------------- writer
-def _escape_cell(value: Any) -> str:
-    return " ".join(str(value if value is not None else "").split()).replace("|", "\\|")
-
-
 def _render_card(manifest: dict[str, Any], name: str, configs: list[dict[str, Any]]) -> str:
     from huggingface_hub import DatasetCard, DatasetCardData
 

@@ -28,7 +28,6 @@ when complete (:class:`TokenStoreWriter`), and read through memory maps
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .._io import _tmp_sibling, file_sha256
+from .._io import file_sha256, short_hash, tmp_sibling
 from ..errors import HFMixtureError
 
 FORMAT = "hf_mixture.token_store"
@@ -90,7 +89,7 @@ class TokenStoreWriter:
                           "vocab_size": self.vocab_size, "eos_token_id": eos_token_id}
         self.extra = dict(extra or {})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _tmp_sibling(self.path)
+        self._tmp = tmp_sibling(self.path)
         self._tmp.mkdir()
         self._files: dict[tuple[str, str], Any] = {}
         self._offsets: dict[tuple[str, str], list[int]] = {}
@@ -183,7 +182,7 @@ class TokenStoreWriter:
         }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if self.path.exists():
-            old = _tmp_sibling(self.path)
+            old = tmp_sibling(self.path)
             os.replace(self.path, old)
             os.replace(self._tmp, self.path)
             shutil.rmtree(old, ignore_errors=True)
@@ -368,8 +367,7 @@ class TokenStore:
     @property
     def fingerprint(self) -> str:
         """A short hash of the manifest: changes whenever the store's content does."""
-        blob = json.dumps(self.manifest, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return short_hash(self.manifest)
 
     # -- data --------------------------------------------------------------------
     def tokens(self, component: str, split: str = "train") -> np.ndarray:

@@ -22,7 +22,6 @@ PosixPath('store')
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -197,7 +196,7 @@ def _input_fingerprint(
         },
         sort_keys=True,
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _short_hash(blob)
 
 
 def _existing_fingerprint(output: Path) -> str | None:

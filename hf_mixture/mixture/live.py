@@ -15,6 +15,20 @@ DataLoader prefetched under the old weights are re-decided (see
 sample whose first token reaches the stage's start (``tokens_seen = samples x
 seq_len``).
 
+A sampler drives a LiveMixture through a small public protocol, and nothing else:
+
+- the sampler calls :meth:`LiveMixture.attach` once with itself, then, before
+  deciding sample ``n``, :meth:`~LiveMixture.weights_from` ``(n)`` (crosses the stage
+  boundaries reached and returns the weights in force) and
+  :meth:`~LiveMixture.next_stage_sample` (where the weights change next);
+  :meth:`~LiveMixture.mark` / :meth:`~LiveMixture.restore` roll the history back
+  with a snapshot, and :meth:`~LiveMixture.history_state` /
+  :meth:`~LiveMixture.load_history_state` carry it in the sampler's state;
+- :meth:`~LiveMixture.set_weights` calls the attached :class:`LiveSampler`'s
+  ``rewind_for_change()`` (forget what was decided ahead; return the first sample
+  not yet handed to the training loop) and, once the change is recorded,
+  ``replay()`` (decide those samples again under the new weights).
+
 Under ``torch.distributed`` :meth:`~LiveMixture.set_weights` is a collective: call
 it on every rank (Trainer callbacks run on every rank); the weights of rank 0
 are broadcast so every rank draws the same components.
@@ -31,10 +45,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from .._checks import as_number, check_int
 from ..errors import HFMixtureError
 
 
@@ -83,6 +98,16 @@ class StageBoundary:
     name: str | None = None
 
 
+class LiveSampler(Protocol):
+    """What :meth:`LiveMixture.set_weights` asks of the sampler attached to it."""
+
+    def rewind_for_change(self) -> int:
+        """Drop what was decided ahead; return the first sample not yet handed to training."""
+
+    def replay(self) -> None:
+        """Decide the dropped samples again, under the weights now in force."""
+
+
 class LiveMixture:
     """The weights in force, the curriculum stage, and the history of changes.
 
@@ -95,9 +120,7 @@ class LiveMixture:
         self.names = list(component_names)
         if len(set(self.names)) != len(self.names) or not self.names:
             raise HFMixtureError(f"Component names must be unique and non-empty, got {self.names}.")
-        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
-            raise HFMixtureError(f"seq_len must be an integer >= 1, got {seq_len!r}.")
-        self.seq_len = int(seq_len)
+        self.seq_len = check_int(seq_len, "seq_len", 1)
         self.stages = list(stages)
         initial = self.normalize(weights)
         self._stage = int(stage)            # index of the stage in force
@@ -105,7 +128,7 @@ class LiveMixture:
         self._current = initial
         self.history: list[WeightChange] = [
             WeightChange(0, 0, tuple(initial.tolist()), "initial", self._stage)]
-        self._sampler: Any = None           # set by MixtureSampler: rewinds/replays on a change
+        self._sampler: LiveSampler | None = None  # see attach()
         self._position = 0                  # next sample, when no sampler is attached
 
     # -- construction from a Mixture -------------------------------------------------------
@@ -140,7 +163,7 @@ class LiveMixture:
         first = mixture.stage_weights(0)
         live = cls(names, [first[n] for n in names], seq_len=seq_len,
                    stages=sorted(dedup.values(), key=lambda b: b.sample))
-        live._apply_stages(0)  # a stage whose start rounds to sample 0 is in force at once
+        live.weights_from(0)  # a stage whose start rounds to sample 0 is in force at once
         live.history[:] = [WeightChange(0, 0, tuple(live._current.tolist()), "initial",
                                         live._stage)]
         return live
@@ -180,13 +203,10 @@ class LiveMixture:
                                      f"{len(self.names)} components ({', '.join(self.names)}).")
         values = []
         for name, value in zip(self.names, raw):
-            try:
-                if isinstance(value, bool):
-                    raise TypeError
-                v = float(value)
-            except (TypeError, ValueError):
+            v = as_number(value)
+            if v is None:
                 raise HFMixtureError(f"The weight of component {name!r} is {value!r}, not a "
-                                     "number.") from None
+                                     "number.")
             if not math.isfinite(v) or v < 0:
                 raise HFMixtureError(f"The weight of component {name!r} is {value!r}; weights "
                                      "must be finite and >= 0.")
@@ -213,11 +233,11 @@ class LiveMixture:
         """
         w = _broadcast_from_rank0(self.normalize(weights))
         sampler = self._sampler
-        n = sampler._rewind_for_change() if sampler is not None else self._position
-        self._apply_stages(n)
+        n = sampler.rewind_for_change() if sampler is not None else self._position
+        self.weights_from(n)
         change = self._record(n, w, reason or "set_weights")
         if sampler is not None:
-            sampler._replay()
+            sampler.replay()
         return change
 
     def advance(self, tokens_seen: int) -> None:
@@ -229,22 +249,18 @@ class LiveMixture:
         if self._sampler is not None:
             raise HFMixtureError("This LiveMixture belongs to a sampler, which crosses stage "
                                  "boundaries itself; advance() is for a LiveMixture used alone.")
-        if isinstance(tokens_seen, bool) or not isinstance(tokens_seen, (int, np.integer)) \
-                or tokens_seen < 0:
-            raise HFMixtureError(f"tokens_seen must be an integer >= 0, got {tokens_seen!r}.")
+        check_int(tokens_seen, "tokens_seen", 0)
         self._position = max(self._position, -(-int(tokens_seen) // self.seq_len))
-        self._apply_stages(self._position)
+        self.weights_from(self._position)
 
-    # -- used by the samplers --------------------------------------------------------------
-    def _record(self, sample: int, weights: np.ndarray, reason: str) -> WeightChange:
-        change = WeightChange(int(sample), int(sample) * self.seq_len,
-                              tuple(float(x) for x in weights), reason, self._stage)
-        self._current = np.asarray(weights, dtype=np.float64)
-        self.history.append(change)
-        return change
+    # -- the sampler protocol (see the module docstring) ------------------------------------
+    def attach(self, sampler: LiveSampler) -> None:
+        """Make ``sampler`` the one that draws with these weights (it is told of every change)."""
+        self._sampler = sampler
 
-    def _apply_stages(self, sample: int) -> None:
-        """Record every stage boundary at or before ``sample`` (at its own sample index)."""
+    def weights_from(self, sample: int) -> np.ndarray:
+        """The weights that decide sample ``sample``, after recording every stage boundary at
+        or before it (at its own sample index).  Read-only: change weights with set_weights."""
         while self._next_boundary < len(self.stages) and \
                 self.stages[self._next_boundary].sample <= sample:
             b = self.stages[self._next_boundary]
@@ -252,28 +268,36 @@ class LiveMixture:
             self._stage = b.stage
             label = f"stage {b.stage}" + (f" ({b.name})" if b.name else "")
             self._record(b.sample, b.weights / b.weights.sum(), label)
+        view = self._current.view()
+        view.flags.writeable = False
+        return view
 
-    def _next_stage_sample(self) -> int | None:
+    def next_stage_sample(self) -> int | None:
+        """The sample at which the next stage boundary applies (None after the last)."""
         if self._next_boundary < len(self.stages):
             return self.stages[self._next_boundary].sample
         return None
 
-    def _mark(self) -> tuple[int, int, int]:
-        """What a sampler snapshot needs to roll this object back."""
+    def mark(self) -> tuple[int, int, int]:
+        """A snapshot of the history's position, for :meth:`restore` and :meth:`history_state`."""
         return len(self.history), self._next_boundary, self._stage
 
-    def _restore(self, mark: tuple[int, int, int]) -> None:
+    def restore(self, mark: tuple[int, int, int]) -> None:
+        """Roll the history back to ``mark`` (changes recorded since are dropped)."""
         length, next_boundary, stage = mark
         del self.history[length:]
         self._next_boundary, self._stage = next_boundary, stage
         self._current = np.asarray(self.history[-1].weights, dtype=np.float64)
 
-    def _history_state(self, mark: tuple[int, int, int]) -> dict[str, Any]:
-        length, next_boundary, stage = mark
+    def history_state(self, mark: tuple[int, int, int] | None = None) -> dict[str, Any]:
+        """The fields ``stage``, ``stages_applied`` and ``history`` of a sampler state, as of
+        ``mark`` (now by default)."""
+        length, next_boundary, stage = self.mark() if mark is None else mark
         return {"stage": stage, "stages_applied": next_boundary,
                 "history": [c.to_dict() for c in self.history[:length]]}
 
-    def _load_history_state(self, state: Mapping[str, Any], where: str) -> None:
+    def load_history_state(self, state: Mapping[str, Any], where: str) -> None:
+        """Restore :meth:`history_state`'s fields from ``state``; ``where`` names it in errors."""
         entries = state.get("history")
         if not isinstance(entries, list) or not entries:
             raise HFMixtureError(f"{where}: field 'history' must be a non-empty list of weight "
@@ -289,9 +313,26 @@ class LiveMixture:
         self._stage = int(state.get("stage", 0))
         self._current = np.asarray(history[-1].weights, dtype=np.float64)
 
+    def _record(self, sample: int, weights: np.ndarray, reason: str) -> WeightChange:
+        change = WeightChange(int(sample), int(sample) * self.seq_len,
+                              tuple(float(x) for x in weights), reason, self._stage)
+        self._current = np.asarray(weights, dtype=np.float64)
+        self.history.append(change)
+        return change
+
     def __repr__(self) -> str:
         w = ", ".join(f"{n}={x:.3f}" for n, x in zip(self.names, self._current))
         return f"LiveMixture({w}, stage={self._stage}, changes={len(self.history) - 1})"
+
+
+def check_same_run(state: Mapping[str, Any], mine: Mapping[str, Any], where: str,
+                   holder: str) -> None:
+    """Refuse a saved state whose identity fields differ from ``mine`` (another run's state)."""
+    for field, value in mine.items():
+        if state.get(field) != value:
+            raise HFMixtureError(
+                f"{where} was saved with {field}={state.get(field)!r}, but this {holder} has "
+                f"{field}={value!r}; it belongs to another run and cannot be resumed here.")
 
 
 def _broadcast_from_rank0(weights: np.ndarray) -> np.ndarray:

@@ -30,7 +30,6 @@ A mixture file (YAML shown; JSON holds the same keys)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -42,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._io import atomic_write_text
+from .._checks import as_number, check_int, check_tokens
+from .._io import atomic_write_text, short_hash
 from ..errors import HFMixtureError
 from .query import QuerySource, describe, parse_query, select
 
@@ -65,16 +65,10 @@ def _number(value: Any, what: str) -> float:
     Strings that spell a number are accepted because YAML 1.1 (PyYAML) reads
     ``1e-3`` — no dot — as the string '1e-3'.
     """
-    if isinstance(value, bool) or value is None:
+    number = as_number(value)
+    if number is None:
         raise HFMixtureError(f"{what} must be a number, got {value!r}.")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise HFMixtureError(f"{what} must be a number, got {value!r}.")
+    return number
 
 
 def _weight(value: Any, what: str) -> float:
@@ -109,13 +103,22 @@ def normalize_weights(weights: Mapping[str, float], temperature: float = 1.0) ->
         )
     if not (math.isfinite(temperature) and temperature > 0):
         raise HFMixtureError(f"temperature must be a finite number > 0, got {temperature!r}.")
+    return {n: float(x) for n, x in zip(names, tempered(w, temperature))}
+
+
+def tempered(w: np.ndarray, temperature: float) -> np.ndarray:
+    """``w ** (1 / T)`` normalized, in log space (no overflow or all-zero underflow at tiny
+    ``T``); zeros stay zero.  ``w`` finite, ``>= 0``, not all zero; ``T > 0``.
+
+    >>> tempered(np.array([1.0, 4.0]), 2.0).tolist()
+    [0.3333333333333333, 0.6666666666666666]
+    """
     positive = w > 0
     logits = np.full(len(w), -np.inf)
     logits[positive] = np.log(w[positive]) / temperature
     logits[positive] -= logits[positive].max()
     p = np.where(positive, np.exp(logits), 0.0)
-    p /= p.sum()
-    return {n: float(x) for n, x in zip(names, p)}
+    return p / p.sum()
 
 
 def _check_keys(data: Any, allowed: Iterable[str], what: str) -> dict[str, Any]:
@@ -324,10 +327,7 @@ class Mixture:
             raise HFMixtureError(f"Field 'temperature' is {self.temperature!r}; it must be a "
                                  "finite number > 0.")
         self.temperature = temperature
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
-                or self.seed < 0:
-            raise HFMixtureError(f"Field 'seed' must be an integer >= 0, got {self.seed!r}.")
-        self.seed = int(self.seed)
+        self.seed = check_int(self.seed, "Field 'seed'", 0)
         for key in ("name", "description"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
@@ -397,7 +397,7 @@ class Mixture:
         [0, 250]
         """
         if total_tokens is not None:
-            total_tokens = _check_tokens(total_tokens, "total_tokens")
+            total_tokens = check_tokens(total_tokens, "total_tokens")
         starts = [s.start_tokens(total_tokens) for s in self.stages]
         for i in range(1, len(starts)):
             if starts[i] <= starts[i - 1]:
@@ -411,7 +411,7 @@ class Mixture:
 
     def stage_at(self, tokens_seen: int, total_tokens: int | None) -> int:
         """Index of the stage in force after ``tokens_seen`` tokens (0 without stages)."""
-        tokens_seen = _check_tokens(tokens_seen, "tokens_seen", allow_zero=True)
+        tokens_seen = check_tokens(tokens_seen, "tokens_seen", allow_zero=True)
         if not self.stages:
             return 0
         starts = self.stage_boundaries(total_tokens)
@@ -421,7 +421,7 @@ class Mixture:
     def weights_at(self, tokens_seen: int, total_tokens: int | None) -> dict[str, float]:
         """The normalized weights in force after ``tokens_seen`` tokens of the run."""
         if not self.stages:
-            _check_tokens(tokens_seen, "tokens_seen", allow_zero=True)
+            check_tokens(tokens_seen, "tokens_seen", allow_zero=True)
             return self.weights()
         stage = self.stages[self.stage_at(tokens_seen, total_tokens)]
         return self.stage_weights(stage)
@@ -556,7 +556,7 @@ class Mixture:
         for s in data["stages"]:
             s.pop("name", None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return short_hash(blob)
 
     # -- other shapes ----------------------------------------------------------------------
     @classmethod
@@ -677,19 +677,49 @@ class Mixture:
 
         return build_plan(self, total_tokens, store)
 
-    # -- the Hub (hf_mixture.hub sits above this module; imported only when used) -----------
+    # -- the Hub: provided by hf_mixture.hub, which sits above this module -------------------
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Publish as a dataset repo with ``mixture.yaml`` and a card; see :func:`hf_mixture.hub.push_mixture_to_hub`."""
-        from ..hub import push_mixture_to_hub
+        """Publish as a dataset repo with ``mixture.yaml`` and a card.
 
-        return push_mixture_to_hub(self, repo_id, **kwargs)
+        The same as :func:`hf_mixture.hub.push_mixture_to_hub` ``(self, repo_id, **kwargs)``,
+        found through the package's ``hf_mixture.mixture_hub`` entry points (see
+        :func:`hub_function`): this module never imports the Hub layer.
+
+        >>> mix.push_to_hub("me/my-mixture")                     # doctest: +SKIP
+        """
+        return hub_function("push_to_hub")(self, repo_id, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_path: str, **kwargs: Any) -> "Mixture":
-        """Load a published mixture from a Hub repo id or a local folder/file."""
-        from ..hub import load_mixture
+    def from_pretrained(cls, repo_id_or_path: str, **kwargs: Any) -> Mixture:
+        """Load a published mixture from a Hub repo id or a local folder/file.
 
-        return load_mixture(repo_id_or_path, **kwargs)
+        The same as :func:`hf_mixture.hub.load_mixture`, found like :meth:`push_to_hub`'s.
+        """
+        return hub_function("from_pretrained")(repo_id_or_path, **kwargs)
+
+
+HUB_ENTRY_POINTS = "hf_mixture.mixture_hub"
+
+
+def hub_function(name: str) -> Any:
+    """The function a higher layer registered as entry point ``name`` of ``hf_mixture.mixture_hub``.
+
+    ``pyproject.toml`` registers ``push_to_hub = hf_mixture.hub:push_mixture_to_hub`` and
+    ``from_pretrained = hf_mixture.hub:load_mixture``: the dependency points from the Hub
+    layer down to the mixture, as the layers require (``tests/test_layers.py``).
+    """
+    from importlib.metadata import entry_points
+
+    found = {ep.value: ep for ep in entry_points(group=HUB_ENTRY_POINTS) if ep.name == name}
+    if not found:
+        raise HFMixtureError(
+            f"Mixture.{name} needs the entry point {name!r} of group {HUB_ENTRY_POINTS!r}, which "
+            "this installation's metadata lacks: reinstall hf_mixture (`pip install -e .` in a "
+            "checkout) or call hf_mixture.hub directly.")
+    if len(found) > 1:
+        raise HFMixtureError(f"Entry point {name!r} of group {HUB_ENTRY_POINTS!r} is registered "
+                             f"more than once ({', '.join(sorted(found))}); uninstall all but one.")
+    return next(iter(found.values())).load()
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -716,17 +746,6 @@ def _stage_from(data: Any, index: int) -> Stage:
 
 def _stage_label(stage: Stage, index: int) -> str:
     return f"stages[{index}] ({stage.name!r})" if stage.name else f"stages[{index}]"
-
-
-def _check_tokens(value: Any, what: str, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise HFMixtureError(f"{what} must be a whole number of tokens, got {value!r}.")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise HFMixtureError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
-    return int(value)
 
 
 def _exactly_one(entry: Mapping[str, Any], keys: tuple[str, str], where: str) -> Any:

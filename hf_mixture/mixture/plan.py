@@ -19,6 +19,8 @@ import warnings as _warnings
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._checks import check_tokens
+from .._markdown import table
 from ..errors import HFMixtureError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,9 +178,7 @@ def _text_table(rows: list[PlanRow]) -> list[str]:
 def _markdown_table(rows: list[PlanRow]) -> list[str]:
     cells = _cells(rows)
     cells[-1] = [f"**{v}**" if v else v for v in cells[-1]]
-    head = "| " + " | ".join(_COLUMNS) + " |"
-    align = "|" + "|".join([":---"] + ["---:"] * (len(_COLUMNS) - 1)) + "|"
-    return [head, align, *("| " + " | ".join(c) + " |" for c in cells)]
+    return table(_COLUMNS, cells, align="l" + "r" * (len(_COLUMNS) - 1))
 
 
 def build_plan(mixture: Mixture, total_tokens: int, store: TokenStore) -> MixturePlan:
@@ -187,9 +187,7 @@ def build_plan(mixture: Mixture, total_tokens: int, store: TokenStore) -> Mixtur
     >>> build_plan(mixture, 10**9, store).row("code").epochs   # doctest: +SKIP
     2.5
     """
-    from .mixture import _check_tokens
-
-    total_tokens = _check_tokens(total_tokens, "total_tokens")
+    total_tokens = check_tokens(total_tokens, "total_tokens")
     resolved = mixture.resolve(store, "train")
     eos = store.eos_token_id is not None
     available = {r.name: r.num_tokens + (r.num_docs if eos else 0) for r in resolved}

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import HFMixtureError
-from .live import LiveMixture
+from .live import LiveMixture, check_same_run
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class MixtureSampler:
         self._stopped_logged = False
         self._block: tuple[int, np.ndarray, np.ndarray] = _NO_BLOCK
         self.generation = 0     # bumped by every weight change
-        live._sampler = self
+        live.attach(self)
 
     # -- the raw decision loop ------------------------------------------------------------
     # Decisions are computed ahead in blocks (a pure function of the state at the
@@ -397,7 +397,7 @@ class MixtureSampler:
 
     def _compute_block(self) -> bool:
         n = self.sample
-        self.live._apply_stages(n)
+        weights = self.live.weights_from(n)
         active = self.counts < self.caps
         for c in np.flatnonzero(~active).tolist():
             if c not in self._warned:
@@ -406,14 +406,14 @@ class MixtureSampler:
                     "Component %r reached its max_epochs cap (%d sequences) at sample %d; its "
                     "weight is 0 from here on and the others are renormalized.",
                     self.live.names[c], int(self.caps[c]), n)
-        w = self.live._current * active
+        w = weights * active
         if not w.sum() > 0:
             if not self._stopped_logged:
                 logger.warning("Every component with weight > 0 reached its max_epochs cap at "
                                "sample %d; the sampler stops.", n)
                 self._stopped_logged = True
             return False
-        nxt = self.live._next_stage_sample()
+        nxt = self.live.next_stage_sample()
         size = self._BLOCK if nxt is None else min(self._BLOCK, nxt - n)
         choice = choose_components(counter_uniform(self.seed, n, size), w)
         ks = self.counts[choice] + occurrence_rank(choice)
@@ -449,13 +449,13 @@ class MixtureSampler:
         return _cat(comps_out), _cat(ks_out), True
 
     def _cursor(self) -> _Cursor:
-        return _Cursor(self.sample, self.counts.copy(), self.live._mark())
+        return _Cursor(self.sample, self.counts.copy(), self.live.mark())
 
     def _restore(self, cursor: _Cursor) -> None:
         self._block = _NO_BLOCK
         self.sample = cursor.sample
         self.counts = cursor.counts.copy()
-        self.live._restore(cursor.live_mark)
+        self.live.restore(cursor.live_mark)
 
     # -- batches --------------------------------------------------------------------------
     def bind(self, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
@@ -512,8 +512,9 @@ class MixtureSampler:
         self._pending.clear()
         self._next = self._consumed
 
-    # hooks for LiveMixture.set_weights
-    def _rewind_for_change(self) -> int:
+    # -- the LiveSampler protocol: called by LiveMixture.set_weights only ------------------
+    def rewind_for_change(self) -> int:
+        """Roll back to the consumed boundary and drop the decisions made ahead; the sample."""
         entry = self._pending.get(self._consumed)
         if entry is not None:
             self._restore(entry[0])
@@ -521,7 +522,8 @@ class MixtureSampler:
         self.generation += 1
         return self.sample
 
-    def _replay(self) -> None:
+    def replay(self) -> None:
+        """Decide the batches handed to a DataLoader but not yet consumed again."""
         # A batch found impossible under the old weights may be possible under the new ones.
         entry = self._pending.get(self._next)
         if entry is not None and entry[1] is None:
@@ -548,7 +550,7 @@ class MixtureSampler:
             "sample": int(cursor.sample),
             "tokens": int(cursor.sample) * self.seq_len,
             "counts": [int(x) for x in cursor.counts],
-            **self.live._history_state(cursor.live_mark),
+            **self.live.history_state(cursor.live_mark),
         }
 
     def load_state_dict(self, state: Mapping[str, Any], where: str = "the sampler state") -> None:
@@ -563,11 +565,7 @@ class MixtureSampler:
                                  f"hf_mixture reads version {STATE_VERSION}.")
         mine = {**self.identity, "seed": self.seed, "seq_len": self.seq_len,
                 "components": list(self.live.names)}
-        for field, value in mine.items():
-            if state.get(field) != value:
-                raise HFMixtureError(
-                    f"{where} was saved with {field}={state.get(field)!r}, but this sampler has "
-                    f"{field}={value!r}; it belongs to another run and cannot be resumed here.")
+        check_same_run(state, mine, where, "sampler")
         counts = state.get("counts")
         if (not isinstance(counts, list) or len(counts) != len(self.counts)
                 or not all(isinstance(x, int) and x >= 0 for x in counts)):
@@ -577,7 +575,7 @@ class MixtureSampler:
         if not isinstance(sample, int) or sample != sum(counts):
             raise HFMixtureError(f"{where}: field 'sample' is {sample!r}, not the sum of field "
                                  f"'counts' ({sum(counts)}): the state is corrupt.")
-        self.live._load_history_state(state, where)
+        self.live.load_history_state(state, where)
         self.counts = np.asarray(counts, dtype=np.int64)
         self.sample = sample
         self._block = _NO_BLOCK

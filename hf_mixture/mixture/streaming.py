@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import HFMixtureError
-from .live import LiveMixture
+from .live import LiveMixture, check_same_run
 from .sampler import choose_components, counter_uniform
 
 STATE_FORMAT = "hf_mixture.streaming_state"
@@ -164,7 +164,7 @@ class MixtureIterableDataset(torch.utils.data.IterableDataset):
         self.seed = mixture.seed if seed is None else int(seed)
         self.seq_len = int(seq_len)
         self.live = LiveMixture.from_mixture(mixture, seq_len=seq_len, total_tokens=total_tokens)
-        self.live._sampler = self
+        self.live.attach(self)
         self.fingerprint = mixture.fingerprint
         self.max_epochs = [c.max_epochs for c in mixture.components]
         eos = getattr(tokenizer, "eos_token_id", None) if eos_token_id is None else eos_token_id
@@ -180,12 +180,13 @@ class MixtureIterableDataset(torch.utils.data.IterableDataset):
         self.counts = np.zeros(len(names), dtype=np.int64)
         self.exhausted = np.zeros(len(names), dtype=bool)
 
-    # hooks for LiveMixture.set_weights: nothing is decided ahead, so nothing to redo
-    def _rewind_for_change(self) -> int:
+    # -- the LiveSampler protocol: nothing is decided ahead, so nothing to redo -------------
+    def rewind_for_change(self) -> int:
+        """The next sample (called by LiveMixture.set_weights)."""
         return self.sample
 
-    def _replay(self) -> None:
-        pass
+    def replay(self) -> None:
+        """Nothing to decide again (called by LiveMixture.set_weights)."""
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if torch.utils.data.get_worker_info() is not None:
@@ -202,8 +203,7 @@ class MixtureIterableDataset(torch.utils.data.IterableDataset):
         """The next packed sequence (None once every source with weight is exhausted)."""
         while True:
             n = self.sample
-            self.live._apply_stages(n)
-            w = self.live._current * ~self.exhausted
+            w = self.live.weights_from(n) * ~self.exhausted
             if not w.sum() > 0:
                 return None
             c = int(choose_components(counter_uniform(self.seed, n, 1), w)[0])
@@ -227,7 +227,7 @@ class MixtureIterableDataset(torch.utils.data.IterableDataset):
             "seq_len": self.seq_len, "components": list(self.live.names),
             "mixture_fingerprint": self.fingerprint, "sample": self.sample,
             "counts": self.counts.tolist(), "exhausted": self.exhausted.tolist(),
-            **self.live._history_state(self.live._mark()),
+            **self.live.history_state(),
             "sources": {s.name: s.position() for s in self._sources},
         }
 
@@ -237,16 +237,12 @@ class MixtureIterableDataset(torch.utils.data.IterableDataset):
             raise HFMixtureError(f"{where}: field 'format' must be {STATE_FORMAT!r}.")
         mine = {"version": STATE_VERSION, "seed": self.seed, "seq_len": self.seq_len,
                 "components": list(self.live.names), "mixture_fingerprint": self.fingerprint}
-        for field, value in mine.items():
-            if state.get(field) != value:
-                raise HFMixtureError(
-                    f"{where} was saved with {field}={state.get(field)!r}, but this dataset has "
-                    f"{field}={value!r}; it belongs to another run and cannot be resumed here.")
+        check_same_run(state, mine, where, "dataset")
         positions = state.get("sources")
         if not isinstance(positions, Mapping) or set(positions) != set(self.live.names):
             raise HFMixtureError(f"{where}: field 'sources' must hold the sources "
                                  f"{', '.join(self.live.names)}.")
-        self.live._load_history_state(state, where)
+        self.live.load_history_state(state, where)
         self.sample = int(state["sample"])
         self.counts = np.asarray(state["counts"], dtype=np.int64)
         self.exhausted = np.asarray(state["exhausted"], dtype=bool)

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import HFMixtureError
+from ..mixture.mixture import tempered
 
 __all__ = ["dirichlet_candidates", "project_to_caps", "repetition_caps", "token_prior"]
 
@@ -46,12 +47,7 @@ def token_prior(tokens: Sequence[float], temperature: float = 1.0) -> np.ndarray
         raise HFMixtureError(f"Token counts must be finite, >= 0 and not all zero, got {n.tolist()}.")
     if not (np.isfinite(temperature) and temperature > 0):
         raise HFMixtureError(f"prior_temperature must be a number > 0, got {temperature!r}.")
-    positive = n > 0
-    logp = np.full(len(n), -np.inf)
-    logp[positive] = np.log(n[positive]) / temperature
-    logp[positive] -= logp[positive].max()
-    p = np.where(positive, np.exp(logp), 0.0)
-    return p / p.sum()
+    return tempered(n, temperature)
 
 
 def repetition_caps(tokens: Sequence[float], run_tokens: int, max_epochs: float | None

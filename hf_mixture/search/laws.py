@@ -8,15 +8,15 @@ predicted losses.  Both power laws have the form
 
     L(x) = E + A * x ** (-alpha)        (E >= 0, A > 0, alpha > 0)
 
-fitted with ``scipy.optimize.curve_fit`` from a grid start (for a fixed
-``alpha`` the law is linear in ``E`` and ``A``).  Each proxy run records its eval
+fitted by :func:`hf_mixture.power_law.fit_power_law` (the law ADO fits too) with
+the bounds of :data:`FIT_BOUNDS`.  Each proxy run records its eval
 losses at several steps (``metrics.json`` field ``curve``), so one run gives a
 step curve; runs of the same mixture at three or more model sizes give a size
 curve.
 
 >>> import numpy as np
 >>> s = np.array([100, 200, 400, 800, 1600.])
->>> law = fit_power_law(s, 2.0 + 30.0 * s ** -0.5)
+>>> law = fit_power_law(s, 2.0 + 30.0 * s ** -0.5, **FIT_BOUNDS)
 >>> round(law.E, 3), round(law.A, 2), round(law.alpha, 3)
 (2.0, 30.0, 0.5)
 >>> round(float(law(6400)), 4)
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,81 +34,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import HFMixtureError
+from ..power_law import PowerLaw, fit_power_law
 
-__all__ = ["LawsReport", "PowerLaw", "collect_runs", "fit_laws", "fit_power_law"]
-
-
-@dataclass
-class PowerLaw:
-    """``L(x) = E + A * x ** (-alpha)``; ``r2`` is the fit's coefficient of determination."""
-
-    E: float
-    A: float
-    alpha: float
-    r2: float
-    num_points: int
-
-    def __call__(self, x: Any) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        return self.E + self.A * np.power(x, -self.alpha)
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+__all__ = ["FIT_BOUNDS", "LawsReport", "PowerLaw", "collect_runs", "fit_laws", "fit_power_law"]
 
 
-def _linear_in_E_A(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[float, float, float]:
-    """Best ``E >= 0``, ``A`` for a fixed ``alpha`` (least squares), and the SSE."""
-    f = np.power(x, -alpha)
-    A_mat = np.stack([np.ones_like(f), f], axis=1)
-    (E, A), *_ = np.linalg.lstsq(A_mat, y, rcond=None)
-    if E < 0:  # an irreducible loss below zero is meaningless for cross-entropy
-        E = 0.0
-        A = float((f @ y) / (f @ f))
-    sse = float(((E + A * f - y) ** 2).sum())
-    return float(E), float(A), sse
-
-
-def fit_power_law(x: Sequence[float], y: Sequence[float], *, what: str = "loss") -> PowerLaw:
-    """Fit ``y = E + A * x ** -alpha`` to three or more points with distinct ``x > 0``."""
-    import warnings
-
-    from scipy.optimize import OptimizeWarning, curve_fit
-
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
-    x, y = x[ok], y[ok]
-    if len(np.unique(x)) < 3:
-        raise HFMixtureError(
-            f"Fitting a power law of {what} needs values at 3 or more distinct points, got "
-            f"{len(np.unique(x))}."
-        )
-    best = None
-    for alpha in np.geomspace(0.01, 3.0, 60):
-        E, A, sse = _linear_in_E_A(x, y, alpha)
-        if A > 0 and (best is None or sse < best[0]):
-            best = (sse, E, A, alpha)
-    if best is None:  # y grows with x: no decaying law fits; a flat one is the honest answer
-        best = (float(((y - y.mean()) ** 2).sum()), float(y.mean()), 0.0, 1.0)
-    _, E, A, alpha = best
-    params = np.array([E, A, alpha])
-    if A > 0:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (OptimizeWarning, RuntimeWarning))
-            try:
-                p, _ = curve_fit(lambda xx, e, a, al: e + a * np.power(xx, -al), x, y,
-                                 p0=params, bounds=([0.0, 0.0, 1e-4], [np.inf, np.inf, 10.0]),
-                                 maxfev=20000)
-                sse_p = float(((p[0] + p[1] * x ** -p[2] - y) ** 2).sum())
-                if np.all(np.isfinite(p)) and sse_p <= best[0]:
-                    params = p
-            except (RuntimeError, ValueError):
-                pass  # the grid start is already a least-squares fit for its alpha
-    E, A, alpha = (float(v) for v in params)
-    resid = y - (E + A * x ** -alpha)
-    total = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid ** 2).sum()) / total if total > 0 else 1.0
-    return PowerLaw(E, A, alpha, r2, len(x))
+# The law and its fit are hf_mixture.power_law's (ADO fits the same law); the bounds here are
+# wider than ADO's: E need not stay below the lowest loss, alpha may reach 10, least squares.
+FIT_BOUNDS = {"max_alpha": 10.0, "e_below_min": False, "robust": False, "max_evaluations": 20000}
 
 
 # -- over a folder of proxy runs ---------------------------------------------------------
@@ -217,7 +149,8 @@ def fit_laws(runs_dir: str | Path, *, metric: str = "target", predict_steps: int
         if len(np.unique(steps)) < 3:
             too_short.append(name)
             continue
-        law = fit_power_law(steps, values, what=f"{metric} in run {name}")
+        law = fit_power_law(steps, values, what=f"{metric} in run {name}", x_name="steps",
+                            **FIT_BOUNDS)
         at = predict_steps or int(steps.max())
         predicted = float(law(at))
         report.step_laws.append({
@@ -243,7 +176,8 @@ def fit_laws(runs_dir: str | Path, *, metric: str = "target", predict_steps: int
             continue
         xs = np.array(sorted(sizes), dtype=np.float64)
         ys = np.array([np.mean(sizes[int(n)]) for n in xs])
-        law = fit_power_law(xs, ys, what=f"{metric} vs model size for mixture {mixture}")
+        law = fit_power_law(xs, ys, what=f"{metric} vs model size for mixture {mixture}",
+                            x_name="model sizes", **FIT_BOUNDS)
         at_n = predict_params or float(xs.max())
         report.size_laws.append({"mixture": mixture, "num_sizes": len(xs), "law": law.to_dict(),
                                  "sizes": xs.tolist(), "losses": ys.tolist(),

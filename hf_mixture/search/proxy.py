@@ -269,10 +269,10 @@ class _Evaluator:
             return loss_on_rows(model, self.target_rows, self.device)
         if not final:
             return None
-        from .target import _store_tokenizer
+        from .target import store_tokenizer
 
         try:
-            tok = _store_tokenizer(self.store, None)
+            tok = store_tokenizer(self.store, None)
         except HFMixtureError:
             tok = None
         value = self.target_fn(model, tok)

@@ -34,7 +34,6 @@ stopped, with the same mixtures.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -47,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write_json, atomic_write_text
+from .._io import atomic_write_json, atomic_write_text, short_hash
 from ..errors import HFMixtureError
 from .candidates import dirichlet_candidates, project_to_caps, repetition_caps, token_prior
 from .config import RESUMABLE_CHANGES, SearchConfig
@@ -523,7 +522,7 @@ def _run_search(store: Any, target: Any, output_dir: str | os.PathLike,
 def _digest(weights: np.ndarray) -> str:
     """A short name for a mixture's weights (rounded like the run folders' mixtures)."""
     text = json.dumps([round(float(v), 8) for v in weights])
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return short_hash(text)[:8]
 
 
 def _same_weights(a: np.ndarray, b: np.ndarray) -> bool:

@@ -26,7 +26,6 @@ Only the text column of a target set is read: any ``source`` column is ignored.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_path, atomic_write_json
+from .._io import atomic_path, atomic_write_json, short_hash
 from ..errors import HFMixtureError
 
 __all__ = ["TargetSpec", "load_target_texts", "pack_documents", "prepare_target"]
@@ -158,7 +157,8 @@ def pack_documents(docs: list[np.ndarray] | Any, seq_len: int, max_tokens: int,
     return flat[: rows * seq_len].reshape(rows, seq_len)
 
 
-def _store_tokenizer(store: Any, tokenizer: Any | None):
+def store_tokenizer(store: Any, tokenizer: Any | None):
+    """The tokenizer given (a name or object), else the one the token store names."""
     from ..formats.clustered import check_tokenizer_matches, load_tokenizer
 
     if tokenizer is not None:
@@ -241,7 +241,7 @@ def prepare_target(target: Any, store: Any, output_dir: str | os.PathLike, *, se
         resolve_callable(text)  # fail now, not in every worker
         return TargetSpec("callable", text, greater_is_better, callable=text)
     texts = load_target_texts(text, text_column=text_column, split=split)
-    tok = _store_tokenizer(store, tokenizer)
+    tok = store_tokenizer(store, tokenizer)
     order = np.random.default_rng(seed).permutation(len(texts))
     ids, total = [], 0
     for i in order:  # tokenize only what fits: large target sets stay cheap
@@ -254,7 +254,7 @@ def prepare_target(target: Any, store: Any, output_dir: str | os.PathLike, *, se
     if rows.size < 2:
         raise HFMixtureError(f"Target {text!r} has no usable text: it tokenizes to {rows.size} "
                              "token(s), too few to measure a loss.")
-    digest = hashlib.sha256(rows.tobytes()).hexdigest()[:16]
+    digest = short_hash(rows.tobytes())
     folder = Path(output_dir) / "target"
     tokens_path = folder / "tokens.npy"
     facts = {"source": text, "text_column": text_column, "split": split,
