@@ -14,10 +14,10 @@ only when a stage runs.
 
 from __future__ import annotations
 
+from ..executors import ExecutorConfig
 from .config import ClusterConfig
 from .describe import ClusterDescriber
 from .embed import SentenceEmbedder
-from ..executors import ExecutorConfig
 from .kmeans import KMeansClusterer
 from .merge import CentroidMerger
 from .metrics import clustering_scores

@@ -50,8 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import config_from_args
     from ..executors import ExecutorConfig
+    from .config import config_from_args
     from .pipeline import cluster_corpus
 
     config = config_from_args(args)

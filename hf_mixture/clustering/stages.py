@@ -680,7 +680,7 @@ class FinalizeCorpus(PipelineStep):
             tokenizer_fingerprint,
         )
         from .describe import plot_centroid_map, plot_cluster_sizes
-        from .pipeline import MAP_PNG, REPORT, REPORT_DIR, SIZES_PNG, collect_summary, render_report
+        from .report import MAP_PNG, REPORT, REPORT_DIR, SIZES_PNG, collect_summary, render_report
 
         work = Path(self.work_dir)
         merge = _read_json(work / "merge.json")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import HFMixtureError
-from .clustered import STREAM_BLOCK, ClusteredCorpus, _Source, _short, _SourceFacts
+from .clustered import STREAM_BLOCK, ClusteredCorpus, _short, _Source, _SourceFacts
 
 
 class MixedCorpus(_SourceFacts):

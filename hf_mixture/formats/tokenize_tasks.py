@@ -19,7 +19,7 @@ from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 
-from .._io import _tmp_sibling, atomic_write_json
+from .._io import tmp_sibling, atomic_write_json
 from ..errors import HFMixtureError
 from ..executors import quiet_datatrove_console
 from .token_store import MANIFEST, TokenStoreWriter
@@ -43,7 +43,7 @@ class TokenizeClusters(PipelineStep):
         import pyarrow.compute  # noqa: F401 - imported once per worker, used by the converter
 
         from .clustered import ClusteredCorpus, load_tokenizer
-        from .tokenize import _convert_cluster, _TextEncoder
+        from .convert import _convert_cluster, _TextEncoder
 
         o = self.options
         corpus = ClusteredCorpus(o["input"], revision=o["revision"], filesystem=o["filesystem"],
@@ -85,7 +85,7 @@ class MergeStoreParts(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         parts = Path(self.work_dir) / "parts"
         out = Path(self.output)
-        tmp = _tmp_sibling(out)
+        tmp = tmp_sibling(out)
         tmp.mkdir(parents=True)
         try:
             manifest: dict[str, Any] | None = None
@@ -107,7 +107,7 @@ class MergeStoreParts(PipelineStep):
             manifest["eos"] = {"documents_ending_with_eos": ending, "stripped": bool(ending)}
             atomic_write_json(tmp / MANIFEST, manifest)
             if out.exists():
-                old = _tmp_sibling(out)
+                old = tmp_sibling(out)
                 os.replace(out, old)
                 os.replace(tmp, out)
                 shutil.rmtree(old, ignore_errors=True)
