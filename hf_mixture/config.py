@@ -266,6 +266,7 @@ class ConfigParser(HfArgumentParser):
                 if not isinstance(value, Mapping):
                     raise HFMixtureError(f"{path}: section '{name}' must be a mapping of "
                                          f"{sections[name].__name__} keys.")
+                value = {str(k).replace("-", "_"): v for k, v in value.items()}
                 self.set_defaults(**{name: checked_fields(sections[name], value,
                                                           where=f"{path} [{name}]")})
                 continue
