@@ -1,10 +1,12 @@
 """The ``hf-mixture`` command line.
 
 Each subcommand lives beside the code it drives, in a module that defines
-``add_parser(subparsers)``; the parser's ``func`` default receives the parsed
-arguments.  Modules are listed here once, in the order ``--help`` shows them.
-Bad input raises :class:`~hf_mixture.errors.HFMixtureError`: the CLI prints its
-one sentence and exits with status 2.
+``add_parser(subparsers)``: ``subparsers.add_parser(NAME, dataclass_types=[...])`` makes a
+:class:`~hf_mixture.config.ConfigParser` (one flag per dataclass field, ``--config FILE.yaml``
+of the same names), and the parser's ``func`` default receives the dataclass instances.
+Modules are listed here once, in the order ``--help`` shows them.  Bad input (a flag value,
+a config file's key, a path) raises :class:`~hf_mixture.errors.HFMixtureError`: the CLI
+prints its one sentence and exits with status 2.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import sys
 
 from . import __version__
+from .config import ConfigParser
 from .errors import HFMixtureError
 
 # (subcommand module, ...) — each module defines add_parser(subparsers).
@@ -37,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hf_mixture {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ConfigParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -50,14 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # The command's name for error lines, also when its options do not parse (the top-level
+    # options are all flags, so it is the first word that is not one).
+    command = next((a for a in argv if not a.startswith("-")), "")
+    try:
+        args = parser.parse_args(argv)   # builds and validates the command's dataclasses
+    except HFMixtureError as err:
+        print(f"hf-mixture {command}: error: {err}", file=sys.stderr)
+        return 2
     _configure_output(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
     try:
-        result = args.func(args)
+        result = args.func(*args.options)
     except BrokenPipeError:
         # `hf-mixture inspect --json | head`: the reader left; that is not an error to report.
         # stdout goes to /dev/null so that the interpreter's final flush stays silent too.

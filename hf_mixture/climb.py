@@ -12,31 +12,36 @@ marker holds their fingerprint), so an interrupted run resumes where it stopped:
       mixture.yaml   the mixture found (search/mixture.yaml, named after OUTPUT)
       plan.md        its MPT-style plan table
 
-A config file has one section per stage plus the shared keys::
+A config file (``--config FILE.yaml``) has the flags' names as keys plus one section per
+stage, each a typed dataclass whose fields are its keys::
 
     seed: 0
     cluster: {final_clusters: 7}        # ClusterConfig fields
-    tokenize: {validation_fraction: 0.01}
+    tokenize: {validation_fraction: 0.01}   # TokenizeSettings fields
     search: {rounds: [8, 4, 2]}         # SearchConfig fields
+
+A section's ``seed`` (and the cluster section's ``tokenizer``) default to the shared keys.
 
 >>> run_climb(ClimbConfig(output="runs/climb"))      # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_json, atomic_write_text, short_hash
-from .config import dataclass_from_dict, load_config_file
+from .clustering.config import ClusterConfig
+from .config import dataclass_from_dict
 from .errors import HFMixtureError
 from .formats.tokenize import DEFAULT_VALIDATION_FRACTION
+from .search.config import SearchConfig
 
 # climb holds out twice the tokenizer's default: the search measures every domain on
 # proxy_eval_tokens (2048 by default) held-out tokens, i.e. about 12 playground documents
@@ -62,7 +67,11 @@ class TokenizeSettings:
 
 @dataclass
 class ClimbConfig:
-    """Options of ``hf-mixture climb``; ``cluster``/``search`` take ClusterConfig/SearchConfig keys."""
+    """Options of ``hf-mixture climb``: the shared keys, then one typed section per stage.
+
+    A section given as a mapping (a config file's ``cluster:``) is read with the shared
+    ``seed`` (and ``tokenizer`` for clustering) as its defaults; unknown keys are named.
+    """
 
     input: str | None = field(
         default=None, metadata={"help": "Corpus to cluster (anything datasets.load_dataset reads); "
@@ -78,15 +87,27 @@ class ClimbConfig:
         default=None, metadata={"help": "Length in tokens of the run the mixture is for: the search's "
                                         "repetition caps and the plan table use it (default: the "
                                         "store's training tokens, one natural epoch)."})
-    cluster: dict[str, Any] = field(default_factory=dict, metadata={"help": "ClusterConfig keys."})
-    tokenize: dict[str, Any] = field(default_factory=dict, metadata={"help": "TokenizeSettings keys."})
-    search: dict[str, Any] = field(default_factory=dict, metadata={"help": "SearchConfig keys."})
+    cluster: ClusterConfig = field(default_factory=dict, metadata={
+        "help": "The cluster stage (ClusterConfig keys; config file only)."})
+    tokenize: TokenizeSettings = field(default_factory=dict, metadata={
+        "help": "The tokenize stage (TokenizeSettings keys; config file only)."})
+    search: SearchConfig = field(default_factory=dict, metadata={
+        "help": "The search stage (SearchConfig keys; config file only)."})
 
-    @classmethod
-    def from_file(cls, path: str, **overrides: Any) -> "ClimbConfig":
-        data = load_config_file(path)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return dataclass_from_dict(cls, data, where=str(path))
+    def __post_init__(self) -> None:
+        if isinstance(self.cluster, Mapping):
+            options = {"seed": self.seed, **self.cluster}
+            if self.tokenizer is not None:
+                options.setdefault("tokenizer", self.tokenizer)
+            self.cluster = dataclass_from_dict(ClusterConfig, options, where="climb [cluster]")
+        if self.cluster.overwrite:
+            raise HFMixtureError("climb [cluster]: key 'overwrite' is managed by climb itself.")
+        if isinstance(self.tokenize, Mapping):
+            self.tokenize = dataclass_from_dict(TokenizeSettings, self.tokenize,
+                                                where="climb [tokenize]")
+        if isinstance(self.search, Mapping):
+            self.search = dataclass_from_dict(SearchConfig, {"seed": self.seed, **self.search},
+                                              where="climb [search]")
 
 
 def _fingerprint(obj: Any) -> str:
@@ -112,26 +133,8 @@ class _Markers:
         atomic_write_json(self.dir / f"{stage}.json", {"fingerprint": fingerprint, "seconds": round(seconds, 1)})
 
 
-def _stage_configs(cfg: ClimbConfig) -> tuple[Any, TokenizeSettings, Any]:
-    """Every stage's config, checked before anything is written."""
-    from .clustering import ClusterConfig
-    from .search import SearchConfig
-
-    if "overwrite" in cfg.cluster:
-        raise HFMixtureError("climb config [cluster]: key 'overwrite' is managed by climb itself.")
-    options = {"seed": cfg.seed, **cfg.cluster}
-    if cfg.tokenizer is not None:
-        options.setdefault("tokenizer", cfg.tokenizer)
-    cluster_cfg = dataclass_from_dict(ClusterConfig, options, where="climb config [cluster]")
-    settings = dataclass_from_dict(TokenizeSettings, cfg.tokenize, where="climb config [tokenize]")
-    search_cfg = dataclass_from_dict(SearchConfig, {"seed": cfg.seed, **cfg.search},
-                                     where="climb config [search]")
-    return cluster_cfg, settings, search_cfg
-
-
 def _cluster_stage(cfg: ClimbConfig, cluster_cfg: Any, out: Path, markers: _Markers) -> Path:
     from .clustering import cluster_corpus
-
     from .clustering.reader import plan_input
 
     target = out / "clusters"
@@ -146,8 +149,8 @@ def _cluster_stage(cfg: ClimbConfig, cluster_cfg: Any, out: Path, markers: _Mark
         return target
     print(f"[1/4] cluster: embed → k-means → prune → merge → describe → {target}")
     start = time.perf_counter()
-    cluster_cfg.overwrite = True  # the marker says the old output is stale
-    cluster_corpus(cfg.input, target, cluster_cfg)
+    # The marker says the old output is stale.
+    cluster_corpus(cfg.input, target, dataclasses.replace(cluster_cfg, overwrite=True))
     markers.mark("cluster", fp, time.perf_counter() - start)
     return target
 
@@ -190,14 +193,14 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     out = Path(cfg.output)
-    cluster_cfg, settings, search_cfg = _stage_configs(cfg)
+    cluster_cfg, settings, search_cfg = cfg.cluster, cfg.tokenize, cfg.search
     markers = _Markers(out)
     clusters = _cluster_stage(cfg, cluster_cfg, out, markers)
     store_path = _tokenize_stage(cfg, settings, clusters, out, markers)
     store = TokenStore(store_path)
     # The run the mixture is for: its length sets the search's repetition caps and the plan.
     total = cfg.plan_tokens or sum(store.num_tokens(c) for c in store.components)
-    if "run_tokens" not in cfg.search:
+    if search_cfg.run_tokens is None:
         search_cfg = dataclasses.replace(search_cfg, run_tokens=total)
     result = _search_stage(cfg, search_cfg, store_path, out)
     if result.status == "pending":
@@ -240,23 +243,15 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "climb", help="Run the whole chain: cluster → tokenize → search → mixture + report.",
+        "climb", dataclass_types=[ClimbConfig],
+        help="Run the whole chain: cluster → tokenize → search → mixture + report.",
         description="Cluster a corpus (the playground by default), tokenize it, search the best "
-                    "mixture with proxy models and write it with its plan and reports.")
-    parser.add_argument("--config", help="YAML file: shared keys plus cluster:/tokenize:/search: sections.")
-    parser.add_argument("--input", help=ClimbConfig.__dataclass_fields__["input"].metadata["help"])
-    parser.add_argument("--output", help="Output folder (default: runs/climb).")
-    parser.add_argument("--target", help=ClimbConfig.__dataclass_fields__["target"].metadata["help"])
-    parser.add_argument("--seed", type=int, help="Seed of every stage (default: 0).")
-    parser.add_argument("--tokenizer", help=ClimbConfig.__dataclass_fields__["tokenizer"].metadata["help"])
-    parser.set_defaults(func=_run)
+                    "mixture with proxy models and write it with its plan and reports.",
+        epilog="A --config file may also hold the sections cluster: (ClusterConfig keys), "
+               "tokenize: (TokenizeSettings keys) and search: (SearchConfig keys).")
+    parser.set_defaults(func=run_climb_command)
 
 
-def _run(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k) for k in ("input", "output", "target", "seed", "tokenizer")}
-    if args.config:
-        cfg = ClimbConfig.from_file(args.config, **overrides)
-    else:
-        cfg = dataclass_from_dict(ClimbConfig, {k: v for k, v in overrides.items() if v is not None})
+def run_climb_command(cfg: ClimbConfig) -> int:
     run_climb(cfg)
     return 0

@@ -5,91 +5,97 @@
 
 Overrides are ``section.key=value`` (values read as YAML), e.g.
 ``training.max_steps=200 training.activation_checkpointing=true model.shape=350m``; the
-flags below are shortcuts for the common ones.  ``--dry-run`` prints the
+flags (:class:`TrainCommand` and one per ``data:`` field) are shortcuts for the common
+ones, and ``--config FILE.yaml`` holds the same flag names.  ``--dry-run`` prints the
 resolved recipe and the model's parameter count (built on the meta device) and
 trains nothing.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
+import typing
+from dataclasses import dataclass, field
 
-from .config import add_dataclass_arguments, overrides_from_args
+from .train import DataConfig
 
 
-def _add_flags(parser: argparse.ArgumentParser) -> None:
-    from .train import DataConfig
+@dataclass
+class TrainCommand:
+    """The recipe, its overrides, and shortcuts for common overrides."""
 
-    # --store, --mixture, --seq-len, ... : the data section's fields.
-    add_dataclass_arguments(parser, DataConfig)
-    parser.add_argument("--output-dir", help="Shortcut for training.output_dir=...")
-    parser.add_argument("--max-steps", type=int, help="Shortcut for training.max_steps=...")
-    parser.add_argument("--shape", help="Shortcut for model.shape=... (a registered model shape).")
-    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                        help="Resume from a checkpoint folder, or the latest one in output_dir.")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID",
-                        help="Push the final model with a card to this Hub repo (hub.push).")
-    parser.add_argument("--dry-run", action="store_true", default=None,
-                        help="Print the resolved recipe and parameter count; do not train.")
+    recipe: str = field(metadata={"positional": True, "metavar": "RECIPE",
+                                  "help": "Recipe YAML (recipes/*.yaml)."})
+    overrides: list[str] = field(default_factory=list, metadata={
+        "positional": True, "metavar": "KEY=VALUE",
+        "help": "Recipe overrides, e.g. training.max_steps=100 model.shape=350m."})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "Shortcut for training.output_dir=..."})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "Shortcut for training.max_steps=..."})
+    shape: str | None = field(default=None, metadata={
+        "help": "Shortcut for model.shape=... (a registered model shape)."})
+    resume: str | None = field(default=None, metadata={
+        "nargs": "?", "const": "latest", "metavar": "CHECKPOINT",
+        "help": "Resume from a checkpoint folder, or the latest one in output_dir."})
+    push_to_hub: str | None = field(default=None, metadata={
+        "metavar": "REPO_ID",
+        "help": "Push the final model with a card to this Hub repo (hub.push)."})
+    dry_run: bool = field(default=False, metadata={
+        "help": "Print the resolved recipe and parameter count; do not train."})
+
+
+def _data_flags() -> type:
+    """``DataConfig``'s fields as flags that default to the recipe's value (None: not given)."""
+    hints = typing.get_type_hints(DataConfig)
+    return dataclasses.make_dataclass("DataFlags", [
+        (f.name, hints[f.name] | None, field(default=None, metadata=f.metadata))
+        for f in dataclasses.fields(DataConfig)])
+
+
+# --store, --mixture, --seq-len, ... : the data section's fields, each a `data.<name>=` override.
+DataFlags = _data_flags()
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="Train a model on a mixture from a recipe YAML (run under accelerate launch).",
+        "train", dataclass_types=[TrainCommand, DataFlags], intermixed=True,
+        help="Train a model on a mixture from a recipe YAML (run under accelerate launch).",
         description="Build the model from the recipe (no weights download), the mixture dataset "
                     "over a token store and the recipe's callbacks; train with transformers' "
                     "Trainer; evaluate per domain; save; push when hub.push is set.",
-        epilog="Flags and KEY=VALUE overrides may come in any order after CONFIG. "
+        epilog="Flags and KEY=VALUE overrides may come in any order after RECIPE. "
                "Recipes and launch lines: recipes/README.md.",
     )
-    _add_flags(parser)
-    parser.add_argument("config", help="Recipe YAML (recipes/*.yaml).")
-    # Everything after CONFIG is parsed by _parse_rest, so flags and overrides may mix.
-    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
-                        help="Recipe overrides, e.g. training.max_steps=100 model.shape=350m.")
     parser.set_defaults(func=run)
 
 
-def _parse_rest(args: argparse.Namespace) -> argparse.Namespace:
-    """Flags given after CONFIG win over those before it; the rest are overrides."""
-    inner = argparse.ArgumentParser(prog="hf-mixture train CONFIG")
-    _add_flags(inner)
-    inner.add_argument("overrides", nargs="*")
-    rest = inner.parse_intermixed_args(args.rest or [])
-    merged = argparse.Namespace(**vars(args))
-    for key, value in vars(rest).items():
-        if value is not None or not hasattr(merged, key):
-            setattr(merged, key, value)
-    return merged
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    from .train import DataConfig
-
-    out = list(args.overrides)
-    for key, value in overrides_from_args(args, DataConfig).items():
-        out.append(f"data.{key}={json.dumps(value)}")
-    if args.output_dir:
-        out.append(f"training.output_dir={json.dumps(args.output_dir)}")
-    if args.max_steps is not None:
-        out.append(f"training.max_steps={args.max_steps}")
-    if args.shape:
-        out.append(f"model.shape={json.dumps(args.shape)}")
-    if args.resume:
-        out.append(f"training.resume_from_checkpoint={json.dumps(args.resume)}")
-    if args.push_to_hub:
-        out += ["hub.push=true", f"hub.model_repo={json.dumps(args.push_to_hub)}"]
+def recipe_overrides(command: TrainCommand, data: DataFlags) -> list[str]:
+    """The ``key=value`` overrides that the command line says, shortcuts included."""
+    out = list(command.overrides)
+    for key, value in dataclasses.asdict(data).items():
+        if value is not None:
+            out.append(f"data.{key}={json.dumps(value)}")
+    if command.output_dir:
+        out.append(f"training.output_dir={json.dumps(command.output_dir)}")
+    if command.max_steps is not None:
+        out.append(f"training.max_steps={command.max_steps}")
+    if command.shape:
+        out.append(f"model.shape={json.dumps(command.shape)}")
+    if command.resume:
+        out.append(f"training.resume_from_checkpoint={json.dumps(command.resume)}")
+    if command.push_to_hub:
+        out += ["hub.push=true", f"hub.model_repo={json.dumps(command.push_to_hub)}"]
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run(command: TrainCommand, data: DataFlags) -> int:
     from .train import build_model, count_parameters, load_train_config, train
 
-    args = _parse_rest(args)
-    cfg = load_train_config(args.config, _overrides(args))
-    if args.dry_run:
+    cfg = load_train_config(command.recipe, recipe_overrides(command, data))
+    if command.dry_run:
         import yaml
 
         vocab = eos = None

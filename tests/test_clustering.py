@@ -27,7 +27,6 @@ from hf_mixture.clustering import (
     rule_quality_scores,
 )
 from hf_mixture.clustering import ExecutorConfig
-from hf_mixture.clustering.config import add_config_arguments
 from hf_mixture.clustering.pipeline import normalized_text
 from hf_mixture.errors import HFMixtureError
 
@@ -500,15 +499,18 @@ def test_long_document_is_cut_before_embedding(tmp_path, corpus, embedder, tiny_
 
 
 def test_every_config_field_is_a_flag_with_help():
-    import argparse
     import dataclasses
 
-    parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    from hf_mixture.clustering.cli import ClusterCommand
+    from hf_mixture.clustering.executors import ExecutorConfig
+    from hf_mixture.config import ConfigParser
+
+    parser = ConfigParser([ClusterCommand, ClusterConfig, ExecutorConfig])
     dests = {a.dest: a for a in parser._actions}
     for f in dataclasses.fields(ClusterConfig):
         assert f.name in dests and dests[f.name].help, f.name
-    args = parser.parse_args(["--no-prune", "--num-clusters", "12", "--dataset-config", "en"])
+    args = parser.parse_args(["--output", "o", "--no-prune", "--num-clusters", "12",
+                              "--dataset-config", "en"])
     assert args.prune is False and args.num_clusters == 12 and args.dataset_config == "en"
 
 

@@ -6,20 +6,34 @@ hf-mixture cluster user/dataset --dataset-config en --split train --output out
 hf-mixture cluster corpus/ --output out --executor slurm --slurm-partition cpu --tasks 512
 hf-mixture cluster corpus/ --output out --executor ray --ray-address auto
 
-Every flag is a :class:`~hf_mixture.clustering.config.ClusterConfig` or
-:class:`~hf_mixture.executors.ExecutorConfig` field.
+Every flag is a :class:`ClusterCommand`, :class:`~hf_mixture.clustering.config.ClusterConfig`
+or :class:`~hf_mixture.executors.ExecutorConfig` field, and ``--config FILE.yaml``
+takes the same names as keys.
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
+
+from .config import ClusterConfig
+from ..executors import ExecutorConfig
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .config import add_config_arguments
+@dataclass
+class ClusterCommand:
+    """What ``hf-mixture cluster`` reads and writes (the pipeline's options are ClusterConfig's)."""
 
+    output: str = field(metadata={"help": "Clustered corpus folder to write.", "metavar": "DIR"})
+    input: str | None = field(default=None, metadata={
+        "positional": True, "metavar": "INPUT",
+        "help": "parquet/jsonl/csv file or folder, or a Hub dataset id (default: the playground)."})
+    quiet: bool = field(default=False, metadata={"help": "No progress bars."})
+
+
+def add_parser(subparsers):
     parser = subparsers.add_parser(
         "cluster",
+        dataclass_types=[ClusterCommand, ClusterConfig, ExecutorConfig],
         help="Embed, k-means, quality-prune, merge and describe a corpus into domains.",
         description=(
             "Discover domains in an unlabeled corpus (CLIMB-style) as datatrove pipelines on a "
@@ -30,36 +44,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "report.md. Finished tasks are never redone: rerun to resume."
         ),
     )
-    parser.add_argument(
-        "input",
-        nargs="?",
-        default=None,
-        metavar="INPUT",
-        help="parquet/jsonl/csv file or folder, or a Hub dataset id (default: the playground).",
-    )
-    parser.add_argument(
-        "--output", required=True, metavar="DIR", help="Clustered corpus folder to write."
-    )
-    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    add_config_arguments(parser)
-    from ..executors import ExecutorConfig
-
-    add_config_arguments(parser.add_argument_group("executor"), ExecutorConfig)
     parser.set_defaults(func=run)
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..executors import ExecutorConfig
-    from .config import config_from_args
+def run(command: ClusterCommand, config: ClusterConfig, executor: ExecutorConfig) -> int:
     from .pipeline import cluster_corpus
 
-    config = config_from_args(args)
-    executor = config_from_args(args, ExecutorConfig)
-    result = cluster_corpus(args.input, args.output, config, executor=executor,
-                            progress=not args.quiet)
+    result = cluster_corpus(command.input, command.output, config, executor=executor,
+                            progress=not command.quiet)
     if result is None:  # queued on Slurm: the output appears when the jobs finish
-        print(f"Submitted to Slurm; {args.output} appears when the last stage finishes.")
+        print(f"Submitted to Slurm; {command.output} appears when the last stage finishes.")
         return 0
     dropped = len(result.dropped_clusters)
     print(

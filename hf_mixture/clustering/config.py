@@ -1,9 +1,9 @@
 """``ClusterConfig``: every option of ``hf-mixture cluster`` in one validated dataclass.
 
-Each field carries its help text in ``metadata["help"]``; :func:`add_config_arguments`
-turns the fields into command-line flags (``num_clusters`` -> ``--num-clusters``,
-a boolean that defaults to true -> ``--no-<name>``), so the Python API and the CLI
-cannot drift apart.
+Each field carries its help text in ``metadata["help"]``; the command line's parser
+(:class:`hf_mixture.config.ConfigParser`) turns the fields into flags (``num_clusters`` ->
+``--num-clusters``, a boolean -> ``--<name>``/``--no-<name>``) and ``--config FILE.yaml``
+keys, so the Python API and the CLI cannot drift apart.
 
 >>> ClusterConfig(num_clusters=50, final_clusters=7).resolved_final_clusters(50)
 7
@@ -13,7 +13,6 @@ cannot drift apart.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
@@ -309,51 +308,3 @@ class ClusterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _flag(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def _parse_type(f: dataclasses.Field):
-    # Field types are strings under `from __future__ import annotations`.
-    t = str(f.type)
-    if t.startswith("int"):
-        return int
-    if t.startswith("float"):
-        return float
-    return str
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type = ClusterConfig) -> None:
-    """Add one flag per field of the dataclass ``cls`` (help text from the field)."""
-    for f in fields(cls):
-        help_text = f.metadata.get("help", "")
-        if str(f.type) == "bool":
-            if f.default is True:
-                parser.add_argument(
-                    "--no-" + f.name.replace("_", "-"),
-                    dest=f.name,
-                    action="store_false",
-                    default=True,
-                    help=f"Do not: {help_text[0].lower()}{help_text[1:]}",
-                )
-            else:
-                parser.add_argument(_flag(f), dest=f.name, action="store_true", help=help_text)
-            continue
-        default = f.default
-        shown = "" if default is None else f" (default: {default})"
-        parser.add_argument(
-            _flag(f),
-            dest=f.name,
-            type=_parse_type(f),
-            default=default,
-            choices=f.metadata.get("choices"),
-            metavar=None if f.metadata.get("choices") else f.name.upper(),
-            help=help_text + (shown if "default" not in help_text else ""),
-        )
-
-
-def config_from_args(args: argparse.Namespace, cls: type = ClusterConfig):
-    """The ``cls`` (default :class:`ClusterConfig`) that parsed flags describe (validated)."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})

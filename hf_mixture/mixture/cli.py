@@ -11,11 +11,11 @@ prints the MPT-style table of proportions, effective tokens and epochs; warnings
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
 import sys
+from dataclasses import dataclass, field
 
 from ..errors import HFMixtureError
 
@@ -41,37 +41,52 @@ def parse_tokens(text: str) -> int:
     return int(value)
 
 
+@dataclass
+class PlanCommand:
+    """Options of ``hf-mixture plan``."""
+
+    mixture: str = field(metadata={"positional": True,
+                                   "help": "Mixture file (.yaml, .yml or .json)."})
+    store: str = field(metadata={"help": "Token store folder (hf-mixture tokenize)."})
+    tokens: str = field(metadata={"help": "Tokens in the run: 1000000, 1e9, 500M, 2B ..."})
+    json: bool = field(default=False, metadata={"help": "Print the plan as JSON."})
+    markdown: bool = field(default=False, metadata={"help": "Print markdown tables."})
+
+
+@dataclass
+class ValidateCommand:
+    """Options of ``hf-mixture validate``."""
+
+    mixture: str | None = field(default=None, metadata={
+        "positional": True,
+        "help": "Mixture file (.yaml, .yml or .json); may be left out with --store."})
+    store: str | None = field(default=None, metadata={
+        "help": "Token store folder to check (offsets, metadata, vocabulary) and to resolve "
+                "the queries against."})
+    deep: bool = field(default=False, metadata={
+        "help": "With --store: read every token and check it is inside the vocabulary."})
+
+
 def add_parser(subparsers) -> None:
     plan = subparsers.add_parser(
-        "plan", help="Print a mixture's table of proportions, effective tokens and epochs.",
+        "plan", dataclass_types=[PlanCommand],
+        help="Print a mixture's table of proportions, effective tokens and epochs.",
         description="Print, for a run of --tokens tokens over a token store, each component's "
                     "available tokens, proportion, effective tokens and epochs (per stage and "
                     "overall), and warn when a component exceeds its max_epochs.",
     )
-    plan.add_argument("mixture", help="Mixture file (.yaml, .yml or .json).")
-    plan.add_argument("--store", required=True, help="Token store folder (hf-mixture tokenize).")
-    plan.add_argument("--tokens", required=True, type=str,
-                      help="Tokens in the run: 1000000, 1e9, 500M, 2B ...")
-    plan.add_argument("--json", action="store_true", help="Print the plan as JSON.")
-    plan.add_argument("--markdown", action="store_true", help="Print markdown tables.")
     plan.set_defaults(func=run_plan)
 
     validate = subparsers.add_parser(
-        "validate", help="Check a mixture file (and, with --store, resolve its queries).",
+        "validate", dataclass_types=[ValidateCommand],
+        help="Check a mixture file (and, with --store, resolve its queries).",
         description="Load a mixture file with every check; with --store also resolve each "
                     "component's query against the token store's train split.",
     )
-    validate.add_argument("mixture", nargs="?", default=None,
-                          help="Mixture file (.yaml, .yml or .json); may be left out with --store.")
-    validate.add_argument("--store", help="Token store folder to check (offsets, metadata, "
-                          "vocabulary) and to resolve the queries against.")
-    validate.add_argument("--deep", action="store_true",
-                          help="With --store: read every token and check it is inside the "
-                          "vocabulary.")
     validate.set_defaults(func=run_validate)
 
 
-def run_plan(args: argparse.Namespace) -> int:
+def run_plan(args: PlanCommand) -> int:
     import warnings
 
     from ..formats.token_store import TokenStore
@@ -96,8 +111,7 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_validate(args: argparse.Namespace) -> int:
-    from ..errors import HFMixtureError
+def run_validate(args: ValidateCommand) -> int:
     from .mixture import Mixture
 
     if args.mixture is None and not args.store:

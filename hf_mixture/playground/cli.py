@@ -7,38 +7,39 @@ hf-mixture playground --export DIR    # writes DIR/playground.parquet + DIR/READ
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import HFMixtureError
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+@dataclass
+class PlaygroundCommand:
+    """Options of ``hf-mixture playground``."""
+
+    export: str | None = field(default=None, metadata={
+        "metavar": "DIR",
+        "help": "Write playground.parquet and its dataset card README.md into DIR (a new or "
+                "empty folder)."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "With --export, replace DIR if it already holds files."})
+    json: bool = field(default=False, metadata={
+        "help": "Print JSON for programs instead of a table."})
+
+
+def add_parser(subparsers):
     parser = subparsers.add_parser(
         "playground",
+        dataclass_types=[PlaygroundCommand],
         help="Describe the bundled playground corpus or export it as parquet.",
         description=(
             "Print the bundled playground corpus per source (documents, characters, tokens with "
             "the playground tokenizer, share of tokens); with --export, write a copy of it that "
             "datasets.load_dataset(DIR) reads."
         ),
-    )
-    parser.add_argument(
-        "--export",
-        metavar="DIR",
-        type=Path,
-        help="Write playground.parquet and its dataset card README.md into DIR (a new or empty folder).",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="With --export, replace DIR if it already holds files.",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="Print JSON for programs instead of a table."
     )
     parser.set_defaults(func=run)
     return parser
@@ -109,7 +110,7 @@ def export(directory: str | Path, *, overwrite: bool = False) -> Path:
     return target
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: PlaygroundCommand) -> int:
     if args.export is not None:
         path = export(args.export, overwrite=args.overwrite)
         if args.json:
