@@ -23,9 +23,10 @@ from .kmeans import POINTS_PER_CENTROID
 
 # CLIMB used 1000 initial clusters on a corpus of hundreds of millions of documents.
 MAX_DEFAULT_CLUSTERS = 1000
-# The cap of the default k-means sample: 128k documents x (embedding + 2,000 characters) stay
-# under 1 GB however large the corpus.
-MAX_DEFAULT_SAMPLE = 131_072
+# The cap of the default k-means sample: 64k documents x (embedding + 2,000 characters) stay
+# under 0.5 GB however large the corpus, and still give k = 1000 centroids 65 points each
+# (faiss warns below 39).
+MAX_DEFAULT_SAMPLE = 65_536
 # Exponent of the default final-cluster rule: 1000 ** 0.44 = 20.9, CLIMB's 1000 -> 21.
 FINAL_EXPONENT = 0.44
 
@@ -144,7 +145,7 @@ class ClusterConfig:
     kmeans_sample: int | None = field(
         default=None,
         metadata=_help(
-            "Documents the centroids are trained on (default: min(N, 256 * k, 131072): faiss' 256 "
+            "Documents the centroids are trained on (default: min(N, 256 * k, 65536): faiss' 256 "
             "points per centroid, capped so the sample's memory does not grow with the corpus); "
             "all documents are assigned."
         ),
@@ -293,7 +294,7 @@ class ClusterConfig:
         return int(min(MAX_DEFAULT_CLUSTERS, num_docs, max(2, round(math.sqrt(num_docs)))))
 
     def resolved_kmeans_sample(self, num_docs: int, k: int) -> int:
-        """``kmeans_sample``, or ``min(N, 256 k, 131072)``; never fewer than ``k``."""
+        """``kmeans_sample``, or ``min(N, 256 k, 65536)``; never fewer than ``k``."""
         cap = self.kmeans_sample or min(POINTS_PER_CENTROID * k, MAX_DEFAULT_SAMPLE)
         return int(max(k, min(num_docs, cap)))
 

@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 BATCH = 256  # documents embedded / scored / tokenized at a time
 SAMPLE_CHARS = 2000  # characters of a sampled text kept for the lexical fit and descriptions
-DESCRIBE_PER_CLUSTER = 64  # sampled texts per k-means cluster for top terms and examples
+DESCRIBE_PER_CLUSTER = 32  # sampled texts per k-means cluster for top terms and examples
+DESCRIBE_CHARS = 1000  # characters of each: enough for top terms, small for k = 1000
 QUALITY_FLAGS = ("gopher_quality", "gopher_repetition", "fineweb_quality")
 
 
@@ -382,7 +383,7 @@ class AssignClusters(PipelineStep):
                 for j in range(len(texts)):
                     h = keep[lab[j]]
                     if len(h) < DESCRIBE_PER_CLUSTER or -int(keys[j]) > h[0][0]:
-                        item = (-int(keys[j]), texts[j][:SAMPLE_CHARS], float(q[j]),
+                        item = (-int(keys[j]), texts[j][:DESCRIBE_CHARS], float(q[j]),
                                 x[j].tobytes())
                         (heapq.heappush if len(h) < DESCRIBE_PER_CLUSTER else
                          heapq.heapreplace)(h, item)
