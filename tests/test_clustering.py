@@ -502,7 +502,7 @@ def test_every_config_field_is_a_flag_with_help():
     import dataclasses
 
     from hf_mixture.clustering.cli import ClusterCommand
-    from hf_mixture.clustering.executors import ExecutorConfig
+    from hf_mixture.executors import ExecutorConfig
     from hf_mixture.config import ConfigParser
 
     parser = ConfigParser([ClusterCommand, ClusterConfig, ExecutorConfig])
