@@ -14,7 +14,7 @@ document: use it to *evaluate* clustering, never as an input to it.
 
 Importing this module is cheap: ``datasets`` and ``transformers`` are imported
 only by the functions that need them.  Rebuild the shipped files with
-``python -m hf_mixture.playground.build``.
+``python scripts/build_playground.py``.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def load(split: str = "train") -> datasets.Dataset:
     path = data_file()
     if not path.is_file():
         raise HFMixtureError(
-            f"The playground data file {path} is missing: rebuild it with "
-            "`python -m hf_mixture.playground.build` or reinstall hf_mixture."
+            f"The playground data file {path} is missing: reinstall "
+            "hf_mixture, or rebuild it in a checkout with `python scripts/build_playground.py`."
         )
     import datasets
 
@@ -109,8 +109,8 @@ def tokenizer() -> PreTrainedTokenizerFast:
     path = tokenizer_dir()
     if not (path / "tokenizer.json").is_file():
         raise HFMixtureError(
-            f"The playground tokenizer file {path / 'tokenizer.json'} is missing: rebuild it with "
-            "`python -m hf_mixture.playground.build` or reinstall hf_mixture."
+            f"The playground tokenizer file {path / 'tokenizer.json'} is missing: reinstall "
+            "hf_mixture, or rebuild it in a checkout with `python scripts/build_playground.py`."
         )
     from transformers import PreTrainedTokenizerFast
 

@@ -99,7 +99,7 @@ def export(directory: str | Path, *, overwrite: bool = False) -> Path:
     if not source.is_file():
         raise HFMixtureError(
             f"The playground data file {source} is missing: rebuild it with "
-            "`python -m hf_mixture.playground.build`."
+            "`python scripts/build_playground.py`."
         )
     with atomic_path(target) as tmp:
         tmp.mkdir(parents=True)

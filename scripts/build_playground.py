@@ -2,8 +2,8 @@
 
 Run::
 
-    python -m hf_mixture.playground.build                 # downloads the .debs with apt-get
-    python -m hf_mixture.playground.build --debs DIR      # reuse .deb files already in DIR
+    python scripts/build_playground.py                 # downloads the .debs with apt-get
+    python scripts/build_playground.py --debs DIR      # reuse .deb files already in DIR
 
 Every input is a Debian package (``apt-get download`` needs no root, ``dpkg -x``
 unpacks it without installing).  The pipeline, in order:
@@ -47,9 +47,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._io import atomic_path, atomic_write_text
-from ..errors import HFMixtureError
-from . import SOURCES, data_dir, tokenizer_dir
+from hf_mixture._io import atomic_path, atomic_write_text
+from hf_mixture.errors import HFMixtureError
+from hf_mixture.playground import SOURCES, data_dir, tokenizer_dir
 
 logger = logging.getLogger(__name__)
 
@@ -788,7 +788,7 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hf_mixture.playground.build",
+        prog="python scripts/build_playground.py",
         description="Rebuild the playground corpus, tokenizer and dataset card from Debian packages.",
     )
     parser.add_argument(
