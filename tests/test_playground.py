@@ -15,7 +15,7 @@ from hf_mixture.errors import HFMixtureError
 
 # The build script is a repository script (it runs apt-get download), not part of the wheel.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import build_playground as build  # noqa: E402
+import build_playground as build
 
 # stable_sample(wordnet w0..w99, 10, seed=0): fixed across processes and machines.
 GOLDEN_SAMPLE = ["w5", "w7", "w18", "w23", "w29", "w45", "w52", "w66", "w69", "w70"]
