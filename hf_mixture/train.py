@@ -591,7 +591,7 @@ def train(cfg: TrainConfig, *, extra_callbacks: Sequence[Callable[[Any], Any]] =
     args = training_arguments(cfg)     # before the model: DeepSpeed ZeRO-3 builds it sharded
     store = TokenStore(cfg.data.store)
     if cfg.data.tokenizer:  # checked before training, not after: see _save_tokenizer
-        from .formats.clustered import check_tokenizer_matches, load_tokenizer
+        from .formats.tokenizers import check_tokenizer_matches, load_tokenizer
 
         check_tokenizer_matches(load_tokenizer(cfg.data.tokenizer), store,
                                 "saved beside the model")
@@ -693,7 +693,7 @@ def _save_tokenizer(cfg: TrainConfig, store: Any, out: Path) -> None:
     if not name:
         logger.warning("The token store names no tokenizer; %s holds none.", out)
         return
-    from .formats.clustered import check_tokenizer_matches, load_tokenizer
+    from .formats.tokenizers import check_tokenizer_matches, load_tokenizer
 
     try:
         tokenizer = load_tokenizer(name)

@@ -217,7 +217,7 @@ def tiny_store(tmp_path_factory, tiny_texts, tiny_tokenizer_path):
     import datasets
 
     from hf_mixture.formats import tokenize_corpus, write_clustered_corpus
-    from hf_mixture.formats.clustered import load_tokenizer
+    from hf_mixture.formats.tokenizers import load_tokenizer
 
     root = tmp_path_factory.mktemp("hub")
     sources = sorted({s for s, _ in tiny_texts})

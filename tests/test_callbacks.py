@@ -22,14 +22,14 @@ from hf_mixture.callbacks import (
     domain_eval_datasets,
     domain_perplexity_path,
     doremi_step,
+    doremi_token_scores,
+    eval_fingerprint,
     exp3_epsilon,
     exp3_probabilities,
     exp3_update,
     expected_counts,
     fit_power_law,
     floor_weights,
-    doremi_token_scores,
-    eval_fingerprint,
     read_reference_losses,
     save_reference_losses,
 )
@@ -575,8 +575,9 @@ def test_doremi_per_token_rule_clips_each_token_before_averaging():
 
 
 def test_doremi_reference_model_step_gives_the_papers_numbers():
-    import torch
     from types import SimpleNamespace
+
+    import torch
 
     from hf_mixture.mixture.trainer import token_losses
 

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from _trainer_helpers import Recording, StopAt
 from hf_mixture.callbacks import (
     ADOCallback,
     BanditCallback,
@@ -22,7 +23,6 @@ from hf_mixture.callbacks import (
 )
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
-from _trainer_helpers import Recording, StopAt
 from hf_mixture.formats.token_store import TokenStore, TokenStoreWriter
 from hf_mixture.mixture import Mixture, MixtureDataset, Stage
 

@@ -14,13 +14,10 @@ import pytest
 import yaml
 
 from hf_mixture.errors import HFMixtureError
-from hf_mixture.formats import clustered as clustered_mod
-from hf_mixture.formats.clustered import (
-    ClusteredCorpus,
-    ClusteredCorpusBuilder,
-    tokenizer_fingerprint,
-    write_clustered_corpus,
-)
+from hf_mixture.formats import writer as writer_mod
+from hf_mixture.formats.clustered import ClusteredCorpus, ClusteredCorpusBuilder
+from hf_mixture.formats.tokenizers import tokenizer_fingerprint
+from hf_mixture.formats.writer import write_clustered_corpus
 
 
 def _no_leftovers(path: Path) -> None:
@@ -205,7 +202,7 @@ def test_writer_overwrite_rules_and_atomicity(
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(clustered_mod, "_render_card", boom)
+    monkeypatch.setattr(writer_mod, "_render_card", boom)
     with pytest.raises(RuntimeError):
         write_clustered_corpus(small, tmp_path / "half", tokenizer=tiny_tokenizer_path)
     _no_leftovers(tmp_path / "half")

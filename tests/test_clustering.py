@@ -19,6 +19,7 @@ from hf_mixture import cli
 from hf_mixture.clustering import (
     CentroidMerger,
     ClusterConfig,
+    ExecutorConfig,
     KMeansClusterer,
     QualityPruner,
     SentenceEmbedder,
@@ -26,7 +27,6 @@ from hf_mixture.clustering import (
     clustering_scores,
     rule_quality_scores,
 )
-from hf_mixture.clustering import ExecutorConfig
 from hf_mixture.clustering.pipeline import normalized_text
 from hf_mixture.errors import HFMixtureError
 
@@ -502,8 +502,8 @@ def test_every_config_field_is_a_flag_with_help():
     import dataclasses
 
     from hf_mixture.clustering.cli import ClusterCommand
-    from hf_mixture.executors import ExecutorConfig
     from hf_mixture.config import ConfigParser
+    from hf_mixture.executors import ExecutorConfig
 
     parser = ConfigParser([ClusterCommand, ClusterConfig, ExecutorConfig])
     dests = {a.dest: a for a in parser._actions}

@@ -9,9 +9,9 @@ import pytest
 
 from hf_mixture.cli import main
 from hf_mixture.errors import HFMixtureError
-from hf_mixture.formats.clustered import write_clustered_corpus
 from hf_mixture.formats.inspect import format_table, inspect_path
 from hf_mixture.formats.tokenize import tokenize_corpus
+from hf_mixture.formats.writer import write_clustered_corpus
 
 
 @pytest.fixture

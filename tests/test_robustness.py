@@ -245,7 +245,7 @@ def test_sigkill_during_a_save_resumes_from_the_previous_complete_checkpoint(tmp
 def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path, tiny_store, tiny_tokenizer_path):
     from transformers import PreTrainedTokenizerFast
 
-    from hf_mixture.formats.clustered import check_tokenizer_matches, load_tokenizer
+    from hf_mixture.formats.tokenizers import check_tokenizer_matches, load_tokenizer
     from hf_mixture.search.target import store_tokenizer
 
     same = load_tokenizer(str(tiny_tokenizer_path))
@@ -273,7 +273,7 @@ def test_search_settings_are_checked_before_anything_is_recorded(tmp_path, tiny_
 
 
 def test_a_long_text_is_tokenized_in_pieces_with_the_same_ids(tiny_tokenizer_path, monkeypatch):
-    from hf_mixture.formats import clustered
+    from hf_mixture.formats import tokenizers as clustered
 
     backend = clustered.load_tokenizer(str(tiny_tokenizer_path)).backend_tokenizer
     text = " ".join(f"word{i % 97} and\nmore" for i in range(3000))

@@ -13,9 +13,10 @@ import pytest
 
 from hf_mixture.cli import main
 from hf_mixture.errors import HFMixtureError
-from hf_mixture.formats.clustered import tokenizer_fingerprint, write_clustered_corpus
 from hf_mixture.formats.token_store import TokenStore
 from hf_mixture.formats.tokenize import tokenize, tokenize_corpus, validation_mask
+from hf_mixture.formats.tokenizers import tokenizer_fingerprint
+from hf_mixture.formats.writer import write_clustered_corpus
 
 
 def _no_leftovers(path: Path) -> None:

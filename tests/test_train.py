@@ -27,7 +27,7 @@ def make_store(root: Path, texts, tokenizer_path) -> Path:
     import datasets
 
     from hf_mixture.formats import tokenize_corpus, write_clustered_corpus
-    from hf_mixture.formats.clustered import load_tokenizer
+    from hf_mixture.formats.tokenizers import load_tokenizer
 
     sources = sorted({s for s, _ in texts})
     ds = datasets.Dataset.from_dict({

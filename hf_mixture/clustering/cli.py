@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import ClusterConfig
 from ..executors import ExecutorConfig
+from .config import ClusterConfig
 
 
 @dataclass

@@ -570,7 +570,8 @@ class WriteClusters(PipelineStep):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from ..formats.clustered import cluster_config_name, encode_texts, load_tokenizer
+        from ..formats.clustered import cluster_config_name
+        from ..formats.tokenizers import encode_texts, load_tokenizer
         from .reader import InputPlan
 
         work = Path(self.work_dir)
@@ -675,11 +676,8 @@ class FinalizeCorpus(PipelineStep):
         self.overwrite = overwrite
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        from ..formats.clustered import (
-            finish_clustered_corpus,
-            load_tokenizer,
-            tokenizer_fingerprint,
-        )
+        from ..formats.tokenizers import load_tokenizer, tokenizer_fingerprint
+        from ..formats.writer import finish_clustered_corpus
         from .describe import plot_centroid_map, plot_cluster_sizes
         from .report import MAP_PNG, REPORT, REPORT_DIR, SIZES_PNG, collect_summary, render_report
 

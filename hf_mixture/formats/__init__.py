@@ -11,13 +11,13 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "write_clustered_corpus": "clustered",
+    "write_clustered_corpus": "writer",
     "ClusteredCorpus": "clustered",
     "ClusteredCorpusBuilder": "clustered",
     "ClusteredCorpusConfig": "clustered",
     "cluster_config_name": "clustered",
-    "load_tokenizer": "clustered",
-    "tokenizer_fingerprint": "clustered",
+    "load_tokenizer": "tokenizers",
+    "tokenizer_fingerprint": "tokenizers",
     "tokenize_corpus": "tokenize",
     "validation_mask": "tokenize",
     "inspect_path": "inspect",

@@ -120,7 +120,7 @@ class _TextEncoder:
         self, items: Iterator[tuple[Any, list, str, int]]
     ) -> Iterator[tuple[Any, list[list[int]]]]:
         """``(tag, ids)`` for each ``(tag, texts, where, first_row)``, in input order."""
-        from .clustered import check_texts, encode_texts
+        from .tokenizers import check_texts, encode_texts
 
         if self.pool is None:
             for tag, texts, where, start in items:

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .._io import file_sha256, short_hash, tmp_sibling
+from .._io import short_hash, tmp_sibling
 from ..errors import HFMixtureError
 
 FORMAT = "hf_mixture.token_store"

@@ -150,8 +150,8 @@ def tokenize(
     ``executor`` (an :class:`~hf_mixture.executors.ExecutorConfig`) converts the clusters as
     datatrove tasks (local processes, Slurm, Ray) and merges them; without it, one process.
     """
-    from .clustered import load_tokenizer, tokenizer_fingerprint
     from .mixed import MixedCorpus, open_corpus
+    from .tokenizers import load_tokenizer, tokenizer_fingerprint
 
     if (
         isinstance(validation_fraction, bool)

@@ -19,7 +19,7 @@ from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 
-from .._io import tmp_sibling, atomic_write_json
+from .._io import atomic_write_json, tmp_sibling
 from ..errors import HFMixtureError
 from ..executors import quiet_datatrove_console
 from .token_store import MANIFEST, TokenStoreWriter
@@ -42,8 +42,9 @@ class TokenizeClusters(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         import pyarrow.compute  # noqa: F401 - imported once per worker, used by the converter
 
-        from .clustered import ClusteredCorpus, load_tokenizer
+        from .clustered import ClusteredCorpus
         from .convert import _convert_cluster, _TextEncoder
+        from .tokenizers import load_tokenizer
 
         o = self.options
         corpus = ClusteredCorpus(o["input"], revision=o["revision"], filesystem=o["filesystem"],

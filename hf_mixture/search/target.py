@@ -159,7 +159,7 @@ def pack_documents(docs: list[np.ndarray] | Any, seq_len: int, max_tokens: int,
 
 def store_tokenizer(store: Any, tokenizer: Any | None):
     """The tokenizer given (a name or object), else the one the token store names."""
-    from ..formats.clustered import check_tokenizer_matches, load_tokenizer
+    from ..formats.tokenizers import check_tokenizer_matches, load_tokenizer
 
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
