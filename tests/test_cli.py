@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from hf_mixture._progress import progress_bar
 from hf_mixture.cli import _configure_output
-from hf_mixture.search.search import progress_bar
 
 
 def test_third_party_info_is_quiet_by_default_and_shown_with_verbose(monkeypatch):

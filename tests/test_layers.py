@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"hf_mixture": ROOT / "hf_mixture", "hf_mixture.callbacks": ROOT / "callbacks",
                 "hf_mixture.hub_cards": ROOT / "hub_cards"}
 
-GROUND = {"", "errors", "_io", "_dist", "_imports", "_lazy", "_checks", "_markdown",
+GROUND = {"", "errors", "_io", "_dist", "_imports", "_lazy", "_checks", "_markdown", "_progress",
           "power_law", "config", "hub_cards", "metrics", "_yaml", "executors", "models"}
 GROUPS = {name: "ground" for name in GROUND}
 GROUPS.update({"formats": "formats", "playground": "formats", "clustering": "clustering",

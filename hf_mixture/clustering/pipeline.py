@@ -340,9 +340,9 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
                        "(logs: %s)", len(stages) + 1, output_dir, work / "logs")
         return None
     timings: dict[str, float] = {}
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
-    with tqdm(total=len(stages) + 1, desc="cluster", unit="stage", disable=not progress) as bar:
+    with progress_bar(len(stages) + 1, "cluster", "stage", progress) as bar:
         for stage in stages + [finalize]:
             bar.set_postfix_str(stage.name)
             if stage is finalize:

@@ -170,8 +170,7 @@ def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], e
     yet, else to training -- and to training when the component has no training document.
     Only one document per component is ever held in memory.
     """
-    from tqdm.auto import tqdm
-
+    from .._progress import progress_bar
     from .clustered import cluster_config_name
 
     vocab = tok_info["vocab_size"]
@@ -194,7 +193,7 @@ def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], e
             counts[comp][split] += 1
         batch.clear()
 
-    with tqdm(desc="tokenize (mixed clusters)", unit="doc") as bar:
+    with progress_bar(None, "tokenize (mixed clusters)", "doc") as bar:
         for rel, row, cluster, ids, _ in corpus.iter_rows():
             if ids.size and (ids.min() < 0 or ids.max() >= vocab):
                 bad = int(ids[(ids < 0) | (ids >= vocab)][0])
@@ -238,8 +237,8 @@ def _convert_cluster(
     download: bool = False,
 ) -> None:
     import pyarrow.compute as pc
-    from tqdm.auto import tqdm
 
+    from .._progress import progress_bar
     from .clustered import cluster_config_name
 
     component = cluster_config_name(k)
@@ -274,7 +273,7 @@ def _convert_cluster(
             )
             yield from encoder.encode_many(items)
 
-    with tqdm(total=n_docs, desc=f"tokenize {component}", unit="doc") as bar:
+    with progress_bar(n_docs, f"tokenize {component}", "doc") as bar:
         for (rel, start, batch), ids in with_ids():
             meta = {c: batch.column(c).to_pylist() for c in meta_cols}
             where_file = corpus.display(rel)

@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_json, atomic_write_text, short_hash
+from .._progress import progress_bar
 from ..errors import HFMixtureError
 from .candidates import dirichlet_candidates, project_to_caps, repetition_caps, token_prior
 from .config import RESUMABLE_CHANGES, SearchConfig
@@ -119,34 +119,6 @@ def named_after(prefix: str, folder: Path) -> str:
     (``search/`` gives "search", not "search-search")."""
     name = folder.resolve().name
     return name if name.startswith(prefix) else f"{prefix}-{name}"
-
-
-class _LineProgress:
-    """tqdm's interface, one plain line per update: a log file gets no carriage returns."""
-
-    def __init__(self, total: int, desc: str):
-        self.n, self.total, self.desc, self.note = 0, total, desc, ""
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if n:
-            print(f"{self.desc} {self.n}/{self.total}" + (f": {self.note}" if self.note else ""),
-                  file=sys.stderr, flush=True)
-
-    def set_postfix_str(self, text: str) -> None:
-        self.note = text
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
-    """A tqdm bar on a terminal; plain lines when stderr is a file or a pipe."""
-    from tqdm.auto import tqdm
-
-    if enabled and not sys.stderr.isatty():
-        return _LineProgress(total, desc)
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled)
 
 
 # -- the pool -------------------------------------------------------------------------------
