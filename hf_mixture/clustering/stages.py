@@ -710,17 +710,10 @@ class FinalizeCorpus(PipelineStep):
         (out / REPORT).write_text(render_report(facts, summary, merge["prune"]),
                                   encoding="utf-8")
         final = Path(self.output_dir)
-        if final.exists():
-            if not self.overwrite:
-                raise HFMixtureError(
-                    f"Output '{final}' already exists; pass --overwrite to replace it.")
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(out, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(out, final)
+        if final.exists() and not self.overwrite:
+            raise HFMixtureError(f"Output '{final}' already exists; pass --overwrite to replace it.")
+        with atomic_path(final) as tmp:  # the same swap as every other output of ours
+            os.replace(out, tmp)
         # The written files now live at the output: a later run from this work folder (another
         # output, or --overwrite) writes them again from the kept summaries and documents.
         shutil.rmtree(work / "logs" / "write" / "completions", ignore_errors=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 
-from .._io import atomic_write_json, tmp_sibling
+from .._io import atomic_path, atomic_write_json
 from ..errors import HFMixtureError
 from ..executors import quiet_datatrove_console
 from .token_store import MANIFEST, TokenStoreWriter
@@ -85,10 +85,9 @@ class MergeStoreParts(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         parts = Path(self.work_dir) / "parts"
-        out = Path(self.output)
-        tmp = tmp_sibling(out)
-        tmp.mkdir(parents=True)
-        try:
+        # atomic_path: written under a temporary sibling, swapped onto the output when complete
+        with atomic_path(Path(self.output)) as tmp:
+            tmp.mkdir(parents=True)
             manifest: dict[str, Any] | None = None
             ending = 0
             for k in self.cluster_ids:
@@ -107,14 +106,4 @@ class MergeStoreParts(PipelineStep):
             manifest.update(self.extra)
             manifest["eos"] = {"documents_ending_with_eos": ending, "stripped": bool(ending)}
             atomic_write_json(tmp / MANIFEST, manifest)
-            if out.exists():
-                old = tmp_sibling(out)
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         shutil.rmtree(parts, ignore_errors=True)  # moved into the output; nothing to redo
