@@ -350,11 +350,22 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
             t = time.perf_counter()
             run_stages(executor, [stage], work)
             timings[stage.name] = time.perf_counter() - t
+            logger.info("stage %s: %.1f s, peak memory so far %s", stage.name,
+                        timings[stage.name], _peak_memory())
             bar.update()
     import shutil
 
     shutil.rmtree(work / "logs" / "finalize" / "completions", ignore_errors=True)  # see Finalize
     return _result(work, tasks, output_dir, timings, time.perf_counter() - started)
+
+
+def _peak_memory() -> str:
+    """This process's and its largest finished child's peak resident memory, for the log."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    return f"{me} MB here, {child} MB in the largest worker"
 
 
 def _stages():

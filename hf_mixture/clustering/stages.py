@@ -295,8 +295,9 @@ def _global_sample(work: Path, tasks: int, m: int) -> tuple[list[str], np.ndarra
 
     def rows(t: int):
         pf = pq.ParquetFile(work / "sample" / f"{t:05d}.parquet")
-        for batch in pf.iter_batches(batch_size=1024, columns=["_key", "_id", "_row", "text",
-                                                                "emb"]):
+        # small batches: one is held per task while merging (200 tasks x 64 rows, not x 1024)
+        for batch in pf.iter_batches(batch_size=64, columns=["_key", "_id", "_row", "text",
+                                                              "emb"]):
             yield from zip(*(batch.column(c).to_pylist() for c in
                              ("_key", "_row", "_id", "text", "emb")))
 
