@@ -56,6 +56,7 @@ BATCH = 256  # documents embedded / scored / tokenized at a time
 SAMPLE_CHARS = 2000  # characters of a sampled text kept for the lexical fit and descriptions
 DESCRIBE_PER_CLUSTER = 32  # sampled texts per k-means cluster for top terms and examples
 DESCRIBE_CHARS = 1000  # characters of each: enough for top terms, small for k = 1000
+SAMPLE_ROW_GROUP = 64  # rows per row group of the sample files (see FeatureWriter)
 QUALITY_FLAGS = ("gopher_quality", "gopher_repetition", "fineweb_quality")
 
 
@@ -205,7 +206,9 @@ class FeatureWriter(PipelineStep):
                            "text": [h[3] for h in heap],
                            "_row": pa.array([h[4] for h in heap], pa.int64())})
         with atomic_path(work / "sample" / f"{rank:05d}.parquet") as tmp:
-            pq.write_table(sample, tmp)
+            # small row groups: the centroid stage merges every task's file at once, and a
+            # parquet reader holds a whole decoded row group per open file
+            pq.write_table(sample, tmp, row_group_size=SAMPLE_ROW_GROUP)
         if False:  # pragma: no cover - generator protocol: this step ends the pipeline
             yield
 
@@ -402,7 +405,7 @@ class AssignClusters(PipelineStep):
                           "quality": pa.array([r[3] for r in rows], pa.float64()),
                           "feat": pa.array([r[4] for r in rows], pa.binary())})
         with atomic_path(work / "assign" / f"{rank:05d}.sample.parquet") as tmp:
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, row_group_size=SAMPLE_ROW_GROUP)
 
 
 # ----------------------------------------------------------------------------- merge
