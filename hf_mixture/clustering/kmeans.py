@@ -94,13 +94,17 @@ class KMeansClusterer:
                 f"num_clusters={self.k} exceeds the number of documents to cluster ({len(x)}); "
                 "pass a smaller --num-clusters."
             )
-        train = self._sample(x)
-        if self.backend == "faiss":
-            centroids = self._fit_faiss(train)
-        else:
-            centroids = self._fit_sklearn(train)
+        centroids = self.train(self._sample(x))
         labels = self.assign(x, centroids)
         return labels, centroids
+
+    def train(self, sample: np.ndarray) -> np.ndarray:
+        """Centroids ``(k, dim)`` trained on ``sample`` as given (no further sampling): what the
+        clustering pipeline's centroid stage calls on its cross-task reservoir sample."""
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if self.backend == "faiss":
+            return self._fit_faiss(sample)
+        return self._fit_sklearn(sample)
 
     def _fit_faiss(self, train: np.ndarray) -> np.ndarray:
         faiss = require("faiss", "faiss", "The faiss k-means backend")

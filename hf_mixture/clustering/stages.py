@@ -279,8 +279,7 @@ class FitCentroids(PipelineStep):
             clusterer = self.clusterer or KMeansClusterer(
                 k, backend=s.kmeans_backend, sample=len(x), iterations=s.kmeans_iterations,
                 restarts=s.kmeans_restarts, seed=s.seed)
-            centroids = clusterer._fit_faiss(x) if clusterer.backend == "faiss" \
-                else clusterer._fit_sklearn(x)
+            centroids = clusterer.train(x)
         np.save(model / "centroids.npy", centroids, allow_pickle=False)
         atomic_write_json(model / "model.json", {
             "num_docs": num_docs, "k": int(k), "sample": len(x), "backend": clusterer.backend,
