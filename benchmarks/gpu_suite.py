@@ -83,7 +83,7 @@ def sizes(dry_run: bool) -> dict[str, Any]:
 def tiny_shape_overrides() -> list[str]:
     """The model shape, sequence length and batch of recipes/tiny_cpu.yaml as overrides."""
     from hf_mixture.config import load_config_file
-    from hf_mixture.train import load_train_config
+    from hf_mixture.recipe import load_train_config
 
     tiny = load_config_file(RECIPES / "tiny_cpu.yaml")
     model = load_train_config(RECIPES / "tiny_cpu.yaml").model_fields  # its shape, expanded
@@ -100,7 +100,7 @@ def tiny_shape_overrides() -> list[str]:
 
 
 def recipe_vocab(recipe: Path, extra: list[str] = ()) -> int | None:
-    from hf_mixture.train import load_train_config
+    from hf_mixture.recipe import load_train_config
 
     vocab = load_train_config(recipe, list(extra)).model_fields.get("vocab_size", "auto")
     return None if vocab == "auto" else int(vocab)
@@ -565,7 +565,7 @@ def _time_boxes(args: argparse.Namespace, names: list[str]) -> dict[str, float]:
 
 def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     from hf_mixture._io import atomic_write_json, atomic_write_text
-    from hf_mixture.train import peak_flops_for_name
+    from hf_mixture.throughput import peak_flops_for_name
 
     names = [n.strip() for n in args.sections.split(",") if n.strip()]
     unknown = [n for n in names if n not in SECTIONS]

@@ -35,6 +35,7 @@ or a ``trainer_state.json`` (the last ``eval_<domain>_loss`` of its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -60,6 +61,38 @@ REFERENCE_FORMAT = "hf_mixture.reference_losses"
 
 
 # -- the math (pure functions) -------------------------------------------------------------------
+@contextlib.contextmanager
+def _whole_on_every_rank():
+    """Build models whole on this rank, even inside a DeepSpeed ZeRO-3 run.
+
+    Under ZeRO-3, transformers' ``from_pretrained`` builds every model inside
+    ``deepspeed.zero.Init`` (its parameters partitioned across the ranks), which a plain
+    forward pass cannot use ("'weight' must be 2-D").  DoReMi's reference model only
+    runs forwards, once per step: a whole copy on each rank costs its size in memory and
+    no communication, where a sharded one would all-gather every layer at every step
+    (docs/callbacks.md).  transformers decides through the HfDeepSpeedConfig it holds
+    by weak reference; it is unset here and put back afterwards.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:  # pragma: no cover - transformers always has the module
+        yield
+        return
+    if not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    held = hf_deepspeed._hf_deepspeed_config_weak_ref   # the one handle transformers keeps
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = held
+
+
+def _parameter_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def doremi_step(weights: np.ndarray, excess: np.ndarray, *, eta: float, smoothing: float
                 ) -> np.ndarray:
     """One exponentiated-gradient step on clipped ``excess`` losses, then uniform smoothing.
@@ -343,11 +376,16 @@ class DoReMiCallback(MixtureCallback):
             from transformers import AutoModelForCausalLM
 
             try:
-                self._reference_model = AutoModelForCausalLM.from_pretrained(
-                    self.config.reference_model)
+                with _whole_on_every_rank():
+                    self._reference_model = AutoModelForCausalLM.from_pretrained(
+                        self.config.reference_model)
             except (OSError, ValueError) as err:
                 raise HFMixtureError(f"DoReMiConfig field 'reference_model': cannot load "
                                      f"{self.config.reference_model!r} ({err}).") from None
+            logger.info("DoReMi reference model: %s parameters, %.1f MB on every rank (a whole "
+                        "copy: ZeRO-3 shards only the trained model).",
+                        f"{sum(p.numel() for p in self._reference_model.parameters()):,}",
+                        _parameter_bytes(self._reference_model) / 2**20)
         model = self._reference_model
         model.eval()
         for p in model.parameters():

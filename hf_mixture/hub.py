@@ -44,6 +44,7 @@ from ._io import atomic_path
 from ._markdown import cell as _cell
 from .errors import HFMixtureError
 from .formats.hubstyle import files_fingerprint, stamp_configs
+from .models import format_parameters
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mixture import Mixture
@@ -488,7 +489,8 @@ def render_model_card(repo_id: str, *, num_parameters: int | None = None,
     return ModelCard.from_template(
         card_data, template_path=_template(MODEL_CARD), title=repo_id.split("/")[-1],
         repo_id=repo_id,
-        parameters=f"{num_parameters / 1e6:,.1f}M" if num_parameters else "an unrecorded number of",
+        parameters=(f"{format_parameters(num_parameters)} ({num_parameters:,})" if num_parameters
+                    else "an unrecorded number of"),
         mixture_repo=mixture_repo,
         mixture_fingerprint=mixture.fingerprint if mixture is not None else "not recorded",
         weights=weights, changes=max(0, len(weights_history) - 1),
@@ -549,6 +551,25 @@ def push_model_to_hub(model_dir: str | os.PathLike, repo_id: str, *, mixture: Mi
                                  f"{mixture.fingerprint if mixture is not None else ''}").strip()
     return _send(ops, repo_id, repo_type="model", token=token, private=private,
                  revision=revision, commit_message=message, create_repo=create_repo)
+
+
+def push_trained_model(cfg: Any, result: Any, mixture: Mixture) -> str | None:
+    """Push a finished :func:`hf_mixture.train.train` run (``cfg.hub``) from the main process.
+
+    Every other process returns None at once, so a launch of N ranks makes one commit.
+    The mixture repo named in the card is ``hub.mixture_repo``, else ``data.mixture``
+    when that is a Hub id (not a local path).
+    """
+    if not is_main_process():
+        return None
+    mixture_repo = cfg.hub.mixture_repo
+    if mixture_repo is None and cfg.data.mixture and not Path(cfg.data.mixture).exists():
+        mixture_repo = cfg.data.mixture
+    recipe_text = Path(cfg.source).read_text(encoding="utf-8") if cfg.source else None
+    return push_model_to_hub(result.output_dir, cfg.hub.model_repo, mixture=mixture,
+                             mixture_repo=mixture_repo, recipe_name=cfg.source,
+                             recipe_text=recipe_text, metrics=result.metrics,
+                             private=cfg.hub.private, revision=cfg.hub.revision)
 
 
 def model_operations(model_dir: str | os.PathLike, readme: bytes) -> list:

@@ -233,7 +233,11 @@ def build_model(model: Any, *, vocab_size: int | None = None, eos_token_id: int 
 
 def count_parameters(model: Any, *, embeddings: bool = True) -> int:
     """Parameters of ``model``, tied weights counted once; ``embeddings=False`` leaves out the
-    input and output embedding matrices (the "non-embedding" count of scaling laws)."""
+    input and output embedding matrices (the "non-embedding" count of scaling laws).
+
+    Under DeepSpeed ZeRO-3 a rank holds only its shard and ``numel()`` of a partitioned
+    parameter is 0; its full size is ``ds_numel``, which is what is counted then.
+    """
     skip: set[int] = set()
     if not embeddings:
         skip.add(id(model.get_input_embeddings().weight))
@@ -246,7 +250,7 @@ def count_parameters(model: Any, *, embeddings: bool = True) -> int:
         if id(p) not in seen:
             seen.add(id(p))
             if id(p) not in skip:
-                total += p.numel()
+                total += int(getattr(p, "ds_numel", None) or p.numel())
     return int(total)
 
 

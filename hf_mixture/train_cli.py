@@ -19,7 +19,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 
-from .train import DataConfig
+from .recipe import DataConfig
 
 
 @dataclass
@@ -92,7 +92,9 @@ def recipe_overrides(command: TrainCommand, data: DataFlags) -> list[str]:
 
 
 def run(command: TrainCommand, data: DataFlags) -> int:
-    from .train import build_model, count_parameters, load_train_config, train
+    from .models import build_model, count_parameters
+    from .recipe import load_train_config
+    from .train import train
 
     cfg = load_train_config(command.recipe, recipe_overrides(command, data))
     if command.dry_run:

@@ -30,7 +30,7 @@ GROUND = {"", "errors", "_io", "_dist", "_imports", "_lazy", "_checks", "_markdo
 GROUPS = {name: "ground" for name in GROUND}
 GROUPS.update({"formats": "formats", "playground": "formats", "clustering": "clustering",
                "mixture": "mixture", "callbacks": "callbacks"})
-TOP = {"search", "train", "train_cli", "hub", "cli", "climb", "plotting", "__main__"}
+TOP = {"search", "train", "recipe", "throughput", "train_cli", "hub", "cli", "climb", "plotting", "__main__"}
 GROUPS.update({name: "top" for name in TOP})
 ALLOWED = {
     "ground": {"ground"},

@@ -116,7 +116,7 @@ def test_search_proxy_defaults_are_written_once():
 
 def test_gpu_search_trains_its_proxies_as_the_proxy_recipe_says():
     from hf_mixture.search.config import SearchConfig
-    from hf_mixture.train import load_train_config, training_arguments
+    from hf_mixture.recipe import load_train_config, training_arguments
 
     gpu = SearchConfig.gpu().proxy_settings()
     recipe = load_train_config(ROOT / "recipes" / "proxy.yaml",

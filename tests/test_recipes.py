@@ -12,7 +12,7 @@ import pytest
 
 from hf_mixture.errors import HFMixtureError
 from hf_mixture.models import build_model, count_parameters
-from hf_mixture.train import load_train_config, training_arguments
+from hf_mixture.recipe import load_train_config, training_arguments
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TRAINING = sorted([*RECIPES.glob("*.yaml"), *RECIPES.glob("family/*.yaml")])
@@ -270,7 +270,7 @@ def test_gpu_recipes_state_a_global_batch_not_an_accumulation(path, tmp_path):
 
 
 def test_accumulation_is_derived_from_the_global_batch_and_world_size():
-    from hf_mixture.train import gradient_accumulation_for
+    from hf_mixture.recipe import gradient_accumulation_for
 
     assert gradient_accumulation_for(256, 16, 1) == 16
     assert gradient_accumulation_for(256, 16, 8) == 2
@@ -299,7 +299,7 @@ def test_dropping_the_global_batch_gives_back_a_hand_set_accumulation(tmp_path):
 
 def test_recipe_saved_by_an_earlier_version_still_loads(tmp_path):
     """`recipe.yaml` beside older models holds `shape: null, shapes: {}`; a real table is named."""
-    from hf_mixture.train import config_from_mapping
+    from hf_mixture.recipe import config_from_mapping
 
     old = {"model": {"shape": "cpu-tiny", "vocab_size": 64}, "shape": None, "shapes": {},
            "training": {"max_steps": 1, "output_dir": str(tmp_path)}}
