@@ -164,3 +164,25 @@ def test_cli_dry_run_and_errors(store, tmp_path, capsys):
                  "--output-dir", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stage": 5}, "stage"),
+    ({"overlapp_comm": True}, "overlapp_comm"),
+])
+def test_a_zero_config_deepspeed_rejects_is_one_sentence_before_training(change, message, store,
+                                                                        tmp_path, capsys):
+    """DeepSpeed's own config classes judge the filled JSON before any model is built."""
+    pytest.importorskip("deepspeed")
+    from hf_mixture.cli import main
+
+    config = json.loads((RECIPE.parent / "deepspeed" / "zero3.json").read_text())
+    config["zero_optimization"].update(change)
+    bad = tmp_path / "zero.json"
+    bad.write_text(json.dumps(config))
+    out = tmp_path / "run"
+    code = main(["train", str(RECIPE), "--store", str(store), "--output-dir", str(out), *SMALL,
+                 f"training.deepspeed={bad}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"DeepSpeed rejects {bad}" in err and message in err
+    assert "Traceback" not in err and not list(out.glob("checkpoint-*"))
