@@ -60,6 +60,8 @@ _OFFSETS_CHUNK = 65536
 # The merged metadata file's row groups: pyarrow's default for ``pq.write_table`` of a whole
 # table, so a store written in chunks is byte-identical to one written from a single table.
 META_ROW_GROUP = 1024 * 1024
+# Offsets checked this many at a time when a store is opened.
+_CHECK_CHUNK = 1 << 22
 
 
 class _SplitWriter:
@@ -534,8 +536,14 @@ class TokenStore:
                 f"Token store file '{idx_path}': the offsets run from {int(offsets[0])} to "
                 f"{int(offsets[-1])}, but '{bin_path.name}' holds {counts['tokens']} tokens: the "
                 "store is corrupt.")
-        if len(offsets) > 1 and (np.diff(offsets) < 0).any():
-            bad = int(np.flatnonzero(np.diff(offsets) < 0)[0])
+        for lo in range(0, len(offsets) - 1, _CHECK_CHUNK):  # in chunks: flat memory
+            step = np.diff(offsets[lo: lo + _CHECK_CHUNK + 1])
+            if (step < 0).any():
+                bad = lo + int(np.flatnonzero(step < 0)[0])
+                break
+        else:
+            bad = None
+        if bad is not None:
             raise HFMixtureError(
                 f"Token store file '{idx_path}': offset {bad + 1} is smaller than offset {bad} "
                 "(offsets must not decrease): the store is corrupt.")
