@@ -528,25 +528,26 @@ class TokenStore:
                 f"Token store file '{idx_path}' does not hold {counts['docs'] + 1} offsets: "
                 "the store is corrupt."
             )
-        # Cheap on open (the offsets are 8 bytes per document, read through a memory map):
-        # they start at 0, never decrease and end exactly at the last token.
-        offsets = np.memmap(idx_path, dtype="<i8", mode="r")
-        if offsets[0] != 0 or offsets[-1] != counts["tokens"]:
+        # Cheap on open (the offsets are 8 bytes per document, read a chunk at a time, so a
+        # component of 50M documents is not held -- nor left mapped -- to check it): they start
+        # at 0, never decrease and end exactly at the last token.
+        n = counts["docs"] + 1
+        first = np.fromfile(idx_path, dtype="<i8", count=1)[0]
+        last = np.fromfile(idx_path, dtype="<i8", count=1, offset=(n - 1) * 8)[0]
+        if first != 0 or last != counts["tokens"]:
             raise HFMixtureError(
-                f"Token store file '{idx_path}': the offsets run from {int(offsets[0])} to "
-                f"{int(offsets[-1])}, but '{bin_path.name}' holds {counts['tokens']} tokens: the "
+                f"Token store file '{idx_path}': the offsets run from {int(first)} to "
+                f"{int(last)}, but '{bin_path.name}' holds {counts['tokens']} tokens: the "
                 "store is corrupt.")
-        for lo in range(0, len(offsets) - 1, _CHECK_CHUNK):  # in chunks: flat memory
-            step = np.diff(offsets[lo: lo + _CHECK_CHUNK + 1])
+        for lo in range(0, n - 1, _CHECK_CHUNK):
+            chunk = np.fromfile(idx_path, dtype="<i8", count=min(_CHECK_CHUNK + 1, n - lo),
+                                offset=lo * 8)
+            step = np.diff(chunk)
             if (step < 0).any():
                 bad = lo + int(np.flatnonzero(step < 0)[0])
-                break
-        else:
-            bad = None
-        if bad is not None:
-            raise HFMixtureError(
-                f"Token store file '{idx_path}': offset {bad + 1} is smaller than offset {bad} "
-                "(offsets must not decrease): the store is corrupt.")
+                raise HFMixtureError(
+                    f"Token store file '{idx_path}': offset {bad + 1} is smaller than offset "
+                    f"{bad} (offsets must not decrease): the store is corrupt.")
         import pyarrow.parquet as pq
 
         meta_path = base / f"{split}.meta.parquet"
