@@ -59,12 +59,14 @@ def make_climblab_component(root: Path, n_docs: int, docs_per_file: int, seed: i
     return tokens
 
 
-def run_measured(cmd: list[str], interval: float = 0.1) -> tuple[float, int, int]:
+def run_measured(cmd: list[str], env: dict[str, str], interval: float = 0.1
+                 ) -> tuple[float, int, int]:
     """``(seconds, peak RSS of the process tree in bytes, return code)`` of ``cmd``."""
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
     peak = 0
     stop = threading.Event()
 
@@ -118,7 +120,7 @@ def main() -> None:
             made = time.perf_counter() - t0
             cmd = [sys.executable, "-m", "hf_mixture", "tokenize", str(corpus), "--output",
                    str(store), "--vocab-size", str(GPT2_VOCAB), "--eos-id", str(GPT2_VOCAB - 1)]
-            seconds, peak, rc = run_measured(cmd)
+            seconds, peak, rc = run_measured(cmd, env)
             if rc:
                 raise SystemExit(f"tokenize of {n:,} documents failed (exit {rc})")
             parquet_mb = sum(f.stat().st_size for f in corpus.rglob("*.parquet")) / 2**20

@@ -8,6 +8,7 @@ metadata in lists until it closed (one ``pa.Table.from_pylist`` + ``pq.write_tab
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -317,9 +318,9 @@ def test_holdout_equals_validation_mask_for_any_chunking(fraction):
         want = validation_mask(keys, fraction, seed=5)
         cuts = sorted({0, n, *rng.integers(0, n + 1, size=4).tolist()})
         h = Holdout(fraction, seed=5)
-        for lo, hi in zip(cuts, cuts[1:]):
+        for lo, hi in itertools.pairwise(cuts):
             h.scan(keys[lo:hi])
-        got = [h.mask(keys[lo:hi], lo) for lo, hi in zip(cuts, cuts[1:])]
+        got = [h.mask(keys[lo:hi], lo) for lo, hi in itertools.pairwise(cuts)]
         assert (np.concatenate(got) if got else np.zeros(0, bool)).tolist() == want.tolist()
 
 
@@ -333,4 +334,4 @@ def test_strip_eos_flat_equals_strip_eos():
         np.concatenate(docs), np.asarray([len(d) for d in docs]), eos=0)
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     assert n == n_want
-    assert [values[a:b].tolist() for a, b in zip(bounds, bounds[1:])] == [d.tolist() for d in want]
+    assert [values[a:b].tolist() for a, b in itertools.pairwise(bounds)] == [d.tolist() for d in want]

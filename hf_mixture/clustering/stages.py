@@ -478,8 +478,9 @@ class _DescribeSpill:
 
         names = ["cluster", "_key", "text", "quality", "feat"]
         schema = pa.schema([self.schema.field(n) for n in names])
-        reader = pa.ipc.open_file(pa.memory_map(str(self.path)))
-        with pq.ParquetWriter(out, schema) as writer:
+        # read, not memory-mapped: mapped pages would count in the resident set
+        with pa.OSFile(str(self.path)) as fh, pq.ParquetWriter(out, schema) as writer:
+            reader = pa.ipc.open_file(fh)
             for i in range(reader.num_record_batches):
                 batch = reader.get_batch(i)
                 hit = np.isin(batch.column("row").to_numpy(), rows)

@@ -213,9 +213,19 @@ class _SplitWriter:
         beside floats), so the result equals one ``from_pylist`` over every row.
         """
         import pyarrow as pa
+
+        # read, not memory-mapped: mapped pages would count in the resident set
+        files = [pa.OSFile(str(p)) for p in self._spills]
+        try:
+            self._write_merged(path, [pa.ipc.open_file(f) for f in files])
+        finally:
+            for f in files:
+                f.close()
+
+    def _write_merged(self, path: Path, readers: list) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        readers = [pa.ipc.open_file(pa.memory_map(str(p))) for p in self._spills]
         schemas = [r.schema for r in readers]
         try:
             schema = pa.unify_schemas(schemas, promote_options="permissive") \
