@@ -32,7 +32,6 @@ summaries in memory; embeddings of a task are read back through a memory map.
 from __future__ import annotations
 
 import heapq
-import itertools
 import json
 import logging
 import os
@@ -290,20 +289,42 @@ class FitCentroids(PipelineStep):
 def _global_sample(work: Path, tasks: int, m: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The ``m`` documents with the smallest keys over every task's sample, in input order.
 
-    Each task's sample file is sorted by key; a k-way merge reads them a batch at a time, so
-    memory holds the result and one batch per task, never every task's sample at once.
+    Two passes, one task's file open at a time, so memory holds the result and one batch --
+    however many tasks there are: the first reads only the keys and keeps the ``m``
+    smallest (the threshold key), the second copies the rows below it (ties at the
+    threshold by ``(row, id)``).
     """
     import pyarrow.parquet as pq
 
-    def rows(t: int):
-        pf = pq.ParquetFile(work / "sample" / f"{t:05d}.parquet")
-        # small batches: one is held per task while merging (200 tasks x 64 rows, not x 1024)
-        for batch in pf.iter_batches(batch_size=64, columns=["_key", "_id", "_row", "text",
-                                                              "emb"]):
-            yield from zip(*(batch.column(c).to_pylist() for c in
-                             ("_key", "_row", "_id", "text", "emb")))
+    def path(t: int) -> Path:
+        return work / "sample" / f"{t:05d}.parquet"
 
-    chosen = list(itertools.islice(heapq.merge(*(rows(t) for t in range(tasks))), m))
+    smallest = np.zeros(0, dtype=np.int64)
+    for t in range(tasks):
+        keys = pq.read_table(path(t), columns=["_key"]).column(0).to_numpy()
+        smallest = np.concatenate([smallest, keys])
+        if len(smallest) > m:
+            smallest = np.partition(smallest, m - 1)[:m]
+    take_all = len(smallest) < m
+    threshold = int(smallest.max()) if len(smallest) and not take_all else None
+    ties_wanted = m - int((smallest < threshold).sum()) if threshold is not None else 0
+    del smallest
+    chosen: list[tuple] = []
+    ties: list[tuple] = []
+    for t in range(tasks):
+        pf = pq.ParquetFile(path(t))
+        for batch in pf.iter_batches(batch_size=64, columns=["_key", "_row", "_id", "text",
+                                                              "emb"]):
+            keys = batch.column("_key").to_numpy()
+            hit = np.ones(len(keys), bool) if threshold is None else keys <= threshold
+            if not hit.any():
+                continue
+            cols = [batch.column(c).to_pylist() for c in ("_key", "_row", "_id", "text", "emb")]
+            for i in np.flatnonzero(hit):
+                row = tuple(c[i] for c in cols)
+                (ties if threshold is not None and row[0] == threshold else chosen).append(row)
+    ties.sort(key=lambda r: (r[1], r[2]))
+    chosen.extend(ties[:ties_wanted])
     # trained on in input order (k-means' seeded initialization depends on the order)
     chosen.sort(key=lambda r: (r[1], r[2]))
     texts = [r[3] for r in chosen]
@@ -350,9 +371,6 @@ class AssignClusters(PipelineStep):
         self.config = config
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         from .embed import compute_threads
 
         s = self.config
@@ -365,46 +383,110 @@ class AssignClusters(PipelineStep):
         sums = np.zeros((k, dim), np.float64)
         quality = np.zeros(k, np.float64)
         flags = np.zeros((k, len(QUALITY_FLAGS)), np.float64)
-        keep: list[list[tuple]] = [[] for _ in range(k)]  # per cluster: (-key, text, q, feat)
+        # Per cluster, the DESCRIBE_PER_CLUSTER smallest keys as (-key, row): a few ints, so
+        # memory stays flat at any k; a document's text and features go to a spill file on
+        # disk when it enters a heap, and only the heaps' survivors are copied out at the end.
+        keep: list[list[tuple[int, int]]] = [[] for _ in range(k)]
         lo = 0
         columns = ["text", "_key", "quality"] + [f for f in QUALITY_FLAGS if s.quality_flags]
-        with compute_threads(s.num_threads):
-            for batch in _iter_doc_batches(work, rank, columns):
-                texts = batch.column("text").to_pylist()
-                keys = batch.column("_key").to_numpy()
-                q = batch.column("quality").to_numpy()
-                hi = lo + len(texts)
-                x = _features(emb[lo:hi], texts, lexical, s.lexical_weight)
-                lab = nearest(x, centroids, model["backend"]).astype(np.int32)
-                labels[lo:hi] = lab
-                np.add.at(count, lab, 1)
-                np.add.at(sums, lab, x)
-                np.add.at(quality, lab, q)
-                if s.quality_flags:
-                    f = np.stack([batch.column(c).to_numpy() for c in QUALITY_FLAGS], axis=1)
-                    np.add.at(flags, lab, f)
-                for j in range(len(texts)):
-                    h = keep[lab[j]]
-                    if len(h) < DESCRIBE_PER_CLUSTER or -int(keys[j]) > h[0][0]:
-                        item = (-int(keys[j]), texts[j][:DESCRIBE_CHARS], float(q[j]),
-                                x[j].tobytes())
-                        (heapq.heappush if len(h) < DESCRIBE_PER_CLUSTER else
-                         heapq.heapreplace)(h, item)
-                lo = hi
-        if lo != len(emb):
-            raise HFMixtureError(f"Task {rank}: {lo} documents but {len(emb)} embeddings; "
-                                 "the work folder is damaged: delete it and rerun.")
         (work / "assign").mkdir(parents=True, exist_ok=True)
-        with atomic_path(work / "assign" / f"{rank:05d}.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, labels=labels, count=count, sums=sums, quality=quality, flags=flags)
-        rows = [(c, -h[0], h[1], h[2], h[3]) for c, heap_ in enumerate(keep) for h in heap_]
-        table = pa.table({"cluster": pa.array([r[0] for r in rows], pa.int32()),
-                          "_key": pa.array([r[1] for r in rows], pa.int64()),
-                          "text": [r[2] for r in rows],
-                          "quality": pa.array([r[3] for r in rows], pa.float64()),
-                          "feat": pa.array([r[4] for r in rows], pa.binary())})
-        with atomic_path(work / "assign" / f"{rank:05d}.sample.parquet") as tmp:
-            pq.write_table(table, tmp, row_group_size=SAMPLE_ROW_GROUP)
+        spill_path = work / "assign" / f".{rank:05d}.describe.spill.arrow"
+        spill = _DescribeSpill(spill_path)
+        try:
+            with compute_threads(s.num_threads):
+                for batch in _iter_doc_batches(work, rank, columns):
+                    texts = batch.column("text").to_pylist()
+                    keys = batch.column("_key").to_numpy()
+                    q = batch.column("quality").to_numpy()
+                    hi = lo + len(texts)
+                    x = _features(emb[lo:hi], texts, lexical, s.lexical_weight)
+                    lab = nearest(x, centroids, model["backend"]).astype(np.int32)
+                    labels[lo:hi] = lab
+                    np.add.at(count, lab, 1)
+                    np.add.at(sums, lab, x)
+                    np.add.at(quality, lab, q)
+                    if s.quality_flags:
+                        f = np.stack([batch.column(c).to_numpy() for c in QUALITY_FLAGS], axis=1)
+                        np.add.at(flags, lab, f)
+                    for j in range(len(texts)):
+                        h = keep[lab[j]]
+                        if len(h) < DESCRIBE_PER_CLUSTER or -int(keys[j]) > h[0][0]:
+                            item = (-int(keys[j]), lo + j)
+                            (heapq.heappush if len(h) < DESCRIBE_PER_CLUSTER else
+                             heapq.heapreplace)(h, item)
+                            spill.add(lo + j, int(lab[j]), int(keys[j]),
+                                      texts[j][:DESCRIBE_CHARS], float(q[j]), x[j].tobytes())
+                    lo = hi
+            spill.close()
+            if lo != len(emb):
+                raise HFMixtureError(f"Task {rank}: {lo} documents but {len(emb)} embeddings; "
+                                     "the work folder is damaged: delete it and rerun.")
+            with atomic_path(work / "assign" / f"{rank:05d}.npz") as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, labels=labels, count=count, sums=sums, quality=quality,
+                         flags=flags)
+            survivors = np.sort(np.array([row for h in keep for _, row in h], dtype=np.int64))
+            with atomic_path(work / "assign" / f"{rank:05d}.sample.parquet") as tmp:
+                spill.copy_rows(survivors, tmp)
+        finally:
+            spill.close()
+            spill_path.unlink(missing_ok=True)
+
+
+class _DescribeSpill:
+    """The assign stage's description candidates, appended to an Arrow file as they come.
+
+    :meth:`copy_rows` writes the rows whose document index is in ``rows`` (the heaps'
+    survivors) to the task's sample parquet, one spilled batch at a time.
+    """
+
+    SCHEMA_FIELDS = (("row", "int64"), ("cluster", "int32"), ("_key", "int64"),
+                     ("text", "string"), ("quality", "float64"), ("feat", "binary"))
+    BATCH = 1024
+
+    def __init__(self, path: Path):
+        import pyarrow as pa
+
+        self.path = path
+        self.schema = pa.schema([(n, getattr(pa, t)()) for n, t in self.SCHEMA_FIELDS])
+        self._writer = pa.ipc.new_file(str(path), self.schema)
+        self._rows: list[list] = [[] for _ in self.SCHEMA_FIELDS]
+
+    def add(self, *values) -> None:
+        for col, v in zip(self._rows, values):
+            col.append(v)
+        if len(self._rows[0]) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._rows[0]:
+            self._writer.write_batch(pa.record_batch(
+                [pa.array(c, f.type) for c, f in zip(self._rows, self.schema)],
+                schema=self.schema))
+            self._rows = [[] for _ in self.SCHEMA_FIELDS]
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+            self._writer = None
+
+    def copy_rows(self, rows: np.ndarray, out: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        names = ["cluster", "_key", "text", "quality", "feat"]
+        schema = pa.schema([self.schema.field(n) for n in names])
+        # read, not memory-mapped: mapped pages would count in the resident set
+        with pa.OSFile(str(self.path)) as fh, pq.ParquetWriter(out, schema) as writer:
+            reader = pa.ipc.open_file(fh)
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                hit = np.isin(batch.column("row").to_numpy(), rows)
+                if hit.any():
+                    part = pa.Table.from_batches([batch]).filter(pa.array(hit)).select(names)
+                    writer.write_table(part, row_group_size=SAMPLE_ROW_GROUP)
 
 
 # ----------------------------------------------------------------------------- merge

@@ -64,6 +64,54 @@ def validation_mask(keys: list[str], fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+class Holdout:
+    """:func:`validation_mask` over documents that arrive in chunks, in O(chunk) memory.
+
+    A first pass over the keys (:meth:`scan`) keeps only the count and the positions of the
+    smallest and largest hash; :meth:`mask` then gives each chunk's mask, equal to the
+    matching slice of ``validation_mask(all_keys, fraction, seed)``.
+
+    >>> h = Holdout(0.01, seed=0)
+    >>> h.scan(["a", "b"]); h.scan(["c"])
+    >>> [h.mask(["a", "b"], 0).tolist(), h.mask(["c"], 2).tolist()] == [
+    ...     validation_mask(["a", "b", "c"], 0.01, 0)[:2].tolist(),
+    ...     validation_mask(["a", "b", "c"], 0.01, 0)[2:].tolist()]
+    True
+    """
+
+    def __init__(self, fraction: float, seed: int):
+        self.fraction, self.seed = fraction, seed
+        self.n = 0
+        self._any = False
+        self._all = True
+        self._min = (np.inf, -1)
+        self._max = (-np.inf, -1)
+
+    def scan(self, keys: list[str]) -> None:
+        u = _hash_unit(self.seed, keys)
+        if u.size:
+            below = u < self.fraction
+            self._any |= bool(below.any())
+            self._all &= bool(below.all())
+            i, j = int(np.argmin(u)), int(np.argmax(u))
+            if u[i] < self._min[0]:  # strict: the first of equal hashes, as np.argmin
+                self._min = (float(u[i]), self.n + i)
+            if u[j] > self._max[0]:
+                self._max = (float(u[j]), self.n + j)
+        self.n += int(u.size)
+
+    def mask(self, keys: list[str], start: int) -> np.ndarray:
+        """The mask of the scanned documents ``start .. start + len(keys) - 1``."""
+        if self.fraction <= 0 or self.n < 2:
+            return np.zeros(len(keys), dtype=bool)
+        m = _hash_unit(self.seed, keys) < self.fraction
+        if not self._any and start <= self._min[1] < start + len(keys):
+            m[self._min[1] - start] = True
+        if self._all and start <= self._max[1] < start + len(keys):
+            m[self._max[1] - start] = False
+        return m
+
+
 def _scalar_columns(schema) -> list[str]:
     import pyarrow as pa
 
@@ -213,13 +261,52 @@ def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], e
             else "train"
         writer.add(comp, split, ids, meta, where=where)
 
-def _cluster_keys(corpus, k: int, key_column: str | None) -> list[str]:
+_KEY_CHUNK = 65536
+
+
+def _default_keys(k: int, lo: int, hi: int) -> list[str]:
+    """A cluster without ``doc_id``: documents are keyed by their index in the cluster."""
+    return [f"{k}/{i}" for i in range(lo, hi)]
+
+
+def _scan_keys(corpus, k: int, key_column: str | None, holdout: Holdout) -> None:
+    """The holdout's first pass, a chunk of keys at a time (never the cluster's whole list)."""
     if key_column is None:
-        return [f"{k}/{i}" for i in range(corpus.num_docs(k))]
-    keys: list[str] = []
+        n = corpus.num_docs(k)
+        for lo in range(0, n, _KEY_CHUNK):
+            holdout.scan(_default_keys(k, lo, min(lo + _KEY_CHUNK, n)))
+        return
     for _, _, batch in corpus.iter_batches(k, columns=[key_column]):
-        keys.extend(str(v) for v in batch.column(0).to_pylist())
-    return keys
+        holdout.scan([str(v) for v in batch.column(0).to_pylist()])
+
+
+def _flat_ids(ids: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per-document id lists (the text encoder's) as flat ids and lengths."""
+    import itertools
+
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64,
+                         count=int(lengths.sum()))
+    return values, lengths
+
+
+def strip_eos_flat(values: np.ndarray, lengths: np.ndarray,
+                   eos: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`strip_eos` on flat ids and lengths: ``(values, lengths, how many ended with EOS)``.
+
+    >>> v, n, k = strip_eos_flat(np.array([5, 6, 0, 7]), np.array([3, 1]), eos=0)
+    >>> v.tolist(), n.tolist(), k
+    ([5, 6, 7], [2, 1], 1)
+    """
+    if eos is None or not values.size:
+        return values, lengths, 0
+    ends = np.cumsum(lengths) - 1
+    ending = (lengths > 0) & (values[np.maximum(ends, 0)] == eos)
+    if not ending.any():
+        return values, lengths, 0
+    keep = np.ones(values.size, dtype=bool)
+    keep[ends[ending]] = False
+    return values[keep], lengths - ending, int(ending.sum())
 
 
 def _convert_cluster(
@@ -236,6 +323,7 @@ def _convert_cluster(
     eos_seen: dict[str, int] | None = None,
     download: bool = False,
 ) -> None:
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from .._progress import progress_bar
@@ -243,12 +331,13 @@ def _convert_cluster(
 
     component = cluster_config_name(k)
     n_docs = corpus.num_docs(k)
-    is_val = validation_mask(_cluster_keys(corpus, k, key_column), fraction, seed)
+    holdout = Holdout(fraction, seed)
+    _scan_keys(corpus, k, key_column, holdout)
     meta_cols = _scalar_columns(corpus.schema)
     writer.set_info(component, cluster_id=k, description=corpus.description(k))
     vocab = tok_info["vocab_size"]
     columns = (["tokens", "token_count"] if encoder is None else ["text"]) + meta_cols
-    columns = list(dict.fromkeys(columns))
+    columns = list(dict.fromkeys(columns + ([key_column] if key_column else [])))
     doc = 0
 
     def batches():
@@ -261,39 +350,49 @@ def _convert_cluster(
     def with_ids():
         if encoder is None:
             for rel, start, batch in batches():
-                ids, n = strip_eos(
-                    _checked_ids(corpus, rel, start, batch, vocab, tok_info["name"], pc), eos)
+                values, lengths, n = strip_eos_flat(
+                    *_checked_ids(corpus, rel, start, batch, vocab, tok_info["name"], pc), eos)
                 if eos_seen is not None:
                     eos_seen["documents_ending_with_eos"] += n
-                yield (rel, start, batch), ids
+                yield (rel, start, batch), values, lengths
         else:
             items = (
                 (item, item[2].column("text").to_pylist(), corpus.display(item[0]), item[1])
                 for item in batches()
             )
-            yield from encoder.encode_many(items)
+            for item, ids in encoder.encode_many(items):
+                yield (item, *_flat_ids(ids))
 
     with progress_bar(n_docs, f"tokenize {component}", "doc") as bar:
-        for (rel, start, batch), ids in with_ids():
-            meta = {c: batch.column(c).to_pylist() for c in meta_cols}
-            where_file = corpus.display(rel)
-            for i, doc_ids in enumerate(ids):
-                split = "validation" if is_val[doc] else "train"
-                writer.add(
-                    component,
-                    split,
-                    doc_ids,
-                    {c: meta[c][i] for c in meta_cols},
-                    where=f"{where_file} row {start + i}",
-                )
-                doc += 1
-            bar.update(len(ids))
+        for (rel, start, batch), values, lengths in with_ids():
+            n = len(lengths)
+            keys = (_default_keys(k, doc, doc + n) if key_column is None
+                    else [str(v) for v in batch.column(key_column).to_pylist()])
+            is_val = holdout.mask(keys, doc)
+            where = corpus.display(rel)
+            rows = np.arange(start, start + n)
+            if not is_val.any():  # the common case: the whole batch trains
+                writer.add_batch(component, "train", values, lengths,
+                                 {c: batch.column(c).to_pylist() for c in meta_cols},
+                                 where=where, rows=rows)
+            else:
+                tok_split = np.repeat(is_val, lengths)
+                for split, docs, toks in (("train", ~is_val, ~tok_split),
+                                          ("validation", is_val, tok_split)):
+                    if docs.any():
+                        part = batch.filter(pa.array(docs))
+                        writer.add_batch(component, split, values[toks], lengths[docs],
+                                         {c: part.column(c).to_pylist() for c in meta_cols},
+                                         where=where, rows=rows[docs])
+            doc += n
+            bar.update(n)
 
 
 def _checked_ids(
     corpus, rel: str, start: int, batch, vocab: int, tok_name: str, pc
-) -> list[np.ndarray]:
-    """Per-document id arrays of a batch, after checking nulls, the vocabulary and token_count."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's ids, flat, and each document's length, after checking nulls, the vocabulary
+    and token_count."""
     where = corpus.display(rel)
     tokens = batch.column("tokens")
     if tokens.null_count:
@@ -320,5 +419,4 @@ def _checked_ids(
             f"{where} row {start + row}: field 'token_count' is {counts[row].as_py()}, but field "
             f"'tokens' holds {int(lengths[row])} ids."
         )
-    bounds = np.concatenate([[0], np.cumsum(lengths)])
-    return [values[bounds[i] : bounds[i + 1]] for i in range(len(lengths))]
+    return values, lengths

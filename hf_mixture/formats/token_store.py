@@ -52,13 +52,220 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
 
 
-class TokenStoreWriter:
-    """Write a token store atomically.
+# Metadata rows of one (component, split) held in memory before they go to disk as one
+# Arrow batch: memory stays a few MB per split however many documents a component has.
+META_CHUNK = 8192
+# Offsets are buffered this many at a time (8 bytes each) before they are appended to the .idx.
+_OFFSETS_CHUNK = 65536
+# The merged metadata file's row groups: pyarrow's default for ``pq.write_table`` of a whole
+# table, so a store written in chunks is byte-identical to one written from a single table.
+META_ROW_GROUP = 1024 * 1024
+# Offsets checked this many at a time when a store is opened.
+_CHECK_CHUNK = 1 << 22
 
-    Documents are appended per ``(component, split)``; :meth:`close` writes the
-    offsets, the per-document metadata and the manifest, then renames the
-    temporary folder to ``path``.  Leaving the ``with`` block by an exception
-    removes the temporary folder and leaves ``path`` untouched.
+
+class _SplitWriter:
+    """One ``(component, split)``: token ids, offsets and metadata, streamed to disk.
+
+    Tokens append to ``<split>.bin`` and offsets to ``<split>.idx`` as documents arrive.
+    Metadata rows are buffered per column (:data:`META_CHUNK` at a time), converted to Arrow
+    exactly as ``pa.Table.from_pylist`` would and spilled to Arrow IPC files beside them;
+    :meth:`finish` merges the spills into ``<split>.meta.parquet``.  As with ``from_pylist``,
+    the first document's metadata keys are the columns (a missing key is null, an unknown one
+    dropped); when the first document has none, the file holds a ``doc`` index column.
+    """
+
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, where: str):
+        self.folder, self.split, self.dtype, self.where = folder, split, dtype, where
+        self.bin = open(folder / f"{split}.bin", "wb")
+        self.idx = open(folder / f"{split}.idx", "wb")
+        self.end = 0  # tokens written
+        self.docs = 0
+        self._offsets: list[int] = [0]
+        self.columns: list[str] | None = None  # fixed by the first document
+        self._buffer: dict[str, list] = {}
+        self._buffered = 0
+        self._spill_dir = folder / f".{split}.meta.spill"
+        self._spills: list[Path] = []
+        self._ipc = None
+        self._ipc_schema = None
+
+    # -- appending ---------------------------------------------------------------------
+    def _fix_columns(self, names: Iterable[str]) -> None:
+        if self.columns is None:
+            self.columns = list(names)
+            self._buffer = {c: [] for c in self.columns}
+
+    def add(self, arr: np.ndarray, metadata: dict[str, Any] | None) -> None:
+        self.bin.write(arr.astype(self.dtype, copy=False).tobytes())
+        self.end += int(arr.size)
+        self._offsets.append(self.end)
+        if len(self._offsets) >= _OFFSETS_CHUNK:
+            self._flush_offsets()
+        metadata = metadata or {}
+        self._fix_columns(metadata)
+        for c in self.columns:
+            self._buffer[c].append(metadata.get(c))
+        self._count(1)
+
+    def add_batch(self, values: np.ndarray, lengths: np.ndarray,
+                  metadata: dict[str, list] | None) -> None:
+        self.bin.write(values.astype(self.dtype, copy=False).tobytes())
+        self._flush_offsets()
+        ends = self.end + np.cumsum(lengths, dtype=np.int64)
+        self.idx.write(ends.tobytes())
+        self.end = int(ends[-1]) if len(ends) else self.end
+        metadata = metadata or {}
+        self._fix_columns(metadata)
+        n = len(lengths)
+        for c in self.columns:
+            column = metadata.get(c)
+            self._buffer[c].extend([None] * n if column is None else column)
+        self._count(n)
+
+    def _count(self, n: int) -> None:
+        self.docs += n
+        self._buffered += n
+        if self._buffered >= META_CHUNK:
+            self._spill()
+
+    def _flush_offsets(self) -> None:
+        if self._offsets:
+            self.idx.write(np.asarray(self._offsets, dtype=np.int64).tobytes())
+            self._offsets = []
+
+    def _spill(self) -> None:
+        """The buffered metadata rows -> one Arrow batch in the current spill file."""
+        import pyarrow as pa
+
+        if not self.columns or not self._buffered:
+            self._buffered = 0
+            return
+        arrays = []
+        for c in self.columns:
+            try:
+                arrays.append(pa.array(self._buffer[c]))
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as err:
+                raise HFMixtureError(
+                    f"{self.where} ({self.split}): metadata field '{c}' holds values of mixed or "
+                    f"unsupported types near document {self.docs - self._buffered} ({err})."
+                ) from None
+            self._buffer[c] = []
+        batch = pa.RecordBatch.from_arrays(arrays, names=self.columns)
+        if self._ipc is None or not batch.schema.equals(self._ipc_schema):
+            self._close_ipc()  # a type seen for the first time (null, then int): a new file
+            self._spill_dir.mkdir(exist_ok=True)
+            path = self._spill_dir / f"{len(self._spills):05d}.arrow"
+            self._spills.append(path)
+            self._ipc_schema = batch.schema
+            self._ipc = pa.ipc.new_file(str(path), batch.schema)
+        self._ipc.write_batch(batch)
+        self._buffered = 0
+
+    def _close_ipc(self) -> None:
+        if self._ipc is not None:
+            self._ipc.close()
+            self._ipc = None
+
+    # -- finishing ---------------------------------------------------------------------
+    def close_files(self) -> None:
+        for fh in (self.bin, self.idx):
+            if not fh.closed:
+                fh.close()
+        self._close_ipc()
+
+    def finish(self) -> dict[str, int]:
+        """Close the arrays, merge the metadata spills; returns the split's counts."""
+        self.bin.close()
+        self._flush_offsets()
+        self.idx.close()
+        self._spill()
+        self._close_ipc()
+        path = self.folder / f"{self.split}.meta.parquet"
+        if self.columns and self._spills:
+            self._merge_spills(path)
+        else:
+            self._write_doc_index(path)
+        shutil.rmtree(self._spill_dir, ignore_errors=True)
+        return {"docs": self.docs, "tokens": self.end}
+
+    def _write_doc_index(self, path: Path) -> None:
+        """No metadata: a ``doc`` column 0..n-1, written one row group at a time."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        def piece(lo: int, hi: int):
+            return pa.table({"doc": pa.array(np.arange(lo, hi), type=pa.int64())})
+
+        if self.docs == 0:
+            pq.write_table(piece(0, 0), path)
+            return
+        with pq.ParquetWriter(path, piece(0, 0).schema) as out:
+            for lo in range(0, self.docs, META_ROW_GROUP):
+                out.write_table(piece(lo, min(lo + META_ROW_GROUP, self.docs)),
+                                row_group_size=META_ROW_GROUP)
+
+    def _merge_spills(self, path: Path) -> None:
+        """The spilled batches, in order, as full row groups of one parquet file.
+
+        Each chunk's types were inferred from its own values; they are unified the way
+        inference over all values would have (null -> the column's type, int -> double
+        beside floats), so the result equals one ``from_pylist`` over every row.
+        """
+        import pyarrow as pa
+
+        # read, not memory-mapped: mapped pages would count in the resident set
+        files = [pa.OSFile(str(p)) for p in self._spills]
+        try:
+            self._write_merged(path, [pa.ipc.open_file(f) for f in files])
+        finally:
+            for f in files:
+                f.close()
+
+    def _write_merged(self, path: Path, readers: list) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schemas = [r.schema for r in readers]
+        try:
+            schema = pa.unify_schemas(schemas, promote_options="permissive") \
+                if any(not s.equals(schemas[0]) for s in schemas) else schemas[0]
+        except (pa.ArrowException, TypeError) as err:
+            raise HFMixtureError(
+                f"{self.where} ({self.split}): a metadata field holds values of incompatible "
+                f"types across documents ({err}).") from None
+
+        def batches():
+            for r in readers:
+                for i in range(r.num_record_batches):
+                    b = r.get_batch(i)
+                    yield b if b.schema.equals(schema) else b.cast(schema, safe=False)
+
+        pending: list = []
+        rows = 0
+        with pq.ParquetWriter(path, schema) as out:
+            for b in batches():
+                pending.append(b)
+                rows += b.num_rows
+                while rows >= META_ROW_GROUP:
+                    table = pa.Table.from_batches(pending, schema).combine_chunks()
+                    out.write_table(table.slice(0, META_ROW_GROUP), row_group_size=META_ROW_GROUP)
+                    rest = table.slice(META_ROW_GROUP)
+                    pending, rows = rest.to_batches(), rest.num_rows
+            if rows:
+                table = pa.Table.from_batches(pending, schema).combine_chunks()
+                out.write_table(table, row_group_size=META_ROW_GROUP)
+
+
+class TokenStoreWriter:
+    """Write a token store atomically, in memory independent of the number of documents.
+
+    Documents are appended per ``(component, split)`` with :meth:`add` (one) or
+    :meth:`add_batch` (many, as flat ids and lengths).  Token ids and offsets go to disk
+    as they arrive; per-document metadata goes in chunks of :data:`META_CHUNK` rows to
+    spill files that :meth:`close` merges into each split's metadata file before it writes
+    the manifest and renames the temporary folder to ``path``.  Leaving the ``with`` block
+    by an exception removes the temporary folder and leaves ``path`` untouched.
     """
 
     def __init__(
@@ -91,48 +298,83 @@ class TokenStoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = tmp_sibling(self.path)
         self._tmp.mkdir()
-        self._files: dict[tuple[str, str], Any] = {}
-        self._offsets: dict[tuple[str, str], list[int]] = {}
-        self._meta: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._splits: dict[tuple[str, str], _SplitWriter] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._closed = False
 
     # -- writing -----------------------------------------------------------------
-    def _open(self, component: str, split: str):
+    def _open(self, component: str, split: str) -> _SplitWriter:
         key = (component, split)
-        if key not in self._files:
+        if key not in self._splits:
             if split not in SPLITS:
                 raise HFMixtureError(f"split must be one of {SPLITS}, got {split!r}.")
             _check_component_name(component)
             (self._tmp / component).mkdir(exist_ok=True)
-            self._files[key] = open(self._tmp / component / f"{split}.bin", "wb")
-            self._offsets[key] = [0]
-            self._meta[key] = []
+            self._splits[key] = _SplitWriter(self._tmp / component, split, self.dtype,
+                                             f"component '{component}'")
             self._info.setdefault(component, {})
-        return key
+        return self._splits[key]
+
+    def _check_ids(self, arr: np.ndarray, where) -> None:
+        """Integer ids inside the vocabulary; ``where(i)`` names the element's document."""
+        if not arr.size:
+            return
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise HFMixtureError(
+                f"{where(0)}: field 'tokens' holds non-integer values ({arr.dtype}).")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            pos = int(np.argmax(arr == bad))
+            raise HFMixtureError(
+                f"{where(pos)}: field 'tokens' holds id {bad}, outside the "
+                f"tokenizer's vocabulary of size {self.vocab_size}."
+            )
 
     def add(self, component: str, split: str, tokens: Sequence[int] | np.ndarray,
             metadata: dict[str, Any] | None = None, *, where: str | None = None) -> None:
         """Append one document.  ``where`` names it in error messages (file, row)."""
-        key = self._open(component, split)
+        writer = self._open(component, split)
         arr = np.asarray(tokens)
         if arr.ndim != 1:
             raise HFMixtureError(f"{where or component}: tokens must be a flat list of ints.")
-        if arr.size:
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise HFMixtureError(
-                    f"{where or component}: field 'tokens' holds non-integer values ({arr.dtype})."
-                )
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0 or hi >= self.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise HFMixtureError(
-                    f"{where or component}: field 'tokens' holds id {bad}, outside the "
-                    f"tokenizer's vocabulary of size {self.vocab_size}."
-                )
-        self._files[key].write(arr.astype(self.dtype, copy=False).tobytes())
-        self._offsets[key].append(self._offsets[key][-1] + int(arr.size))
-        self._meta[key].append(dict(metadata or {}))
+        self._check_ids(arr, lambda _: where or component)
+        writer.add(arr, metadata)
+
+    def add_batch(self, component: str, split: str, values: np.ndarray, lengths: np.ndarray,
+                  metadata: dict[str, list] | None = None, *, where: str | None = None,
+                  rows: Sequence[int] | None = None) -> None:
+        """Append ``len(lengths)`` documents: document ``i`` is the next ``lengths[i]`` ids of
+        ``values``; ``metadata`` maps a column to one value per document.  The store is the
+        one :meth:`add` per document writes.  ``where`` and ``rows`` name the file and the
+        documents' rows in error messages.
+
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "store")
+        >>> with TokenStoreWriter(path, vocab_size=100, eos_token_id=0, tokenizer_name="t") as w:
+        ...     w.add_batch("c", "train", np.array([5, 6, 7]), np.array([2, 1]), {"id": [3, 4]})
+        >>> TokenStore(path).document("c", 1).tolist()
+        [7]
+        """
+        writer = self._open(component, split)
+        values = np.asarray(values)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if values.ndim != 1 or lengths.ndim != 1 or (lengths < 0).any() \
+                or int(lengths.sum()) != values.size:
+            raise HFMixtureError(f"{where or component}: add_batch needs flat ids and one "
+                                 "non-negative length per document that sum to their number.")
+        for c, column in (metadata or {}).items():
+            if len(column) != len(lengths):
+                raise HFMixtureError(f"{where or component}: metadata field '{c}' has "
+                                     f"{len(column)} values for {len(lengths)} documents.")
+
+        def where_of(pos: int) -> str:
+            doc = int(np.searchsorted(np.cumsum(lengths), pos, side="right"))
+            row = rows[doc] if rows is not None else writer.docs + doc
+            return f"{where or component} row {row}"
+
+        self._check_ids(values, where_of)
+        writer.add_batch(values, lengths, metadata)
 
     def set_info(self, component: str, **info: Any) -> None:
         """Attach JSON-able facts to a component (cluster_id, description, ...)."""
@@ -143,34 +385,11 @@ class TokenStoreWriter:
     def close(self) -> Path:
         if self._closed:
             return self.path
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        components: dict[str, Any] = {}
-        for component in sorted(self._info):
-            entry: dict[str, Any] = dict(self._info[component])
-            for split in SPLITS:
-                key = (component, split)
-                if key not in self._files:  # an absent split is written empty
-                    self._open(component, split)
-                self._files[key].close()
-                offsets = np.asarray(self._offsets[key], dtype=np.int64)
-                offsets.tofile(self._tmp / component / f"{split}.idx")
-                rows = self._meta[key]
-                table = pa.Table.from_pylist(rows) if rows and rows[0] else pa.table(
-                    {"doc": pa.array(np.arange(len(rows)), type=pa.int64())})
-                pq.write_table(table, self._tmp / component / f"{split}.meta.parquet")
-                entry[split] = {"docs": len(rows), "tokens": int(offsets[-1])}
-            if entry["train"]["docs"] == 0:
-                self.abort()
-                raise HFMixtureError(
-                    f"Component '{component}' has no training documents; a token store "
-                    "cannot hold an empty component."
-                )
-            components[component] = entry
-        if not components:
+        try:
+            components = self._finish_components()
+        except BaseException:
             self.abort()
-            raise HFMixtureError("The token store would be empty: no documents were added.")
+            raise
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -191,9 +410,26 @@ class TokenStoreWriter:
         self._closed = True
         return self.path
 
+    def _finish_components(self) -> dict[str, Any]:
+        components: dict[str, Any] = {}
+        for component in sorted(self._info):
+            entry: dict[str, Any] = dict(self._info[component])
+            for split in SPLITS:
+                # an absent split is written empty
+                entry[split] = self._open(component, split).finish()
+            if entry["train"]["docs"] == 0:
+                raise HFMixtureError(
+                    f"Component '{component}' has no training documents; a token store "
+                    "cannot hold an empty component."
+                )
+            components[component] = entry
+        if not components:
+            raise HFMixtureError("The token store would be empty: no documents were added.")
+        return components
+
     def abort(self) -> None:
-        for fh in self._files.values():
-            fh.close()
+        for writer in self._splits.values():
+            writer.close_files()
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._closed = True
 
@@ -302,19 +538,26 @@ class TokenStore:
                 f"Token store file '{idx_path}' does not hold {counts['docs'] + 1} offsets: "
                 "the store is corrupt."
             )
-        # Cheap on open (the offsets are 8 bytes per document, read through a memory map):
-        # they start at 0, never decrease and end exactly at the last token.
-        offsets = np.memmap(idx_path, dtype="<i8", mode="r")
-        if offsets[0] != 0 or offsets[-1] != counts["tokens"]:
+        # Cheap on open (the offsets are 8 bytes per document, read a chunk at a time, so a
+        # component of 50M documents is not held -- nor left mapped -- to check it): they start
+        # at 0, never decrease and end exactly at the last token.
+        n = counts["docs"] + 1
+        first = np.fromfile(idx_path, dtype="<i8", count=1)[0]
+        last = np.fromfile(idx_path, dtype="<i8", count=1, offset=(n - 1) * 8)[0]
+        if first != 0 or last != counts["tokens"]:
             raise HFMixtureError(
-                f"Token store file '{idx_path}': the offsets run from {int(offsets[0])} to "
-                f"{int(offsets[-1])}, but '{bin_path.name}' holds {counts['tokens']} tokens: the "
+                f"Token store file '{idx_path}': the offsets run from {int(first)} to "
+                f"{int(last)}, but '{bin_path.name}' holds {counts['tokens']} tokens: the "
                 "store is corrupt.")
-        if len(offsets) > 1 and (np.diff(offsets) < 0).any():
-            bad = int(np.flatnonzero(np.diff(offsets) < 0)[0])
-            raise HFMixtureError(
-                f"Token store file '{idx_path}': offset {bad + 1} is smaller than offset {bad} "
-                "(offsets must not decrease): the store is corrupt.")
+        for lo in range(0, n - 1, _CHECK_CHUNK):
+            chunk = np.fromfile(idx_path, dtype="<i8", count=min(_CHECK_CHUNK + 1, n - lo),
+                                offset=lo * 8)
+            step = np.diff(chunk)
+            if (step < 0).any():
+                bad = lo + int(np.flatnonzero(step < 0)[0])
+                raise HFMixtureError(
+                    f"Token store file '{idx_path}': offset {bad + 1} is smaller than offset "
+                    f"{bad} (offsets must not decrease): the store is corrupt.")
         import pyarrow.parquet as pq
 
         meta_path = base / f"{split}.meta.parquet"
