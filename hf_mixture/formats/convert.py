@@ -161,7 +161,7 @@ def strip_eos(ids: list[np.ndarray], eos: int | None) -> tuple[list[np.ndarray],
     return out, n
 
 def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], eos: int | None,
-                   fraction: float, seed: int, eos_seen: dict[str, int]) -> None:
+                   fraction: float, seed: int, eos_seen: dict[str, int], progress=None) -> None:
     """One streaming pass over a mixed corpus; each row goes to its cluster's component.
 
     The validation rule of :func:`validation_mask` over a stream: a document is held out
@@ -170,7 +170,6 @@ def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], e
     yet, else to training -- and to training when the component has no training document.
     Only one document per component is ever held in memory.
     """
-    from .._progress import progress_bar
     from .clustered import cluster_config_name
 
     vocab = tok_info["vocab_size"]
@@ -193,20 +192,20 @@ def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], e
             counts[comp][split] += 1
         batch.clear()
 
-    with progress_bar(None, "tokenize (mixed clusters)", "doc") as bar:
-        for rel, row, cluster, ids, _ in corpus.iter_rows():
-            if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-                bad = int(ids[(ids < 0) | (ids >= vocab)][0])
-                raise HFMixtureError(
-                    f"{corpus.display(rel)} row {row}: field 'tokens' holds id {bad}, outside the "
-                    f"vocabulary of tokenizer '{tok_info['name']}' (size {vocab}).")
-            (ids,), n = strip_eos([ids], eos)
-            eos_seen["documents_ending_with_eos"] += n
-            batch.append((rel, row, cluster, ids))
-            if len(batch) >= 1000:
-                flush()
-            bar.update()
-        flush()
+    for rel, row, cluster, ids, _ in corpus.iter_rows():
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+            raise HFMixtureError(
+                f"{corpus.display(rel)} row {row}: field 'tokens' holds id {bad}, outside the "
+                f"vocabulary of tokenizer '{tok_info['name']}' (size {vocab}).")
+        (ids,), n = strip_eos([ids], eos)
+        eos_seen["documents_ending_with_eos"] += n
+        batch.append((rel, row, cluster, ids))
+        if len(batch) >= 1000:
+            flush()
+        if progress is not None:
+            progress.update(1, tokens=len(ids))
+    flush()
     for comp, (ids, meta, where) in held.items():
         c = counts[comp]
         split = "validation" if (fraction > 0 and c["validation"] == 0 and c["train"] > 0) \
@@ -235,14 +234,15 @@ def _convert_cluster(
     eos: int | None = None,
     eos_seen: dict[str, int] | None = None,
     download: bool = False,
+    progress=None,
 ) -> None:
+    """Cluster ``k`` into the store component ``cluster_<k>``; ``progress`` (a bar or a task
+    counter) is told the documents and tokens written."""
     import pyarrow.compute as pc
 
-    from .._progress import progress_bar
     from .clustered import cluster_config_name
 
     component = cluster_config_name(k)
-    n_docs = corpus.num_docs(k)
     is_val = validation_mask(_cluster_keys(corpus, k, key_column), fraction, seed)
     meta_cols = _scalar_columns(corpus.schema)
     writer.set_info(component, cluster_id=k, description=corpus.description(k))
@@ -273,21 +273,23 @@ def _convert_cluster(
             )
             yield from encoder.encode_many(items)
 
-    with progress_bar(n_docs, f"tokenize {component}", "doc") as bar:
-        for (rel, start, batch), ids in with_ids():
-            meta = {c: batch.column(c).to_pylist() for c in meta_cols}
-            where_file = corpus.display(rel)
-            for i, doc_ids in enumerate(ids):
-                split = "validation" if is_val[doc] else "train"
-                writer.add(
-                    component,
-                    split,
-                    doc_ids,
-                    {c: meta[c][i] for c in meta_cols},
-                    where=f"{where_file} row {start + i}",
-                )
-                doc += 1
-            bar.update(len(ids))
+    if progress is not None:
+        progress.set_postfix_str(component)
+    for (rel, start, batch), ids in with_ids():
+        meta = {c: batch.column(c).to_pylist() for c in meta_cols}
+        where_file = corpus.display(rel)
+        for i, doc_ids in enumerate(ids):
+            split = "validation" if is_val[doc] else "train"
+            writer.add(
+                component,
+                split,
+                doc_ids,
+                {c: meta[c][i] for c in meta_cols},
+                where=f"{where_file} row {start + i}",
+            )
+            doc += 1
+        if progress is not None:
+            progress.update(len(ids), tokens=sum(len(x) for x in ids))
 
 
 def _checked_ids(
