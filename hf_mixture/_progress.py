@@ -92,7 +92,8 @@ class Progress:
         self._closed = False
         self._terminal = sys.stderr.isatty() if terminal is None else terminal
         self._watch = Path(watch) if watch is not None else None
-        self._cache: dict[str, tuple[tuple[int, int], int, dict[str, float]]] = {}
+        # file name -> ((mtime, size) read, or None once the task closed it; count; extra)
+        self._cache: dict[str, tuple[tuple[int, int] | None, int, dict[str, float]]] = {}
         self._last_line = self._started
         self._last_tenth = 0
         self._tqdm = None
@@ -143,14 +144,17 @@ class Progress:
         for entry in entries:
             if not entry.name.endswith(".json") or entry.name.startswith("."):
                 continue
+            cached = self._cache.get(entry.name)
+            if cached is not None and cached[0] is None:
+                continue  # that task finished: its count no longer changes
             try:
                 st = entry.stat()
                 stamp = (st.st_mtime_ns, st.st_size)
-                cached = self._cache.get(entry.name)
                 if cached is not None and cached[0] == stamp:
                     continue
                 data = json.loads(Path(entry.path).read_text(encoding="utf-8"))
-                self._cache[entry.name] = (stamp, int(data["n"]), dict(data.get("extra", {})))
+                self._cache[entry.name] = (None if data.get("done") else stamp, int(data["n"]),
+                                           dict(data.get("extra", {})))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # replaced or removed while read: the next poll reads it
         self.n = sum(c[1] for c in self._cache.values())
@@ -314,13 +318,15 @@ class TaskCounter:
     def set_postfix_str(self, text: str) -> None:
         """A bar's method; a task's note is not shown (many tasks share one bar)."""
 
-    def _write(self) -> None:
-        self._tmp.write_text(json.dumps({"n": self.n, "extra": self.extra}), encoding="utf-8")
+    def _write(self, done: bool = False) -> None:
+        record = {"n": self.n, "extra": self.extra, **({"done": True} if done else {})}
+        self._tmp.write_text(json.dumps(record), encoding="utf-8")
         os.replace(self._tmp, self.path)
         self._written = time.monotonic()
 
     def close(self) -> None:
-        self._write()
+        """The final count; the main process stops reading a closed counter."""
+        self._write(done=True)
 
     def __enter__(self):
         return self
@@ -427,6 +433,26 @@ def _tqdm_default_off() -> None:
         return
     std.tqdm.__init__ = functools.partialmethod(std.tqdm.__init__, disable=True)
     std._hf_mixture_default_off = True
+
+
+def quiet_deepspeed_detection() -> None:
+    """``DS_ACCELERATOR=cpu`` for the processes started from here when DeepSpeed would pick
+    the CPU anyway (no CUDA, MPS, XPU, NPU, SDAA or HPU), so that importing it (accelerate
+    does, in every proxy run) does not print "Setting accelerator to CPU ..." into the bar.
+    Call where torch is imported already (it is imported here)."""
+    import importlib.util
+
+    if verbose() or "DS_ACCELERATOR" in os.environ or importlib.util.find_spec("deepspeed") is None:
+        return
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    if torch.cuda.is_available() or (mps is not None and mps.is_available()):
+        return
+    if any(importlib.util.find_spec(m) for m in ("intel_extension_for_pytorch", "torch_npu",
+                                                 "torch_sdaa", "habana_frameworks")):
+        return
+    os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 def ray_init_options() -> dict[str, Any]:
