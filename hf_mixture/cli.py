@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data mixtures as first-class Hugging Face artifacts.",
     )
     parser.add_argument("--version", action="version", version=f"hf_mixture {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Log debug messages; show other libraries' progress bars and INFO "
+                             "lines (also in the worker processes).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ConfigParser)
     for name in COMMAND_MODULES:
         try:

@@ -143,9 +143,9 @@ def test_cluster_in_a_terminal_one_bar_moving_log_lines_above_no_other_bars(
     names = [re.match(r"cluster \[(\d)/8\] ([\w-]+):", s).group(2) for s in stages]
     assert names == ["dedup-signatures", "dedup-find", "prepare", "centroids", "assign",
                      "merge", "write", "finalize"], stages
-    for s in stages:
-        assert lines[lines.index(s) + 1].startswith(f"INFO hf_mixture.clustering.pipeline: stage "
-                                                    f"{re.match(r'cluster .*?] ([\w-]+)', s)[1]}:")
+    for s, name in zip(stages, names):
+        after = lines[lines.index(s) + 1]
+        assert after.startswith(f"INFO hf_mixture.clustering.pipeline: stage {name}:"), after
     # the prepare (embedding) bar counted documents across both worker processes, and moved
     seen = redraws(raw, "cluster [3/8] prepare")
     counts = [n for n, _ in seen]
@@ -194,7 +194,7 @@ _KINDS = (  # what each line of `hf-mixture climb`'s screen is
             r"[^:]*: "),
     ("log", r"(INFO|WARNING) hf_mixture[\w.]*: "),
     ("answer", r"      winner: "),
-    ("plan", r"(\||Mixture|Plan|mixture|plan for|\w.* tokens)"),
+    ("plan", r"(Mixture '|component\s+docs|-{4,}|cluster_\d+ — |total\s+\d|\(tokens available)"),
     ("summary", r"(clusters|store|search|mixture|plan|report|cluster_report):\s+\S"),
     ("done", r"done in [\d.]+ min: "),
 )

@@ -351,7 +351,7 @@ class CorpusReader(BaseReader):
             ) -> DocumentsPipeline:
         if data:
             yield from data
-        counter = None
+        counter, read = None, 0
         if self.progress_dir is not None:
             from .._progress import TaskCounter
 
@@ -360,8 +360,10 @@ class CorpusReader(BaseReader):
         for file_index, lo, hi in self.plan.shards[rank::world_size]:
             f = self.plan.files[file_index]
             for row, rec, where in _rows(f, lo, hi if hi >= 0 else 1 << 62, column):
-                if counter is not None:
-                    counter.update()
+                read += 1
+                if counter is not None and read == 256:  # a batch at a time: ~free per row
+                    counter.update(read)
+                    read = 0
                 if column not in rec:
                     raise HFMixtureError(
                         f"{where} row {row}: there is no field '{column}' (choose one with "
@@ -390,4 +392,5 @@ class CorpusReader(BaseReader):
                     self.stat_update("documents")
                     yield Document(text=piece, id=doc_id, metadata=meta)
         if counter is not None:
+            counter.update(read)
             counter.close()
