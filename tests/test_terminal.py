@@ -190,8 +190,8 @@ def test_cluster_log_has_periodic_plain_lines_in_long_stages(corpus, tmp_path,
 README = ROOT / "README.md"
 _KINDS = (  # what each line of `hf-mixture climb`'s screen is
     ("stage", r"\[\d/4\] \w+: "),
-    ("bar", r"(cluster \[\d/8\]|tokenize|proxy runs|verification and transfer runs|retrain)"
-            r"[^:]*: "),
+    ("bar", (r"(cluster \[\d/8\]|tokenize|proxy runs|verification and transfer runs|retrain)"
+             r"[^:]*: ")),
     ("log", r"(INFO|WARNING) hf_mixture[\w.]*: "),
     ("answer", r"      winner: "),
     ("plan", r"(Mixture '|component\s+docs|-{4,}|cluster_\d+ — |total\s+\d|\(tokens available)"),
@@ -213,7 +213,7 @@ def line_kinds(lines: list[str]) -> list[str]:
 
 def readme_climb_screen() -> list[str]:
     text = README.read_text(encoding="utf-8")
-    m = re.search(r"<!-- climb-screen -->\n```text\n(.*?)```", text, re.S)
+    m = re.search(r"<!-- climb-screen -->\n```text\n(.*?)```", text, re.DOTALL)
     assert m, "README.md has no climb screen block"
     return [line for line in m.group(1).splitlines() if line.strip()]
 
@@ -221,7 +221,6 @@ def readme_climb_screen() -> list[str]:
 @pytest.mark.slow
 def test_climb_screen_matches_the_readme(tmp_path, tiny_texts, tiny_tokenizer_path):
     import yaml
-
     from test_climb import SEARCH
 
     corpus = tmp_path / "corpus.jsonl"
