@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data mixtures as first-class Hugging Face artifacts.",
     )
     parser.add_argument("--version", action="version", version=f"hf_mixture {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Log debug messages; show other libraries' progress bars and INFO "
+                             "lines (also in the worker processes).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ConfigParser)
     for name in COMMAND_MODULES:
         try:
@@ -117,16 +119,22 @@ def describe_error(err: BaseException) -> str:
 
 def _configure_output(verbose: bool) -> None:
     """Our INFO lines by default; other libraries' only with ``-v`` (faiss.loader's INFO about
-    a missing AVX2 module reads like an error).  Without a terminal (a log file, a pipe),
-    progress bars are off: their carriage returns would litter the log."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    # basicConfig leaves a root logger that already has handlers alone: set its level anyway.
-    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    a missing AVX2 module reads like an error), and their progress bars and banners too
+    (:func:`~hf_mixture._progress.quiet_third_party`, here and in the worker processes,
+    which inherit ``HF_MIXTURE_VERBOSE``).  Log lines go above our live bar, never into it;
+    without a terminal the bar is plain lines (no carriage returns in a log)."""
+    from ._progress import VERBOSE_ENV, BarSafeHandler, quiet_third_party
+
+    root = logging.getLogger()
+    if not root.handlers:  # like basicConfig: a root logger that has handlers is left alone
+        handler = BarSafeHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("hf_mixture").setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not sys.stderr.isatty():
-        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm's default, for bars that set none
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_third_party()  # a no-op with -v (HF_MIXTURE_VERBOSE=1)
 
 
 def _close_process_group() -> None:

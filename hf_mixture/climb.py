@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_json, atomic_write_text, short_hash
+from ._progress import say
 from .clustering.config import ClusterConfig
 from .config import dataclass_from_dict
 from .errors import HFMixtureError
@@ -145,9 +146,9 @@ def _cluster_stage(cfg: ClimbConfig, cluster_cfg: Any, out: Path, markers: _Mark
                       shard_rows=cluster_cfg.shard_rows)
     fp = _fingerprint({"input": plan.fingerprint, "config": dataclasses.asdict(cluster_cfg)})
     if markers.done("cluster", fp, [target / "clusters.json"]):
-        print(f"[1/4] cluster: up to date ({target})")
+        say(f"[1/4] cluster: up to date ({target})")
         return target
-    print(f"[1/4] cluster: embed → k-means → prune → merge → describe → {target}")
+    say(f"[1/4] cluster: embed → k-means → prune → merge → describe → {target}")
     start = time.perf_counter()
     # The marker says the old output is stale.
     cluster_corpus(cfg.input, target, dataclasses.replace(cluster_cfg, overwrite=True))
@@ -168,7 +169,7 @@ def _tokenize_stage(cfg: ClimbConfig, settings: TokenizeSettings, clusters: Path
     from .formats.tokenize import tokenize
 
     target = out / "store"
-    print(f"[2/4] tokenize: {clusters} → {target}")
+    say(f"[2/4] tokenize: {clusters} → {target}")
     start = time.perf_counter()
     # tokenize() is idempotent on its own: same inputs and settings leave the store as it is.
     result = tokenize(clusters, target, _tokenizer_for(cfg), seed=cfg.seed, overwrite=True,
@@ -181,7 +182,7 @@ def _search_stage(cfg: ClimbConfig, search_cfg: Any, store: Path, out: Path) -> 
     from .search import run_search
 
     target = out / "search"
-    print(f"[3/4] search: proxy runs → predictor → next round ({target})")
+    say(f"[3/4] search: proxy runs → predictor → next round ({target})")
     # run_search resumes by itself: finished proxy runs are never redone.
     return run_search(store, cfg.target, target, search_cfg)
 
@@ -211,8 +212,8 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
     from .search.cli import summary_line
     from .search.search import named_after
 
-    print(f"[4/4] plan: the mixture for a {total:,}-token run → {out / 'plan.md'}")
-    print(f"      {summary_line(result)}")
+    say(f"[4/4] plan: the mixture for a {total:,}-token run → {out / 'plan.md'}")
+    say(f"      {summary_line(result)}")
     mixture = Mixture.load(result.mixture_path)
     # Named after the climb folder (the search names it after its own folder, "search"),
     # without doubling: runs/climb gives "climb", runs/out "climb-out".
@@ -230,13 +231,13 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
         "cluster_report": str(clusters / "report.md"),
     }
     atomic_write_json(out / "summary.json", summary)
-    print()
-    print(plan)
-    print()
+    say()
+    say(plan)
+    say()
     for key, value in summary.items():
-        print(f"{key + ':':16s}{value}")
+        say(f"{key + ':':16s}{value}")
     minutes = (time.perf_counter() - started) / 60
-    print(f"done in {minutes:.1f} min: the mixture is {out / 'mixture.yaml'}, its plan "
+    say(f"done in {minutes:.1f} min: the mixture is {out / 'mixture.yaml'}, its plan "
           f"{out / 'plan.md'}, the search report {result.report_path}.")
     return summary
 

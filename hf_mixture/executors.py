@@ -64,6 +64,9 @@ def quiet_datatrove_console() -> None:
         return
 
     def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
+        from ._progress import quiet_third_party
+
+        quiet_third_party()  # this worker's bars and banners of other libraries (unless -v)
         loguru_logger.remove()
         logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
         fmt = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}"
@@ -199,11 +202,14 @@ def build_executors(config: ExecutorConfig, stages: list[Stage], work_dir: Path)
 def _init_ray(config: ExecutorConfig) -> None:
     import ray
 
+    from ._progress import ray_init_options
+
     if not ray.is_initialized():
         if config.ray_address:
-            ray.init(address=config.ray_address)
+            ray.init(address=config.ray_address, **ray_init_options())
         else:
-            ray.init(num_cpus=config.resolved_workers() if config.workers else None)
+            ray.init(num_cpus=config.resolved_workers() if config.workers else None,
+                     **ray_init_options())
 
 
 def run_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path) -> bool:

@@ -303,7 +303,10 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
 
     reader = CorpusReader(plan, max_doc_chars=config.max_doc_chars, long_docs=config.long_docs,
                           seed=config.seed)
-    before, dedup_filter = _dedup_stages(config, reader, work, tasks)
+    from .._progress import counter_dir
+
+    before, dedup_filter = _dedup_stages(
+        config, reader.counting(counter_dir(work, "dedup-signatures")), work, tasks)
     # a task keeps at most what the global sample can take from it
     max_sample = config.resolved_kmeans_sample(1 << 62, config.num_clusters or 1000)
     st = _stages()
@@ -340,23 +343,44 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
                        "(logs: %s)", len(stages) + 1, output_dir, work / "logs")
         return None
     timings: dict[str, float] = {}
-    from .._progress import progress_bar
+    from .._progress import stage_progress
 
-    with progress_bar(len(stages) + 1, "cluster", "stage", progress) as bar:
-        for stage in stages + [finalize]:
-            bar.set_postfix_str(stage.name)
-            if stage is finalize:
-                atomic_write_json(work / "timings.json", timings)
-            t = time.perf_counter()
+    everything = stages + [finalize]
+    for i, stage in enumerate(everything, start=1):
+        if stage is finalize:
+            atomic_write_json(work / "timings.json", timings)
+        t = time.perf_counter()
+        unit, total = _stage_count(stage.name, work, plan, tasks)
+        with stage_progress(f"cluster [{i}/{len(everything)}] {stage.name}", unit, total, work,
+                            stage.name, progress):
             run_stages(executor, [stage], work)
-            timings[stage.name] = time.perf_counter() - t
-            logger.info("stage %s: %.1f s, peak memory so far %s", stage.name,
-                        timings[stage.name], _peak_memory())
-            bar.update()
+        timings[stage.name] = time.perf_counter() - t
+        logger.info("stage %s: %.1f s, peak memory so far %s", stage.name,
+                    timings[stage.name], _peak_memory())
     import shutil
 
     shutil.rmtree(work / "logs" / "finalize" / "completions", ignore_errors=True)  # see Finalize
     return _result(work, tasks, output_dir, timings, time.perf_counter() - started)
+
+
+def _stage_count(name: str, work: Path, plan, tasks: int) -> tuple[str, int | None]:
+    """What the bar of stage ``name`` counts, and how many in all (``None``: unknown).
+
+    dedup-signatures counts the input rows it reads, prepare the documents it embeds (the
+    total, the input's rows, known from a parquet input's footers, is reached less the
+    empty and duplicate ones); assign and write count the documents the prepare stage
+    wrote; the one-task stages count nothing (their bar shows the time that passes).
+    """
+    if name in ("dedup-signatures", "prepare"):
+        rows = [f.num_rows for f in plan.files]
+        return "doc", (sum(rows) if rows and None not in rows else None)
+    if name in ("assign", "write"):
+        try:
+            return "doc", sum(json.loads((work / "emb" / f"{t:05d}.json").read_text())["rows"]
+                              for t in range(tasks))
+        except (OSError, ValueError, KeyError):
+            return "doc", None
+    return None, None
 
 
 def _peak_memory() -> str:

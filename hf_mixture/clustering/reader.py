@@ -21,6 +21,7 @@ few hundred normal ones do -- and carries every other input column as metadata.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import io
 import json
@@ -337,14 +338,32 @@ class CorpusReader(BaseReader):
         for f in plan.files:  # global row numbers: rows of the files before this one
             self._offsets.append(self._offsets[-1] + (f.num_rows or 0))
 
+    progress_dir: str | None = None  # rows read are counted there (see counting)
+
+    def counting(self, folder: str | os.PathLike) -> CorpusReader:
+        """This reader, counting the rows each task reads in ``folder`` (a task counter per
+        rank, :class:`hf_mixture._progress.TaskCounter`) for the main process' bar."""
+        other = copy.copy(self)
+        other.progress_dir = str(folder)
+        return other
+
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1
             ) -> DocumentsPipeline:
         if data:
             yield from data
+        counter, read = None, 0
+        if self.progress_dir is not None:
+            from .._progress import TaskCounter
+
+            counter = TaskCounter(self.progress_dir, rank)
         column = self.plan.text_column
         for file_index, lo, hi in self.plan.shards[rank::world_size]:
             f = self.plan.files[file_index]
             for row, rec, where in _rows(f, lo, hi if hi >= 0 else 1 << 62, column):
+                read += 1
+                if counter is not None and read == 256:  # a batch at a time: ~free per row
+                    counter.update(read)
+                    read = 0
                 if column not in rec:
                     raise HFMixtureError(
                         f"{where} row {row}: there is no field '{column}' (choose one with "
@@ -372,3 +391,6 @@ class CorpusReader(BaseReader):
                     meta["_key"] = doc_key(doc_id, self.seed)
                     self.stat_update("documents")
                     yield Document(text=piece, id=doc_id, metadata=meta)
+        if counter is not None:
+            counter.update(read)
+            counter.close()

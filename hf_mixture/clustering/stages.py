@@ -45,6 +45,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from .._io import atomic_path, atomic_write_json, file_sha256
+from .._progress import task_counter
 from ..errors import HFMixtureError
 from ..executors import quiet_datatrove_console
 
@@ -167,6 +168,7 @@ class FeatureWriter(PipelineStep):
                 atomic_path(work / "emb" / f"{rank:05d}.f32") as emb_tmp, \
                 open(emb_tmp, "wb") as emb_fh:
             embedder = self.embedder_factory()
+            counter = task_counter(work, "prepare", rank)  # documents embedded, for the bar
             for batch in _batched(data, BATCH):
                 # The embedder reads at most max_seq_length tokens: never hand it more text.
                 with self.track_time("batch"):
@@ -193,10 +195,12 @@ class FeatureWriter(PipelineStep):
                         heapq.heapreplace(heap, item)
                 n += len(batch)
                 self.stat_update("embedded", value=len(batch))
+                counter.update(len(batch))
             if writer is None:  # a task with no documents still leaves valid (empty) files
                 pq.write_table(pa.table({"_id": pa.array([], pa.string())}), docs_tmp)
             else:
                 writer.close()
+            counter.close()
         atomic_write_json(work / "emb" / f"{rank:05d}.json", {"rows": n, "dim": dim})
         heap.sort(key=lambda x: -x[0])  # ascending key
         sample = pa.table({"_key": pa.array([-h[0] for h in heap], pa.int64()),
@@ -393,8 +397,9 @@ class AssignClusters(PipelineStep):
         spill_path = work / "assign" / f".{rank:05d}.describe.spill.arrow"
         spill = _DescribeSpill(spill_path)
         try:
-            with compute_threads(s.num_threads):
+            with compute_threads(s.num_threads), task_counter(work, "assign", rank) as counter:
                 for batch in _iter_doc_batches(work, rank, columns):
+                    counter.update(batch.num_rows)
                     texts = batch.column("text").to_pylist()
                     keys = batch.column("_key").to_numpy()
                     q = batch.column("quality").to_numpy()
@@ -672,9 +677,11 @@ class WriteClusters(PipelineStep):
         tmp_paths: dict[int, Path] = {}
         stats: dict[int, dict[str, int]] = {}
         lo = 0
+        counter = task_counter(work, "write", rank)
         try:
             for batch in _iter_doc_batches(work, rank):
                 n = batch.num_rows
+                counter.update(n)
                 lab = labels[lo: lo + n]
                 lo += n
                 table = pa.Table.from_batches([batch])
@@ -705,12 +712,14 @@ class WriteClusters(PipelineStep):
                     stats[c]["docs"] += part.num_rows
                     stats[c]["tokens"] += int(pa.compute.sum(part.column("token_count")).as_py()
                                               or 0)
+                counter.update(0, tokens=int(pa.compute.sum(counts).as_py() or 0))
         except BaseException:
             for w in writers.values():
                 w.close()
             for p in tmp_paths.values():
                 p.unlink(missing_ok=True)
             raise
+        counter.close()
         files = {}
         for c, w in writers.items():
             w.close()

@@ -209,7 +209,7 @@ def strip_eos(ids: list[np.ndarray], eos: int | None) -> tuple[list[np.ndarray],
     return out, n
 
 def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], eos: int | None,
-                   fraction: float, seed: int, eos_seen: dict[str, int]) -> None:
+                   fraction: float, seed: int, eos_seen: dict[str, int], progress=None) -> None:
     """One streaming pass over a mixed corpus; each row goes to its cluster's component.
 
     The validation rule of :func:`validation_mask` over a stream: a document is held out
@@ -218,7 +218,6 @@ def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], e
     yet, else to training -- and to training when the component has no training document.
     Only one document per component is ever held in memory.
     """
-    from .._progress import progress_bar
     from .clustered import cluster_config_name
 
     vocab = tok_info["vocab_size"]
@@ -241,20 +240,20 @@ def _convert_mixed(corpus, writer: TokenStoreWriter, tok_info: dict[str, Any], e
             counts[comp][split] += 1
         batch.clear()
 
-    with progress_bar(None, "tokenize (mixed clusters)", "doc") as bar:
-        for rel, row, cluster, ids, _ in corpus.iter_rows():
-            if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-                bad = int(ids[(ids < 0) | (ids >= vocab)][0])
-                raise HFMixtureError(
-                    f"{corpus.display(rel)} row {row}: field 'tokens' holds id {bad}, outside the "
-                    f"vocabulary of tokenizer '{tok_info['name']}' (size {vocab}).")
-            (ids,), n = strip_eos([ids], eos)
-            eos_seen["documents_ending_with_eos"] += n
-            batch.append((rel, row, cluster, ids))
-            if len(batch) >= 1000:
-                flush()
-            bar.update()
-        flush()
+    for rel, row, cluster, ids, _ in corpus.iter_rows():
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+            raise HFMixtureError(
+                f"{corpus.display(rel)} row {row}: field 'tokens' holds id {bad}, outside the "
+                f"vocabulary of tokenizer '{tok_info['name']}' (size {vocab}).")
+        (ids,), n = strip_eos([ids], eos)
+        eos_seen["documents_ending_with_eos"] += n
+        batch.append((rel, row, cluster, ids))
+        if len(batch) >= 1000:
+            flush()
+        if progress is not None:
+            progress.update(1, tokens=len(ids))
+    flush()
     for comp, (ids, meta, where) in held.items():
         c = counts[comp]
         split = "validation" if (fraction > 0 and c["validation"] == 0 and c["train"] > 0) \
@@ -322,15 +321,16 @@ def _convert_cluster(
     eos: int | None = None,
     eos_seen: dict[str, int] | None = None,
     download: bool = False,
+    progress=None,
 ) -> None:
+    """Cluster ``k`` into the store component ``cluster_<k>``; ``progress`` (a bar or a task
+    counter) is told the documents and tokens written."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .._progress import progress_bar
     from .clustered import cluster_config_name
 
     component = cluster_config_name(k)
-    n_docs = corpus.num_docs(k)
     holdout = Holdout(fraction, seed)
     _scan_keys(corpus, k, key_column, holdout)
     meta_cols = _scalar_columns(corpus.schema)
@@ -363,29 +363,31 @@ def _convert_cluster(
             for item, ids in encoder.encode_many(items):
                 yield (item, *_flat_ids(ids))
 
-    with progress_bar(n_docs, f"tokenize {component}", "doc") as bar:
-        for (rel, start, batch), values, lengths in with_ids():
-            n = len(lengths)
-            keys = (_default_keys(k, doc, doc + n) if key_column is None
-                    else [str(v) for v in batch.column(key_column).to_pylist()])
-            is_val = holdout.mask(keys, doc)
-            where = corpus.display(rel)
-            rows = np.arange(start, start + n)
-            if not is_val.any():  # the common case: the whole batch trains
-                writer.add_batch(component, "train", values, lengths,
-                                 {c: batch.column(c).to_pylist() for c in meta_cols},
-                                 where=where, rows=rows)
-            else:
-                tok_split = np.repeat(is_val, lengths)
-                for split, docs, toks in (("train", ~is_val, ~tok_split),
-                                          ("validation", is_val, tok_split)):
-                    if docs.any():
-                        part = batch.filter(pa.array(docs))
-                        writer.add_batch(component, split, values[toks], lengths[docs],
-                                         {c: part.column(c).to_pylist() for c in meta_cols},
-                                         where=where, rows=rows[docs])
-            doc += n
-            bar.update(n)
+    if progress is not None:
+        progress.set_postfix_str(component)
+    for (rel, start, batch), values, lengths in with_ids():
+        n = len(lengths)
+        keys = (_default_keys(k, doc, doc + n) if key_column is None
+                else [str(v) for v in batch.column(key_column).to_pylist()])
+        is_val = holdout.mask(keys, doc)
+        where = corpus.display(rel)
+        rows = np.arange(start, start + n)
+        if not is_val.any():  # the common case: the whole batch trains
+            writer.add_batch(component, "train", values, lengths,
+                             {c: batch.column(c).to_pylist() for c in meta_cols},
+                             where=where, rows=rows)
+        else:
+            tok_split = np.repeat(is_val, lengths)
+            for split, docs, toks in (("train", ~is_val, ~tok_split),
+                                      ("validation", is_val, tok_split)):
+                if docs.any():
+                    part = batch.filter(pa.array(docs))
+                    writer.add_batch(component, split, values[toks], lengths[docs],
+                                     {c: part.column(c).to_pylist() for c in meta_cols},
+                                     where=where, rows=rows[docs])
+        doc += n
+        if progress is not None:
+            progress.update(n, tokens=int(values.size))
 
 
 def _checked_ids(

@@ -236,6 +236,7 @@ def tokenize(
     }
     from .._io import output_lock
 
+    total = None if mixed else sum(corpus.num_docs(k) for k in corpus.cluster_ids)  # documents
     if executor is not None:
         if mixed:
             raise HFMixtureError("A mixed-cluster corpus (ClimbMix) is one stream: tokenize it "
@@ -248,10 +249,12 @@ def tokenize(
                 tokenizer is None else tok, "tok_info": tok_info, "eos": eos,
                 "from_tokens": from_tokens, "fraction": fraction, "seed": int(seed),
                 "key_column": key_column, "batch_size": batch_size, "download": download,
-            }, corpus.cluster_ids)
+            }, corpus.cluster_ids, total)
+    from .._progress import progress_bar
+
     encoder = None if from_tokens else _TextEncoder(tok, num_proc)
     try:
-        with output_lock(out), TokenStoreWriter(
+        with output_lock(out), progress_bar(total, "tokenize", "doc") as bar, TokenStoreWriter(
             out,
             vocab_size=tok_info["vocab_size"],
             eos_token_id=eos,
@@ -261,7 +264,8 @@ def tokenize(
             overwrite=True,
         ) as writer:
             if mixed:
-                _convert_mixed(corpus, writer, tok_info, eos, fraction, int(seed), eos_seen)
+                _convert_mixed(corpus, writer, tok_info, eos, fraction, int(seed), eos_seen,
+                               progress=bar)
             for k in ([] if mixed else corpus.cluster_ids):
                 _convert_cluster(
                     corpus,
@@ -276,6 +280,7 @@ def tokenize(
                     eos if from_tokens else None,
                     eos_seen,
                     download,
+                    progress=bar,
                 )
             # the sampler inserts EOS between documents; a source whose documents already end
             # with it had that EOS removed, so no document ends with two
@@ -288,7 +293,8 @@ def tokenize(
 
 
 def _tokenize_tasks(executor, out: Path, fingerprint: str, extra: dict[str, Any],
-                    options: dict[str, Any], cluster_ids: list[int]) -> TokenizeResult:
+                    options: dict[str, Any], cluster_ids: list[int], total: int | None = None
+                    ) -> TokenizeResult:
     """Clusters as datatrove tasks, then one merge (:mod:`.tokenize_tasks`)."""
     from ..executors import Stage, run_stages
     from .tokenize_tasks import MergeStoreParts, TokenizeClusters
@@ -297,9 +303,17 @@ def _tokenize_tasks(executor, out: Path, fingerprint: str, extra: dict[str, Any]
     tasks = min(len(cluster_ids), executor.tasks or len(cluster_ids))
     stages = [Stage("tokenize", [TokenizeClusters(str(work), cluster_ids, options)], tasks),
               Stage("merge", [MergeStoreParts(str(work), cluster_ids, str(out), extra)], 1)]
-    if not run_stages(executor, stages, work):
+    if executor.executor == "slurm":
+        run_stages(executor, stages, work)
         logger.warning("queued the tokenize tasks on Slurm; %s appears when they finish", out)
         return TokenizeResult(out, False, fingerprint)
+    from .._progress import stage_progress
+
+    for i, stage in enumerate(stages, start=1):
+        with stage_progress(f"tokenize [{i}/{len(stages)}] {stage.name}",
+                            "doc" if stage.name == "tokenize" else None,
+                            total if stage.name == "tokenize" else None, work, stage.name):
+            run_stages(executor, [stage], work)
     shutil.rmtree(work, ignore_errors=True)
     logger.info("wrote token store %s (%d clusters in %d tasks)", out, len(cluster_ids), tasks)
     return TokenizeResult(out, True, fingerprint)

@@ -20,6 +20,7 @@ from typing import Any
 from datatrove.pipeline.base import PipelineStep
 
 from .._io import atomic_path, atomic_write_json
+from .._progress import task_counter
 from ..errors import HFMixtureError
 from ..executors import quiet_datatrove_console
 from .token_store import MANIFEST, TokenStoreWriter
@@ -53,6 +54,7 @@ class TokenizeClusters(PipelineStep):
         tok = load_tokenizer(o["tokenizer"]) if o["tokenizer"] is not None else None
         encoder = None if o["from_tokens"] else _TextEncoder(tok, None)
         parts = Path(self.work_dir) / "parts"
+        counter = task_counter(self.work_dir, "tokenize", rank)
         try:
             for k in self.cluster_ids[rank::world_size]:
                 eos_seen = {"documents_ending_with_eos": 0}
@@ -63,8 +65,9 @@ class TokenizeClusters(PipelineStep):
                     _convert_cluster(corpus, k, writer, o["tok_info"], encoder, o["fraction"],
                                      o["seed"], o["key_column"], o["batch_size"],
                                      o["eos"] if o["from_tokens"] else None, eos_seen,
-                                     o["download"])
+                                     o["download"], progress=counter)
                 self.stat_update("clusters")
+            counter.close()
         finally:
             if encoder is not None:
                 encoder.close()

@@ -218,6 +218,9 @@ def _run_in_worker(run_dir: str, retry_failed: bool) -> dict[str, Any]:
 def _execute(run_dirs: list[Path], config: SearchConfig, target_fn: Callable | None,
              on_done: Callable[[Path, dict[str, Any]], None]) -> None:
     """Run the pending folders: in this process (one worker) or a spawned process pool."""
+    from .._progress import quiet_deepspeed_detection
+
+    quiet_deepspeed_detection()  # before a proxy run imports accelerate (and DeepSpeed)
     workers = 1 if target_fn is not None else config.resolved_workers()
     if workers == 1 or len(run_dirs) <= 1:
         for run_dir in run_dirs:
