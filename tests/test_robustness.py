@@ -109,13 +109,51 @@ def test_store_manifest_shape_errors_are_one_sentence(store_path, capsys):
     assert code == 2 and "field 'dtype' is None" in err
 
 
-def test_validate_deep_reads_every_id(store_path, capsys):
+def test_a_vocabulary_smaller_than_the_ids_is_refused_when_the_store_opens(store_path, capsys):
     m = _manifest(store_path)
     m["tokenizer"]["vocab_size"] = 100  # the ids go up to 299
     _write_manifest(store_path, m)
+    with pytest.raises(HFMixtureError, match=r"max_id' is 29\d, outside the vocabulary of "
+                                             r"size 100"):
+        TokenStore(store_path)
+    code, err = _validate(capsys, "--store", str(store_path))
+    assert code == 2 and "outside the vocabulary of size 100" in err
+    # a manifest without the recorded largest id: the bounded read of the files finds one
+    for split in m["components"]["cluster_0"].values():
+        split.pop("max_id")
+    _write_manifest(store_path, m)
+    with pytest.raises(HFMixtureError, match=r"component 'cluster_0' \(train\): token 0 is id "
+                                             r"\d+, outside the vocabulary of size 100"):
+        TokenStore(store_path)
+
+
+def test_training_on_a_store_whose_vocabulary_lies_is_one_sentence(store_path, tmp_path,
+                                                                   capsys):
+    m = _manifest(store_path)
+    m["tokenizer"]["vocab_size"] = 100
+    _write_manifest(store_path, m)
+    mix = tmp_path / "m.yaml"
+    mix.write_text("components:\n  - name: cluster_0\n    weight: 1\n")
+    code = cli.main(["train", str(TESTS.parent / "recipes" / "tiny_cpu.yaml"), "--store",
+                     str(store_path), "--mixture", str(mix), "--output-dir",
+                     str(tmp_path / "run"), "--max-steps", "1", "--seq-len", "16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "vocabulary of size 100" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_deep_reads_every_id(tmp_path, capsys):
+    store_path = tmp_path / "big"
+    with TokenStoreWriter(store_path, vocab_size=300, eos_token_id=0, tokenizer_name="t") as w:
+        w.add("cluster_0", "train", np.arange(300_000) % 299 + 1, {"cluster_id": 0})
+        w.add("cluster_0", "validation", [1, 2, 3], {"cluster_id": 0})
+    bin_path = store_path / "cluster_0" / "train.bin"
+    ids = np.fromfile(bin_path, dtype="<u2")
+    ids[150_000] = 400  # in the middle, past the vocabulary of 300; the manifest says 299
+    ids.tofile(bin_path)
     assert _validate(capsys, "--store", str(store_path))[0] == 0  # cheap checks pass
     code, err = _validate(capsys, "--store", str(store_path), "--deep")
-    assert code == 2 and "outside the vocabulary of size 100" in err
+    assert code == 2 and "token 150000 is id 400, outside the vocabulary of size 300" in err
 
 
 def test_duplicate_yaml_keys_are_refused(tmp_path):

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .._checks import check_unique_columns
 from .._io import short_hash
 from ..errors import HFMixtureError
 from .tokenizers import load_tokenizer, tokenizer_fingerprint
@@ -89,6 +90,7 @@ def _is_int_list(t: pa.DataType) -> bool:
 
 def check_schema(schema: pa.Schema, where: str) -> None:
     """Raise one sentence naming ``where`` and the field when ``schema`` is not a cluster file's."""
+    check_unique_columns(schema.names, where)
     names = set(schema.names)
     if "tokens" in names:
         if not _is_int_list(schema.field("tokens").type):

@@ -43,6 +43,8 @@ FORMAT = "hf_mixture.token_store"
 VERSION = 1
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"
+# Tokens read at each end of every file when a store opens (2 x 128 KB of uint16).
+_ID_PROBE = 1 << 16
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -94,6 +96,7 @@ class TokenStoreWriter:
         self._files: dict[tuple[str, str], Any] = {}
         self._offsets: dict[tuple[str, str], list[int]] = {}
         self._meta: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._max_id: dict[tuple[str, str], int] = {}  # recorded: TokenStore checks it on open
         self._info: dict[str, dict[str, Any]] = {}
         self._closed = False
 
@@ -130,6 +133,7 @@ class TokenStoreWriter:
                     f"{where or component}: field 'tokens' holds id {bad}, outside the "
                     f"tokenizer's vocabulary of size {self.vocab_size}."
                 )
+            self._max_id[key] = max(hi, self._max_id.get(key, 0))
         self._files[key].write(arr.astype(self.dtype, copy=False).tobytes())
         self._offsets[key].append(self._offsets[key][-1] + int(arr.size))
         self._meta[key].append(dict(metadata or {}))
@@ -160,7 +164,8 @@ class TokenStoreWriter:
                 table = pa.Table.from_pylist(rows) if rows and rows[0] else pa.table(
                     {"doc": pa.array(np.arange(len(rows)), type=pa.int64())})
                 pq.write_table(table, self._tmp / component / f"{split}.meta.parquet")
-                entry[split] = {"docs": len(rows), "tokens": int(offsets[-1])}
+                entry[split] = {"docs": len(rows), "tokens": int(offsets[-1]),
+                                "max_id": self._max_id.get(key, 0)}
             if entry["train"]["docs"] == 0:
                 self.abort()
                 raise HFMixtureError(
@@ -284,6 +289,34 @@ class TokenStore:
                     raise HFMixtureError(f"{where}: field 'components.{component}.{split}' must "
                                          "hold integer 'docs' and 'tokens'.")
                 self._check_files(component, split, counts)
+                self._check_ids(component, split, counts, where)
+
+    def _check_ids(self, component: str, split: str, counts: dict[str, Any], where: str) -> None:
+        """Refuse on open a vocabulary smaller than the ids held (training would fail deep in
+        the embedding): the writer's recorded largest id, and the first and last
+        ``_ID_PROBE`` tokens of the file (a bounded read; ``validate --deep`` reads them all)."""
+        max_id = counts.get("max_id")
+        if max_id is not None:
+            if not _is_int(max_id) or max_id < 0:
+                raise HFMixtureError(f"{where}: field 'components.{component}.{split}.max_id' "
+                                     f"must be an integer >= 0, got {max_id!r}.")
+            if max_id >= self.vocab_size:
+                raise HFMixtureError(
+                    f"{where}: field 'components.{component}.{split}.max_id' is {max_id}, "
+                    f"outside the vocabulary of size {self.vocab_size} (field "
+                    "'tokenizer.vocab_size'): the ids were not made by this vocabulary.")
+        n = counts["tokens"]
+        if not n:
+            return
+        tokens = np.memmap(self.path / component / f"{split}.bin", dtype=self.dtype, mode="r")
+        for lo in sorted({0, max(0, n - _ID_PROBE)}):
+            chunk = np.asarray(tokens[lo: lo + _ID_PROBE])
+            if chunk.size and int(chunk.max()) >= self.vocab_size:
+                pos = lo + int(np.argmax(chunk >= self.vocab_size))
+                raise HFMixtureError(
+                    f"Token store '{self.path}' component '{component}' ({split}): token {pos} "
+                    f"is id {int(chunk[pos - lo])}, outside the vocabulary of size "
+                    f"{self.vocab_size} (field 'tokenizer.vocab_size' of {MANIFEST}).")
 
     def _check_files(self, component: str, split: str, counts: dict[str, int]) -> None:
         base = self.path / component
