@@ -428,7 +428,17 @@ def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     for name in (METRICS, FAILED):
         path = run_dir / name
         if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise HFMixtureError(f"{path} is not valid JSON ({err}).") from None
+            if not isinstance(data, dict):
+                raise HFMixtureError(f"{path} holds {type(data).__name__}, not a JSON object.")
+            if name == METRICS:
+                from .laws import check_metrics
+
+                check_metrics(data, path)
+            return data
     return None
 
 
