@@ -350,3 +350,27 @@ def test_a_replaced_input_file_changes_the_cluster_stage_fingerprint(tmp_path):
     before = plan_input(str(path)).fingerprint
     pq.write_table(pa.table({"text": [f"doc {i}" for i in range(60)]}), path)
     assert plan_input(str(path)).fingerprint != before  # same path, new content
+
+
+class _Payload:  # what a hostile pickle carries: a class torch's weights_only loader refuses
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+@pytest.mark.parametrize("name", ["rng_state.pth", "scheduler.pt"])
+def test_a_checkpoint_file_holding_a_pickle_payload_is_one_sentence(tmp_path, capsys, name):
+    import pickle
+
+    from _trainer_helpers import small_store, small_trainer
+
+    torch.set_num_threads(1)
+    store = small_store(tmp_path / "store")
+    trainer, _ = small_trainer(store, tmp_path / "run", max_steps=2)
+    trainer.train()
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    (ckpt / name).write_bytes(pickle.dumps({"python": _Payload()}))
+    again, _ = small_trainer(store, tmp_path / "run", max_steps=4)
+    with pytest.raises(HFMixtureError, match=f"Checkpoint file '.*{name}' cannot be loaded "
+                                             "safely: it holds something other than tensors"):
+        again.train(resume_from_checkpoint=True)
+    assert "this ran while loading" not in capsys.readouterr().out
