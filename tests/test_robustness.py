@@ -374,3 +374,128 @@ def test_a_checkpoint_file_holding_a_pickle_payload_is_one_sentence(tmp_path, ca
                                              "safely: it holds something other than tensors"):
         again.train(resume_from_checkpoint=True)
     assert "this ran while loading" not in capsys.readouterr().out
+
+
+# -- validate before working: nothing runs, and nothing is left, for a refused input ---------
+def _cluster_cli(capsys, path, out, *extra) -> tuple[int, str]:
+    code = cli.main(["cluster", str(path), "--output", str(out), "--quiet", *extra])
+    return code, capsys.readouterr().err.strip()
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+_TEXTS = [{"text": f"document {i} about topic {i % 7} and words {i * 13}"} for i in range(40)]
+
+
+@pytest.mark.parametrize("case, match", [
+    ("ints", "row 0: field 'text' holds int, not a string"),
+    ("null_late", "row 37: field 'text' is null, not a string"),
+    ("missing_model", "Embedding model '/nonexistent/model' does not exist"),
+    ("empty_model_folder", "holds neither modules.json (sentence-transformers) nor config.json"),
+    ("k_too_large", "num_clusters=500 exceeds the number of documents in INPUT 'in' (at most 40"),
+    ("bad_tokenizer", "Tokenizer '/nonexistent/tok' could not be loaded"),
+    ("parquet_duplicate", "has the column name 'text' twice"),
+    ("parquet_null", "row 2: field 'text' is null"),
+])
+def test_cluster_refuses_before_the_first_stage_and_leaves_no_work_folder(
+        tmp_path, capsys, monkeypatch, case, match):
+    from hf_mixture.executors import run_stages  # noqa: F401 - patched below
+
+    ran = []
+    monkeypatch.setattr("hf_mixture.clustering.pipeline.run_stages",
+                        lambda *a, **k: ran.append(a[1][0].name))
+    extra = ["--embedding-model", "hashing"]
+    path = tmp_path / "in.jsonl"
+    if case == "ints":
+        _jsonl(path, [{"text": i} for i in range(40)])
+    elif case == "null_late":
+        _jsonl(path, _TEXTS[:37] + [{"text": None}] + _TEXTS[38:])
+    else:
+        _jsonl(path, _TEXTS)
+    if case == "missing_model":
+        extra = ["--embedding-model", "/nonexistent/model"]
+    elif case == "empty_model_folder":
+        (tmp_path / "model").mkdir()
+        extra = ["--embedding-model", str(tmp_path / "model")]
+    elif case == "k_too_large":
+        extra += ["--num-clusters", "500"]
+    elif case == "bad_tokenizer":
+        extra += ["--tokenizer", "/nonexistent/tok"]
+    elif case == "parquet_duplicate":
+        path = tmp_path / "in.parquet"
+        pq.write_table(pa.Table.from_arrays([pa.array(["a b"] * 5), pa.array(["c"] * 5)],
+                                            names=["text", "text"]), path)
+    elif case == "parquet_null":
+        path = tmp_path / "in.parquet"
+        pq.write_table(pa.table({"text": ["a b", "c d", None, "e f"]}), path)
+    code, err = _cluster_cli(capsys, path, tmp_path / "out", *extra)
+    assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+    assert ran == []  # refused before the first stage
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+
+def test_a_refused_input_found_by_a_stage_removes_only_the_work_it_made(tmp_path, capsys,
+                                                                        monkeypatch):
+    from hf_mixture.clustering import reader
+
+    monkeypatch.setattr(reader, "PREFLIGHT_FULL_BYTES", 0)  # a "large" input: first rows only
+    monkeypatch.setattr(reader, "PREFLIGHT_ROWS", 5)
+    path = _jsonl(tmp_path / "in.jsonl", _TEXTS[:30] + [{"text": 7}] + _TEXTS[31:])
+    code, err = _cluster_cli(capsys, path, tmp_path / "out", "--embedding-model", "hashing")
+    assert code == 2 and "row 30: field 'text' holds int" in err, err
+    assert not (tmp_path / "out.work").exists()
+    # a work folder holding an earlier valid run's finished tasks is kept for its resume
+    keep = tmp_path / "out.work" / "earlier-run"
+    keep.mkdir(parents=True)
+    (keep / "plan.json").write_text("{}")
+    code, err = _cluster_cli(capsys, path, tmp_path / "out", "--embedding-model", "hashing")
+    assert code == 2 and (keep / "plan.json").is_file()
+    assert [p.name for p in (tmp_path / "out.work").iterdir()] == ["earlier-run"]
+
+
+@pytest.mark.parametrize("option, match", [
+    (["--proxy_model", "/nonexistent/model"], "Field 'proxy_model' is '/nonexistent/model', "
+                                              "neither a registered shape"),
+    (["--proxy_init_from", "/nonexistent"], "Field 'proxy_init_from' is '/nonexistent', which "
+                                            "is not a model folder"),
+    (["--transfer_check", "--transfer_model", "/nonexistent/m"], "Field 'transfer_model'"),
+    (["--tokenizer", "/nonexistent/tok"], "Tokenizer '/nonexistent/tok' could not be loaded"),
+])
+def test_search_checks_its_models_before_anything_is_recorded(tmp_path, tiny_store, capsys,
+                                                              option, match):
+    code = cli.main(["search", "--store", str(tiny_store.path), "--target", "mean", "--output",
+                     str(tmp_path / "search"), "--rounds", "2", "--run_tokens", "2000",
+                     "--proxy_tokens", "512", *option])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "search").exists()
+
+
+def test_tokenize_on_an_executor_leaves_no_work_folder_for_a_refused_input(
+        tmp_path, tiny_tokenizer_path, capsys):
+    corpus = tmp_path / "corpus"
+    for k in (0, 1):
+        (corpus / f"cluster_{k}").mkdir(parents=True)
+        pq.write_table(pa.table({"text": ["a b", None if k else "c", "d"],
+                                 "cluster_id": [k] * 3}),
+                       corpus / f"cluster_{k}" / "part.parquet")
+    code = cli.main(["tokenize", str(corpus), "--output", str(tmp_path / "store"), "--tokenizer",
+                     str(tiny_tokenizer_path), "--executor", "local", "--tasks", "2",
+                     "--workers", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "row 1: field 'text' is None, not a string" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+def test_a_duplicated_column_in_a_clustered_corpus_is_one_sentence(tmp_path, capsys):
+    (tmp_path / "c" / "cluster_0").mkdir(parents=True)
+    pq.write_table(pa.Table.from_arrays(
+        [pa.array(["a b"] * 3), pa.array([0] * 3), pa.array([0] * 3)],
+        names=["text", "cluster_id", "cluster_id"]), tmp_path / "c" / "cluster_0" / "a.parquet")
+    code = cli.main(["inspect", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and \
+        "has the column name 'cluster_id' twice" in err, err
