@@ -93,7 +93,7 @@ def test_fit_laws_cli_prints_and_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("edit, field", [
     (lambda m: m["curve"][1].update(target="2.5"), "curve[1].target"),
-    (lambda m: m["curve"][0]["domains"].update(a="low"), "curve[0].domains.a"),
+    (lambda m: m["curve"][0]["domains"].update(a="low"), "curve[0].domains['a']"),
     (lambda m: m["curve"][2].update(step="40"), "curve[2].step"),
     (lambda m: m.update(num_params="1000"), "num_params"),
     (lambda m: m.update(curve={"step": 1}), "curve"),

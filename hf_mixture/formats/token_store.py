@@ -245,6 +245,9 @@ class TokenStore:
             self.manifest = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise HFMixtureError(f"{manifest_path} is not valid JSON ({err}).") from None
+        if not isinstance(self.manifest, dict):
+            raise HFMixtureError(f"{manifest_path} must hold a JSON object, not "
+                                 f"{type(self.manifest).__name__}.")
         if self.manifest.get("format") != FORMAT:
             raise HFMixtureError(
                 f"{manifest_path}: field 'format' is {self.manifest.get('format')!r}, "
@@ -274,6 +277,10 @@ class TokenStore:
             raise HFMixtureError(f"{where}: field 'tokenizer.eos_token_id' is "
                                  f"{self.eos_token_id!r}, outside the vocabulary of size "
                                  f"{self.vocab_size}.")
+        for key in ("name", "sha256"):
+            if tok.get(key) is not None and not isinstance(tok[key], str):
+                raise HFMixtureError(f"{where}: field 'tokenizer.{key}' is {tok[key]!r}, not a "
+                                     "string.")
         self.tokenizer_name: str = tok.get("name")
         self.tokenizer_hash: str | None = tok.get("sha256")
         self._cache: dict[tuple[str, str, str], Any] = {}
@@ -282,6 +289,13 @@ class TokenStore:
             raise HFMixtureError(f"{where}: field 'components' must be a non-empty mapping of "
                                  "component names to their counts.")
         for component, entry in components.items():
+            if not isinstance(entry, dict):
+                raise HFMixtureError(f"{where}: field 'components.{component}' is {entry!r}, not "
+                                     "a mapping of splits to counts.")
+            try:
+                _check_component_name(component)
+            except HFMixtureError as err:
+                raise HFMixtureError(f"{where}: field 'components': {err}") from None
             for split in SPLITS:
                 counts = entry.get(split) if isinstance(entry, dict) else None
                 if not isinstance(counts, dict) or not all(

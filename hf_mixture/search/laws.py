@@ -115,7 +115,7 @@ def _check_domains(domains: Any, path: Path, name: str) -> None:
         raise HFMixtureError(f"{path}: field '{name}' is {type(domains).__name__}, not a "
                              "mapping of domain names to losses.")
     for key, v in domains.items():
-        _number_or_none(v, path, f"{name}.{key}")
+        _number_or_none(v, path, f"{name}[{key!r}]")
 
 
 @dataclass
@@ -209,13 +209,13 @@ def fit_laws(runs_dir: str | Path, *, metric: str = "target", predict_steps: int
         at = predict_steps or int(steps.max())
         predicted = float(law(at))
         report.step_laws.append({
-            "run": name, "mixture": run.get("mixture_fingerprint", name),
-            "num_params": int(run.get("num_params", 0)), "steps": int(steps.max()),
+            "run": name, "mixture": run.get("mixture_fingerprint") or name,
+            "num_params": int(run.get("num_params") or 0), "steps": int(steps.max()),
             "last": float(values[np.argmax(steps)]), "law": law.to_dict(),
             "predicted": predicted, "at_steps": at,
         })
-        by_mixture.setdefault(run.get("mixture_fingerprint", name), []).append(
-            (int(run.get("num_params", 0)), predicted))
+        by_mixture.setdefault(run.get("mixture_fingerprint") or name, []).append(
+            (int(run.get("num_params") or 0), predicted))
     if not report.step_laws:
         raise HFMixtureError(
             f"No run under '{runs_dir}' recorded {metric!r} at 3 or more steps (e.g. "
