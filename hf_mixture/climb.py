@@ -230,10 +230,12 @@ def _check_before_work(cfg: ClimbConfig) -> None:
     target = str(cfg.target)
     if target in ("mean", "worst"):
         return
-    from .search.target import _looks_like_callable, load_target_texts, resolve_callable
+    import re
 
-    if _looks_like_callable(target):
-        resolve_callable(target)
+    from .search.target import load_target_texts, resolve_callable
+
+    if not Path(target).exists() and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", target):
+        resolve_callable(target)  # "module:function", as the search reads it
     elif Path(target).expanduser().exists():
         load_target_texts(target, text_column=cfg.search.target_text_column,
                           split=cfg.search.target_split)

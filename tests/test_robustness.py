@@ -499,3 +499,15 @@ def test_a_duplicated_column_in_a_clustered_corpus_is_one_sentence(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and \
         "has the column name 'cluster_id' twice" in err, err
+
+
+@pytest.mark.parametrize("query", ["sourse == 'code'", "not sourse == 'code'",
+                                   "cluster_id == 0 or sourse == 'code'", {"sourse": ["code"]}])
+def test_a_query_on_a_field_no_component_has_is_an_error(store_path, tmp_path, capsys, query):
+    path = tmp_path / "m.yaml"
+    path.write_text(json.dumps({"components": [{"name": "a", "query": query},
+                                               {"name": "b", "query": "cluster_id == 0"}]}))
+    code, err = _validate(capsys, str(path), "--store", str(store_path))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "names the field 'sourse', which no component of token store" in err
+    assert "its fields are cluster_id" in err

@@ -280,7 +280,7 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
         raise
 
 
-def _check_before_work(plan, config: ClusterConfig, embedder, tokenizer) -> None:
+def _check_before_work(plan, config: ClusterConfig, embedder, tokenizer, clusterer) -> None:
     """Everything that can be checked before the first stage: the input's rows (all of a
     small input, the first of a large one), the embedding model, the tokenizer, and
     ``num_clusters`` against the documents when they could be counted."""
@@ -295,6 +295,10 @@ def _check_before_work(plan, config: ClusterConfig, embedder, tokenizer) -> None
         from ..formats.tokenizers import load_tokenizer
 
         load_tokenizer(tokenizer)
+    if clusterer is None:
+        from .kmeans import resolve_backend
+
+        resolve_backend(config.kmeans_backend)  # faiss asked for but not installed
     if bound is None:
         return
     if config.num_clusters is not None and config.num_clusters > bound:
@@ -350,7 +354,7 @@ def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: Exe
         from .. import playground
 
         tokenizer = str(playground.tokenizer_dir())
-    _check_before_work(plan, config, embedder, config.tokenizer)
+    _check_before_work(plan, config, embedder, config.tokenizer, clusterer)
     work = work_root / key
     if not work.exists():
         created.append(work)
