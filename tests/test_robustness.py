@@ -457,10 +457,10 @@ def test_a_refused_input_found_by_a_stage_removes_only_the_work_it_made(tmp_path
 
 
 @pytest.mark.parametrize("option, match", [
-    (["--proxy_model", "/nonexistent/model"], "Field 'proxy_model' is '/nonexistent/model', "
-                                              "neither a registered shape"),
-    (["--proxy_init_from", "/nonexistent"], "Field 'proxy_init_from' is '/nonexistent', which "
-                                            "is not a model folder"),
+    (["--proxy_model", "/nonexistent/model"],
+     "Field 'proxy_model' is '/nonexistent/model', neither a registered shape"),
+    (["--proxy_init_from", "/nonexistent"],
+     "Field 'proxy_init_from' is '/nonexistent', which is not a model folder"),
     (["--transfer_check", "--transfer_model", "/nonexistent/m"], "Field 'transfer_model'"),
     (["--tokenizer", "/nonexistent/tok"], "Tokenizer '/nonexistent/tok' could not be loaded"),
 ])

@@ -356,7 +356,7 @@ def _parquet_texts(f: InputFile, column: str, max_doc_chars: int, long_docs: str
     lengths = pc.utf8_length(pc.utf8_trim_whitespace(texts)).to_numpy(zero_copy_only=False)
     full = pc.utf8_length(texts).to_numpy(zero_copy_only=False)[lengths > 0]
     if long_docs == "truncate":
-        return int(len(full))
+        return len(full)
     step = max(1, max_doc_chars * 9 // 10)
     return int(len(full) + (full[full > max_doc_chars] // step).sum())
 

@@ -219,7 +219,7 @@ class MixtureTrainerMixin:
             return super()._load_optimizer_and_scheduler(checkpoint)
         except (HFMixtureError, KeyboardInterrupt):
             raise
-        except Exception as err:  # noqa: BLE001 - a refused or corrupt optimizer.pt
+        except Exception as err:  # a refused or corrupt optimizer.pt; anything else re-raised
             import pickle
 
             if checkpoint is None or not isinstance(err, (pickle.UnpicklingError, EOFError)):
