@@ -3,7 +3,10 @@
 On the embedded playground by default, with CPU-sized defaults (the main job of
 the README).  Every stage writes its own folder under ``--output`` and is skipped
 on a rerun when its inputs and settings did not change (a ``.climb/<stage>.json``
-marker holds their fingerprint), so an interrupted run resumes where it stopped::
+marker holds their fingerprint), so an interrupted run resumes where it stopped.  climb owns
+these folders: when an earlier stage's output changed (a replaced input file reclusters, so
+the store is rewritten), the later stages are redone -- the search starts again -- and each
+says so::
 
     OUTPUT/
       clusters/      clustered corpus (cluster_<k>/*.parquet, README configs, clusters.json, report.md)
@@ -198,8 +201,12 @@ def _search_stage(cfg: ClimbConfig, search_cfg: Any, store: Any, out: Path,
     print(f"[3/4] search: proxy runs → predictor → next round ({target})")
     # climb owns this folder: a search begun on another store (the input, the clusters or the
     # tokenization changed) or with other settings is of no use, so it starts again.
+    from .search.config import RESUMABLE_CHANGES
+
+    # what the search may change and still resume (more rounds, workers, ...) is left out
     fp = _fingerprint({"store": store.fingerprint, "target": cfg.target,
-                       "settings": search_cfg.to_dict()})
+                       "settings": {k: v for k, v in search_cfg.to_dict().items()
+                                    if k not in RESUMABLE_CHANGES}})
     stale = None
     if (target / SEARCH_FILE).is_file():
         try:
