@@ -511,3 +511,17 @@ def test_a_query_on_a_field_no_component_has_is_an_error(store_path, tmp_path, c
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "names the field 'sourse', which no component of token store" in err
     assert "its fields are cluster_id" in err
+
+
+def test_num_clusters_of_a_large_input_is_checked_when_counted_before_embedding(
+        tmp_path, capsys, monkeypatch):
+    from hf_mixture.clustering import reader
+
+    monkeypatch.setattr(reader, "PREFLIGHT_FULL_BYTES", 0)  # not counted before the stages
+    path = _jsonl(tmp_path / "in.jsonl", _TEXTS)
+    code, err = _cluster_cli(capsys, path, tmp_path / "out", "--embedding-model", "hashing",
+                             "--num-clusters", "500")
+    assert code == 2 and "num_clusters=500 exceeds the number of documents in INPUT 'in' (40, " \
+                         "before deduplication)" in err, err
+    assert not (tmp_path / "out.work").exists()
+    assert not (tmp_path / "out").exists()

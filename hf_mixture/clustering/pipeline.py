@@ -407,11 +407,29 @@ def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: Exe
             timings[stage.name] = time.perf_counter() - t
             logger.info("stage %s: %.1f s, peak memory so far %s", stage.name,
                         timings[stage.name], _peak_memory())
+            if stage.name == "dedup-signatures":
+                _check_counted(work, config, plan.name)
             bar.update()
     import shutil
 
     shutil.rmtree(work / "logs" / "finalize" / "completions", ignore_errors=True)  # see Finalize
     return _result(work, tasks, output_dir, timings, time.perf_counter() - started)
+
+
+def _check_counted(work: Path, config: ClusterConfig, name: str) -> None:
+    """``num_clusters`` against the documents the dedup signatures stage read (its reader's
+    ``documents`` stat): the count of a large input, known before embedding begins."""
+    if config.num_clusters is None:
+        return
+    try:
+        steps = json.loads((work / "logs" / "dedup-signatures" / "stats.json").read_text())
+        docs = int(steps[0]["stats"]["documents"])
+    except (OSError, ValueError, LookupError, TypeError):
+        return  # no stats (another executor's layout): the centroid stage checks it
+    if config.num_clusters > docs:
+        raise HFMixtureError(
+            f"num_clusters={config.num_clusters} exceeds the number of documents in INPUT "
+            f"'{name}' ({docs}, before deduplication); pass a smaller --num-clusters.")
 
 
 def _peak_memory() -> str:

@@ -309,8 +309,7 @@ def _pieces_bound(length: int, max_chars: int, mode: str) -> int:
 
 
 def check_input(plan: InputPlan, *, max_doc_chars: int = 100_000, long_docs: str = "chunk",
-                full_bytes: int = PREFLIGHT_FULL_BYTES, first_rows: int = PREFLIGHT_ROWS
-                ) -> int | None:
+                full_bytes: int | None = None, first_rows: int | None = None) -> int | None:
     """Read the input before any stage runs: every row when it is small, else the first rows
     of each file; refuse a missing, null or non-string text in one sentence.
 
@@ -318,6 +317,8 @@ def check_input(plan: InputPlan, *, max_doc_chars: int = 100_000, long_docs: str
     ones cut) when the whole input was read, else ``None``.  Duplicates are not known yet,
     so the stages may still find fewer.
     """
+    full_bytes = PREFLIGHT_FULL_BYTES if full_bytes is None else full_bytes
+    first_rows = PREFLIGHT_ROWS if first_rows is None else first_rows
     whole = all("://" not in f.path for f in plan.files) and \
         sum(f.size for f in plan.files) <= full_bytes
     column = plan.text_column
