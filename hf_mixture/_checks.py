@@ -77,3 +77,20 @@ def check_tokens(value: Any, what: str, allow_zero: bool = False) -> int:
     if value < 0 or (value == 0 and not allow_zero):
         raise HFMixtureError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
     return int(value)
+
+
+def check_unique_columns(names: list[str], where: str) -> None:
+    """Refuse a table whose column names repeat (a reader would pick one, or raise KeyError).
+
+    >>> check_unique_columns(["text", "id"], "f.parquet")
+    >>> check_unique_columns(["text", "text"], "f.parquet")
+    Traceback (most recent call last):
+    ...
+    hf_mixture.errors.HFMixtureError: f.parquet has the column name 'text' twice; every column needs its own name.
+    """
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise HFMixtureError(f"{where} has the column name '{name}' twice; every column "
+                                 "needs its own name.")
+        seen.add(name)

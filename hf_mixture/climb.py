@@ -3,7 +3,10 @@
 On the embedded playground by default, with CPU-sized defaults (the main job of
 the README).  Every stage writes its own folder under ``--output`` and is skipped
 on a rerun when its inputs and settings did not change (a ``.climb/<stage>.json``
-marker holds their fingerprint), so an interrupted run resumes where it stopped::
+marker holds their fingerprint), so an interrupted run resumes where it stopped.  climb owns
+these folders: when an earlier stage's output changed (a replaced input file reclusters, so
+the store is rewritten), the later stages are redone -- the search starts again -- and each
+says so::
 
     OUTPUT/
       clusters/      clustered corpus (cluster_<k>/*.parquet, README configs, clusters.json, report.md)
@@ -130,6 +133,13 @@ class _Markers:
         except json.JSONDecodeError:
             return False
 
+    def fingerprint(self, stage: str) -> str | None:
+        """The fingerprint the stage was last marked with (``None``: never, or unreadable)."""
+        try:
+            return json.loads((self.dir / f"{stage}.json").read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def mark(self, stage: str, fingerprint: str, seconds: float) -> None:
         atomic_write_json(self.dir / f"{stage}.json", {"fingerprint": fingerprint, "seconds": round(seconds, 1)})
 
@@ -149,6 +159,9 @@ def _cluster_stage(cfg: ClimbConfig, cluster_cfg: Any, out: Path, markers: _Mark
         say(f"[1/4] cluster: up to date ({target})")
         return target
     say(f"[1/4] cluster: embed → k-means → prune → merge → describe → {target}")
+    if target.exists() and markers.fingerprint("cluster") not in (None, fp):
+        say("      the input or the cluster settings changed since the last run: clustering "
+              "again, and every later stage follows")
     start = time.perf_counter()
     # The marker says the old output is stale.
     cluster_corpus(cfg.input, target, dataclasses.replace(cluster_cfg, overwrite=True))
@@ -174,17 +187,69 @@ def _tokenize_stage(cfg: ClimbConfig, settings: TokenizeSettings, clusters: Path
     # tokenize() is idempotent on its own: same inputs and settings leave the store as it is.
     result = tokenize(clusters, target, _tokenizer_for(cfg), seed=cfg.seed, overwrite=True,
                       validation_fraction=settings.validation_fraction, num_proc=settings.num_proc)
+    if result.written and markers.fingerprint("tokenize") not in (None, result.fingerprint):
+        say(f"      the clusters changed: {target} was written again")
     markers.mark("tokenize", result.fingerprint, time.perf_counter() - start)
     return target
 
 
-def _search_stage(cfg: ClimbConfig, search_cfg: Any, store: Path, out: Path) -> Any:
+def _search_stage(cfg: ClimbConfig, search_cfg: Any, store: Any, out: Path,
+                  markers: _Markers) -> Any:
     from .search import run_search
+    from .search.search import SEARCH_FILE
 
     target = out / "search"
     say(f"[3/4] search: proxy runs → predictor → next round ({target})")
+    # climb owns this folder: a search begun on another store (the input, the clusters or the
+    # tokenization changed) or with other settings is of no use, so it starts again.
+    from .search.config import RESUMABLE_CHANGES
+
+    # what the search may change and still resume (more rounds, workers, ...) is left out
+    fp = _fingerprint({"store": store.fingerprint, "target": cfg.target,
+                       "settings": {k: v for k, v in search_cfg.to_dict().items()
+                                    if k not in RESUMABLE_CHANGES}})
+    stale = None
+    if (target / SEARCH_FILE).is_file():
+        try:
+            old = json.loads((target / SEARCH_FILE).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = {}
+        if not isinstance(old, dict) or old.get("store_fingerprint") != store.fingerprint:
+            stale = "the token store changed since it began"
+        elif markers.fingerprint("search") not in (None, fp):
+            stale = "its target or settings changed since it began"
+    if stale is not None:
+        import shutil
+
+        say(f"      {target} holds an earlier search: {stale}; starting the search again")
+        shutil.rmtree(target)
+    markers.mark("search", fp, 0.0)  # before it runs: an interrupted search of ours resumes
     # run_search resumes by itself: finished proxy runs are never redone.
     return run_search(store, cfg.target, target, search_cfg)
+
+
+def _check_before_work(cfg: ClimbConfig) -> None:
+    """What the later stages would refuse, refused before the first one runs: the tokenizer
+    and the search target (the cluster stage checks its input and models itself)."""
+    if cfg.tokenizer is not None:
+        from .formats.tokenizers import load_tokenizer
+
+        load_tokenizer(cfg.tokenizer)
+    target = str(cfg.target)
+    if target in ("mean", "worst"):
+        return
+    import re
+
+    from .search.target import load_target_texts, resolve_callable
+
+    if not Path(target).exists() and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", target):
+        resolve_callable(target)  # "module:function", as the search reads it
+    elif Path(target).expanduser().exists():
+        load_target_texts(target, text_column=cfg.search.target_text_column,
+                          split=cfg.search.target_split)
+    elif target.startswith((".", "/", "~")) or Path(target).suffix or target.count("/") > 1:
+        raise HFMixtureError(f"climb: target '{target}' is neither 'mean', 'worst', an existing "
+                             "text file or folder, a dataset id nor 'module:function'.")
 
 
 def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
@@ -195,6 +260,7 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
     started = time.perf_counter()
     out = Path(cfg.output)
     cluster_cfg, settings, search_cfg = cfg.cluster, cfg.tokenize, cfg.search
+    _check_before_work(cfg)
     markers = _Markers(out)
     clusters = _cluster_stage(cfg, cluster_cfg, out, markers)
     store_path = _tokenize_stage(cfg, settings, clusters, out, markers)
@@ -203,7 +269,7 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
     total = cfg.plan_tokens or sum(store.num_tokens(c) for c in store.components)
     if search_cfg.run_tokens is None:
         search_cfg = dataclasses.replace(search_cfg, run_tokens=total)
-    result = _search_stage(cfg, search_cfg, store_path, out)
+    result = _search_stage(cfg, search_cfg, store, out, markers)
     if result.status == "pending":
         raise HFMixtureError(
             f"The search in '{out / 'search'}' has proxy runs waiting to be run elsewhere; run them, "

@@ -134,6 +134,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise HFMixtureError(f"Config file '{p}' does not exist.")
     try:
         data = load_yaml(p.read_text(encoding="utf-8"), f"Config file '{p}'")
+    except UnicodeDecodeError as err:
+        raise HFMixtureError(f"Config file '{p}' is not UTF-8 text ({err.reason} at byte "
+                             f"{err.start}).") from None
     except yaml.YAMLError as err:
         raise HFMixtureError(f"Config file '{p}' is not valid YAML: {str(err).splitlines()[0]}.") from None
     if data is None:

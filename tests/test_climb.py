@@ -87,3 +87,33 @@ def test_climb_missing_input_names_it(tmp_path, capsys):
     missing = tmp_path / "nope.jsonl"
     assert main(["climb", "--input", str(missing), "--output", str(tmp_path / "out")]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_climb_rerun_after_the_input_changed_redoes_every_later_stage(climb_config, tmp_path,
+                                                                      capsys):
+    assert main(["climb", "--config", str(climb_config)]) == 0
+    out = tmp_path / "out"
+    first_store = TokenStore(out / "store").fingerprint
+    capsys.readouterr()
+    corpus = tmp_path / "corpus.jsonl"  # the same path, other content
+    lines = corpus.read_text().splitlines(keepends=True)
+    corpus.write_text("".join(lines[::2]))
+    assert main(["climb", "--config", str(climb_config)]) == 0
+    printed = capsys.readouterr().out
+    assert "clustering again" in printed and "the clusters changed" in printed
+    assert "the token store changed since it began; starting the search again" in printed
+    store = TokenStore(out / "store")
+    assert store.fingerprint != first_store
+    search = json.loads((out / "search" / "search.json").read_text())
+    assert search["store_fingerprint"] == store.fingerprint
+    assert len((out / "search" / "runs.jsonl").read_text().splitlines()) == 4
+    assert sum(store.num_docs(c) + store.num_docs(c, "validation")
+               for c in store.components) == len(lines[::2])
+
+
+def test_climb_refuses_a_missing_target_before_clustering(climb_config, tmp_path, capsys):
+    code = main(["climb", "--config", str(climb_config), "--target",
+                 str(tmp_path / "held_out.jsonl")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "held_out.jsonl" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

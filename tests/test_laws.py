@@ -89,3 +89,22 @@ def test_fit_laws_cli_prints_and_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli_main(["fit-laws", str(tmp_path / "empty")]) == 2
     assert "no finished proxy run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m["curve"][1].update(target="2.5"), "curve[1].target"),
+    (lambda m: m["curve"][0]["domains"].update(a="low"), "curve[0].domains['a']"),
+    (lambda m: m["curve"][2].update(step="40"), "curve[2].step"),
+    (lambda m: m.update(num_params="1000"), "num_params"),
+    (lambda m: m.update(curve={"step": 1}), "curve"),
+])
+def test_a_string_where_a_number_belongs_is_one_sentence(tmp_path, capsys, edit, field):
+    runs = tmp_path / "runs"
+    run = _write_run(runs, "r1", "mix", 1000, PowerLaw(2.0, 5.0, 0.4, 1, 0), [10, 20, 40])
+    m = json.loads((run / "metrics.json").read_text())
+    edit(m)
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert cli_main(["fit-laws", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "metrics.json: field " in err, err
+    assert f"'{field}'" in err, err

@@ -109,13 +109,51 @@ def test_store_manifest_shape_errors_are_one_sentence(store_path, capsys):
     assert code == 2 and "field 'dtype' is None" in err
 
 
-def test_validate_deep_reads_every_id(store_path, capsys):
+def test_a_vocabulary_smaller_than_the_ids_is_refused_when_the_store_opens(store_path, capsys):
     m = _manifest(store_path)
     m["tokenizer"]["vocab_size"] = 100  # the ids go up to 299
     _write_manifest(store_path, m)
+    with pytest.raises(HFMixtureError, match=r"max_id' is 29\d, outside the vocabulary of "
+                                             r"size 100"):
+        TokenStore(store_path)
+    code, err = _validate(capsys, "--store", str(store_path))
+    assert code == 2 and "outside the vocabulary of size 100" in err
+    # a manifest without the recorded largest id: the bounded read of the files finds one
+    for split in m["components"]["cluster_0"].values():
+        split.pop("max_id")
+    _write_manifest(store_path, m)
+    with pytest.raises(HFMixtureError, match=r"component 'cluster_0' \(train\): token 0 is id "
+                                             r"\d+, outside the vocabulary of size 100"):
+        TokenStore(store_path)
+
+
+def test_training_on_a_store_whose_vocabulary_lies_is_one_sentence(store_path, tmp_path,
+                                                                   capsys):
+    m = _manifest(store_path)
+    m["tokenizer"]["vocab_size"] = 100
+    _write_manifest(store_path, m)
+    mix = tmp_path / "m.yaml"
+    mix.write_text("components:\n  - name: cluster_0\n    weight: 1\n")
+    code = cli.main(["train", str(TESTS.parent / "recipes" / "tiny_cpu.yaml"), "--store",
+                     str(store_path), "--mixture", str(mix), "--output-dir",
+                     str(tmp_path / "run"), "--max-steps", "1", "--seq-len", "16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "vocabulary of size 100" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_deep_reads_every_id(tmp_path, capsys):
+    store_path = tmp_path / "big"
+    with TokenStoreWriter(store_path, vocab_size=300, eos_token_id=0, tokenizer_name="t") as w:
+        w.add("cluster_0", "train", np.arange(300_000) % 299 + 1, {"cluster_id": 0})
+        w.add("cluster_0", "validation", [1, 2, 3], {"cluster_id": 0})
+    bin_path = store_path / "cluster_0" / "train.bin"
+    ids = np.fromfile(bin_path, dtype="<u2")
+    ids[150_000] = 400  # in the middle, past the vocabulary of 300; the manifest says 299
+    ids.tofile(bin_path)
     assert _validate(capsys, "--store", str(store_path))[0] == 0  # cheap checks pass
     code, err = _validate(capsys, "--store", str(store_path), "--deep")
-    assert code == 2 and "outside the vocabulary of size 100" in err
+    assert code == 2 and "token 150000 is id 400, outside the vocabulary of size 300" in err
 
 
 def test_duplicate_yaml_keys_are_refused(tmp_path):
@@ -312,3 +350,178 @@ def test_a_replaced_input_file_changes_the_cluster_stage_fingerprint(tmp_path):
     before = plan_input(str(path)).fingerprint
     pq.write_table(pa.table({"text": [f"doc {i}" for i in range(60)]}), path)
     assert plan_input(str(path)).fingerprint != before  # same path, new content
+
+
+class _Payload:  # what a hostile pickle carries: a class torch's weights_only loader refuses
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+@pytest.mark.parametrize("name", ["rng_state.pth", "scheduler.pt"])
+def test_a_checkpoint_file_holding_a_pickle_payload_is_one_sentence(tmp_path, capsys, name):
+    import pickle
+
+    from _trainer_helpers import small_store, small_trainer
+
+    torch.set_num_threads(1)
+    store = small_store(tmp_path / "store")
+    trainer, _ = small_trainer(store, tmp_path / "run", max_steps=2)
+    trainer.train()
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    (ckpt / name).write_bytes(pickle.dumps({"python": _Payload()}))
+    again, _ = small_trainer(store, tmp_path / "run", max_steps=4)
+    with pytest.raises(HFMixtureError, match=f"Checkpoint file '.*{name}' cannot be loaded "
+                                             "safely: it holds something other than tensors"):
+        again.train(resume_from_checkpoint=True)
+    assert "this ran while loading" not in capsys.readouterr().out
+
+
+# -- validate before working: nothing runs, and nothing is left, for a refused input ---------
+def _cluster_cli(capsys, path, out, *extra) -> tuple[int, str]:
+    code = cli.main(["cluster", str(path), "--output", str(out), "--quiet", *extra])
+    return code, capsys.readouterr().err.strip()
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+_TEXTS = [{"text": f"document {i} about topic {i % 7} and words {i * 13}"} for i in range(40)]
+
+
+@pytest.mark.parametrize("case, match", [
+    ("ints", "row 0: field 'text' holds int, not a string"),
+    ("null_late", "row 37: field 'text' is null, not a string"),
+    ("missing_model", "Embedding model '/nonexistent/model' does not exist"),
+    ("empty_model_folder", "holds neither modules.json (sentence-transformers) nor config.json"),
+    ("k_too_large", "num_clusters=500 exceeds the number of documents in INPUT 'in' (at most 40"),
+    ("bad_tokenizer", "Tokenizer '/nonexistent/tok' could not be loaded"),
+    ("parquet_duplicate", "has the column name 'text' twice"),
+    ("parquet_null", "row 2: field 'text' is null"),
+])
+def test_cluster_refuses_before_the_first_stage_and_leaves_no_work_folder(
+        tmp_path, capsys, monkeypatch, case, match):
+    from hf_mixture.executors import run_stages  # noqa: F401 - patched below
+
+    ran = []
+    monkeypatch.setattr("hf_mixture.clustering.pipeline.run_stages",
+                        lambda *a, **k: ran.append(a[1][0].name))
+    extra = ["--embedding-model", "hashing"]
+    path = tmp_path / "in.jsonl"
+    if case == "ints":
+        _jsonl(path, [{"text": i} for i in range(40)])
+    elif case == "null_late":
+        _jsonl(path, _TEXTS[:37] + [{"text": None}] + _TEXTS[38:])
+    else:
+        _jsonl(path, _TEXTS)
+    if case == "missing_model":
+        extra = ["--embedding-model", "/nonexistent/model"]
+    elif case == "empty_model_folder":
+        (tmp_path / "model").mkdir()
+        extra = ["--embedding-model", str(tmp_path / "model")]
+    elif case == "k_too_large":
+        extra += ["--num-clusters", "500"]
+    elif case == "bad_tokenizer":
+        extra += ["--tokenizer", "/nonexistent/tok"]
+    elif case == "parquet_duplicate":
+        path = tmp_path / "in.parquet"
+        pq.write_table(pa.Table.from_arrays([pa.array(["a b"] * 5), pa.array(["c"] * 5)],
+                                            names=["text", "text"]), path)
+    elif case == "parquet_null":
+        path = tmp_path / "in.parquet"
+        pq.write_table(pa.table({"text": ["a b", "c d", None, "e f"]}), path)
+    code, err = _cluster_cli(capsys, path, tmp_path / "out", *extra)
+    assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+    assert ran == []  # refused before the first stage
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+
+def test_a_refused_input_found_by_a_stage_removes_only_the_work_it_made(tmp_path, capsys,
+                                                                        monkeypatch):
+    from hf_mixture.clustering import reader
+
+    monkeypatch.setattr(reader, "PREFLIGHT_FULL_BYTES", 0)  # a "large" input: first rows only
+    monkeypatch.setattr(reader, "PREFLIGHT_ROWS", 5)
+    path = _jsonl(tmp_path / "in.jsonl", _TEXTS[:30] + [{"text": 7}] + _TEXTS[31:])
+    code, err = _cluster_cli(capsys, path, tmp_path / "out", "--embedding-model", "hashing")
+    assert code == 2 and "row 30: field 'text' holds int" in err, err
+    assert not (tmp_path / "out.work").exists()
+    # a work folder holding an earlier valid run's finished tasks is kept for its resume
+    keep = tmp_path / "out.work" / "earlier-run"
+    keep.mkdir(parents=True)
+    (keep / "plan.json").write_text("{}")
+    code, err = _cluster_cli(capsys, path, tmp_path / "out", "--embedding-model", "hashing")
+    assert code == 2 and (keep / "plan.json").is_file()
+    assert [p.name for p in (tmp_path / "out.work").iterdir()] == ["earlier-run"]
+
+
+@pytest.mark.parametrize("option, match", [
+    (["--proxy_model", "/nonexistent/model"],
+     "Field 'proxy_model' is '/nonexistent/model', neither a registered shape"),
+    (["--proxy_init_from", "/nonexistent"],
+     "Field 'proxy_init_from' is '/nonexistent', which is not a model folder"),
+    (["--transfer_check", "--transfer_model", "/nonexistent/m"], "Field 'transfer_model'"),
+    (["--tokenizer", "/nonexistent/tok"], "Tokenizer '/nonexistent/tok' could not be loaded"),
+])
+def test_search_checks_its_models_before_anything_is_recorded(tmp_path, tiny_store, capsys,
+                                                              option, match):
+    code = cli.main(["search", "--store", str(tiny_store.path), "--target", "mean", "--output",
+                     str(tmp_path / "search"), "--rounds", "2", "--run_tokens", "2000",
+                     "--proxy_tokens", "512", *option])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "search").exists()
+
+
+def test_tokenize_on_an_executor_leaves_no_work_folder_for_a_refused_input(
+        tmp_path, tiny_tokenizer_path, capsys):
+    corpus = tmp_path / "corpus"
+    for k in (0, 1):
+        (corpus / f"cluster_{k}").mkdir(parents=True)
+        pq.write_table(pa.table({"text": ["a b", None if k else "c", "d"],
+                                 "cluster_id": [k] * 3}),
+                       corpus / f"cluster_{k}" / "part.parquet")
+    code = cli.main(["tokenize", str(corpus), "--output", str(tmp_path / "store"), "--tokenizer",
+                     str(tiny_tokenizer_path), "--executor", "local", "--tasks", "2",
+                     "--workers", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "row 1: field 'text' is None, not a string" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+def test_a_duplicated_column_in_a_clustered_corpus_is_one_sentence(tmp_path, capsys):
+    (tmp_path / "c" / "cluster_0").mkdir(parents=True)
+    pq.write_table(pa.Table.from_arrays(
+        [pa.array(["a b"] * 3), pa.array([0] * 3), pa.array([0] * 3)],
+        names=["text", "cluster_id", "cluster_id"]), tmp_path / "c" / "cluster_0" / "a.parquet")
+    code = cli.main(["inspect", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and \
+        "has the column name 'cluster_id' twice" in err, err
+
+
+@pytest.mark.parametrize("query", ["sourse == 'code'", "not sourse == 'code'",
+                                   "cluster_id == 0 or sourse == 'code'", {"sourse": ["code"]}])
+def test_a_query_on_a_field_no_component_has_is_an_error(store_path, tmp_path, capsys, query):
+    path = tmp_path / "m.yaml"
+    path.write_text(json.dumps({"components": [{"name": "a", "query": query},
+                                               {"name": "b", "query": "cluster_id == 0"}]}))
+    code, err = _validate(capsys, str(path), "--store", str(store_path))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "names the field 'sourse', which no component of token store" in err
+    assert "its fields are cluster_id" in err
+
+
+def test_num_clusters_of_a_large_input_is_checked_when_counted_before_embedding(
+        tmp_path, capsys, monkeypatch):
+    from hf_mixture.clustering import reader
+
+    monkeypatch.setattr(reader, "PREFLIGHT_FULL_BYTES", 0)  # not counted before the stages
+    path = _jsonl(tmp_path / "in.jsonl", _TEXTS)
+    code, err = _cluster_cli(capsys, path, tmp_path / "out", "--embedding-model", "hashing",
+                             "--num-clusters", "500")
+    assert code == 2 and "num_clusters=500 exceeds the number of documents in INPUT 'in' (40, " \
+                         "before deduplication)" in err, err
+    assert not (tmp_path / "out.work").exists()
+    assert not (tmp_path / "out").exists()

@@ -77,6 +77,47 @@ def _first_line(err: BaseException) -> str:
     return lines[0].strip() if lines else type(err).__name__
 
 
+def check_embedding_model(model: str | None) -> None:
+    """Refuse, before any work, an embedding model that cannot load: a path that does not
+    exist, a folder that holds no model, a config of an unknown architecture, or (offline) a
+    Hub id that is not in the cache.  Reads config files only, never the weights.
+    """
+    if model == "hashing":
+        return
+    if model is None:
+        default_model_path()  # the packaged MiniLM: refuses when the extra is missing
+        return
+    local = Path(model).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise HFMixtureError(f"Embedding model '{model}' is a file, not a model folder.")
+        has_modules = (local / "modules.json").is_file()
+        if not has_modules and not (local / "config.json").is_file():
+            raise HFMixtureError(
+                f"Embedding model '{model}' holds neither modules.json (sentence-transformers) "
+                "nor config.json (transformers): it is not a model folder.")
+        if not has_modules:
+            from transformers import AutoConfig
+
+            try:
+                AutoConfig.from_pretrained(str(local), trust_remote_code=False)
+            except Exception as err:  # noqa: BLE001 - any unreadable config is the user's input
+                raise HFMixtureError(
+                    f"Embedding model '{model}' could not be loaded: {_first_line(err)}"
+                ) from None
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise HFMixtureError(f"Embedding model '{model}' does not exist.")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.is_offline_mode() and not any(
+            isinstance(try_to_load_from_cache(model, name), str)
+            for name in ("modules.json", "config.json")):
+        raise HFMixtureError(
+            f"Embedding model '{model}' is neither a folder nor in the Hub cache, and the Hub "
+            "is offline (HF_HUB_OFFLINE=1).")
+
+
 class SentenceEmbedder:
     """A sentence-transformers model that maps texts to L2-normalized float32 vectors.
 

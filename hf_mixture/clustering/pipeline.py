@@ -262,6 +262,58 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
 
     work_root = Path(config.work_dir) if config.work_dir else output_dir.with_name(
         output_dir.name + ".work")
+    created = [work_root] if not work_root.exists() else []
+    try:
+        return _run(dataset_or_path, output_dir, config, executor, work_root, created, started,
+                    embedder=embedder, lexical=lexical, clusterer=clusterer, pruner=pruner,
+                    merger=merger, describer=describer, progress=progress)
+    except HFMixtureError:
+        # Refused input: what only this run made is of no use to any rerun (a fixed input or
+        # option is another work key); a work folder an earlier run made keeps its tasks.
+        if executor.executor != "slurm":
+            for path in created[:1]:
+                if path.exists():
+                    import shutil
+
+                    shutil.rmtree(path, ignore_errors=True)
+                    logger.info("removed the work folder %s: the input was refused", path)
+        raise
+
+
+def _check_before_work(plan, config: ClusterConfig, embedder, tokenizer, clusterer) -> None:
+    """Everything that can be checked before the first stage: the input's rows (all of a
+    small input, the first of a large one), the embedding model, the tokenizer, and
+    ``num_clusters`` against the documents when they could be counted."""
+    from .reader import check_input
+
+    bound = check_input(plan, max_doc_chars=config.max_doc_chars, long_docs=config.long_docs)
+    if embedder is None:
+        from .embed import check_embedding_model
+
+        check_embedding_model(config.embedding_model)
+    if tokenizer is not None:
+        from ..formats.tokenizers import load_tokenizer
+
+        load_tokenizer(tokenizer)
+    if clusterer is None:
+        from .kmeans import resolve_backend
+
+        resolve_backend(config.kmeans_backend)  # faiss asked for but not installed
+    if bound is None:
+        return
+    if config.num_clusters is not None and config.num_clusters > bound:
+        raise HFMixtureError(
+            f"num_clusters={config.num_clusters} exceeds the number of documents in INPUT "
+            f"'{plan.name}' (at most {bound}, before deduplication); pass a smaller "
+            "--num-clusters.")
+    if bound < 2:
+        raise HFMixtureError(f"Clustering needs at least 2 distinct documents; INPUT "
+                             f"'{plan.name}' holds {bound} non-empty.")
+
+
+def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: ExecutorConfig,
+         work_root: Path, created: list[Path], started: float, *, embedder, lexical, clusterer,
+         pruner, merger, describer, progress: bool) -> ClusteringResult | None:
     source = dataset_or_path
     try:
         import datasets
@@ -297,7 +349,15 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
         "scorer": getattr(getattr(pruner, "scorer", None), "__name__", None),
         "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY},
     })
+    tokenizer = config.tokenizer
+    if tokenizer is None and not (plan.schema is not None and "tokens" in plan.schema.names):
+        from .. import playground
+
+        tokenizer = str(playground.tokenizer_dir())
+    _check_before_work(plan, config, embedder, config.tokenizer, clusterer)
     work = work_root / key
+    if not work.exists():
+        created.append(work)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "plan.json", plan.to_dict())
 
@@ -316,11 +376,6 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
                          max_chars=config.max_seq_length * CHARS_PER_TOKEN,
                          threads=config.num_threads),
     ]
-    tokenizer = config.tokenizer
-    if tokenizer is None and not (plan.schema is not None and "tokens" in plan.schema.names):
-        from .. import playground
-
-        tokenizer = str(playground.tokenizer_dir())
     summary = {
         # where the work folder lives is this machine's business, not the corpus'
         "config": {k: v for k, v in config.to_dict().items() if k != "work_dir"}, "executor": executor.executor, "tasks": tasks,
@@ -357,6 +412,8 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
         timings[stage.name] = time.perf_counter() - t
         logger.info("stage %s: %.1f s, peak memory so far %s", stage.name,
                     timings[stage.name], _peak_memory())
+        if stage.name == "dedup-signatures":
+            _check_counted(work, config, plan.name)
     import shutil
 
     shutil.rmtree(work / "logs" / "finalize" / "completions", ignore_errors=True)  # see Finalize
@@ -381,6 +438,22 @@ def _stage_count(name: str, work: Path, plan, tasks: int) -> tuple[str, int | No
         except (OSError, ValueError, KeyError):
             return "doc", None
     return None, None
+
+
+def _check_counted(work: Path, config: ClusterConfig, name: str) -> None:
+    """``num_clusters`` against the documents the dedup signatures stage read (its reader's
+    ``documents`` stat): the count of a large input, known before embedding begins."""
+    if config.num_clusters is None:
+        return
+    try:
+        steps = json.loads((work / "logs" / "dedup-signatures" / "stats.json").read_text())
+        docs = int(steps[0]["stats"]["documents"])
+    except (OSError, ValueError, LookupError, TypeError):
+        return  # no stats (another executor's layout): the centroid stage checks it
+    if config.num_clusters > docs:
+        raise HFMixtureError(
+            f"num_clusters={config.num_clusters} exceeds the number of documents in INPUT "
+            f"'{name}' ({docs}, before deduplication); pass a smaller --num-clusters.")
 
 
 def _peak_memory() -> str:

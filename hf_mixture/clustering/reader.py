@@ -34,6 +34,7 @@ from typing import Any
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseReader
 
+from .._checks import check_unique_columns
 from .._io import short_hash
 from ..errors import HFMixtureError
 from ..executors import quiet_datatrove_console
@@ -44,6 +45,12 @@ FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "cs
            ".txt": "text"}
 BATCH_ROWS = 1000
 LONG_DOCS = ("chunk", "truncate")
+# Before the first stage, an input of at most this many bytes (local files) is read whole
+# (every text checked, documents counted: a second or two against the minutes its
+# embedding takes); a larger one has the first PREFLIGHT_ROWS rows of each file checked.
+PREFLIGHT_FULL_BYTES = 64 << 20
+PREFLIGHT_ROWS = 1000
+PREFLIGHT_FILES = 16
 
 
 @dataclass
@@ -190,6 +197,7 @@ def plan_input(given: Any, *, text_column: str = "text", config_name: str | None
             raise HFMixtureError(f"INPUT file '{f.path}' is not readable parquet: "
                                  f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
                                  ) from None
+        check_unique_columns(file_schema.names, f"INPUT file '{f.path}'")
         if text_column not in file_schema.names:
             raise HFMixtureError(
                 f"INPUT file '{f.path}' has no column '{text_column}'; its columns are "
@@ -279,6 +287,82 @@ def _rows(f: InputFile, lo: int, hi: int, text_column: str) -> Iterator[tuple[in
             yield row, {text_column: "".join(para)}, where
 
 
+def document_text(rec: dict, column: str, where: str, row: int) -> str:
+    """The text of record ``rec``, or one sentence naming the file, row and field."""
+    if column not in rec:
+        raise HFMixtureError(f"{where} row {row}: there is no field '{column}' (choose one with "
+                             "--text-column).")
+    text = rec[column]
+    if text is None:
+        raise HFMixtureError(f"{where} row {row}: field '{column}' is null, not a string.")
+    if not isinstance(text, str):
+        raise HFMixtureError(f"{where} row {row}: field '{column}' holds "
+                             f"{type(text).__name__}, not a string.")
+    return text
+
+
+def _pieces_bound(length: int, max_chars: int, mode: str) -> int:
+    """At most how many documents :func:`split_long` makes of a text of ``length`` characters
+    (every piece but the last is at least nine tenths of ``max_chars`` long)."""
+    if length <= max_chars or mode == "truncate":
+        return 1
+    return 1 + length // max(1, max_chars * 9 // 10)
+
+
+def check_input(plan: InputPlan, *, max_doc_chars: int = 100_000, long_docs: str = "chunk",
+                full_bytes: int | None = None, first_rows: int | None = None) -> int | None:
+    """Read the input before any stage runs: every row when it is small, else the first rows
+    of each file; refuse a missing, null or non-string text in one sentence.
+
+    Returns an upper bound on the documents the reader yields (empty texts dropped, long
+    ones cut) when the whole input was read, else ``None``.  Duplicates are not known yet,
+    so the stages may still find fewer.
+    """
+    full_bytes = PREFLIGHT_FULL_BYTES if full_bytes is None else full_bytes
+    first_rows = PREFLIGHT_ROWS if first_rows is None else first_rows
+    whole = all("://" not in f.path for f in plan.files) and \
+        sum(f.size for f in plan.files) <= full_bytes
+    column = plan.text_column
+    bound = 0
+    for index, f in enumerate(plan.files):
+        if not whole and index >= PREFLIGHT_FILES:
+            break
+        if whole and f.format == "parquet":
+            bound += _parquet_texts(f, column, max_doc_chars, long_docs)
+            continue
+        for n, (row, rec, where) in enumerate(_rows(f, 0, 1 << 62, column)):
+            if not whole and n >= first_rows:
+                break
+            text = document_text(rec, column, where, row)
+            if text.strip():
+                bound += _pieces_bound(len(text), max_doc_chars, long_docs)
+    return bound if whole else None
+
+
+def _parquet_texts(f: InputFile, column: str, max_doc_chars: int, long_docs: str) -> int:
+    """Check the text column of a (small, local) parquet file as a whole; documents bound."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        texts = pq.read_table(f.path, columns=[column]).column(column)
+    except Exception as err:  # noqa: BLE001 - truncated / corrupt data pages
+        raise HFMixtureError(f"INPUT file '{f.path}' could not be read: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                             ) from None
+    if texts.null_count:
+        row = int(np.flatnonzero(pc.is_null(texts).to_numpy(zero_copy_only=False))[0])
+        raise HFMixtureError(f"INPUT file '{f.path}' row {row}: field '{column}' is null, "
+                             "not a string.")
+    lengths = pc.utf8_length(pc.utf8_trim_whitespace(texts)).to_numpy(zero_copy_only=False)
+    full = pc.utf8_length(texts).to_numpy(zero_copy_only=False)[lengths > 0]
+    if long_docs == "truncate":
+        return len(full)
+    step = max(1, max_doc_chars * 9 // 10)
+    return int(len(full) + (full[full > max_doc_chars] // step).sum())
+
+
 def split_long(text: str, max_chars: int, mode: str) -> list[str]:
     """``text`` cut into pieces of at most ``max_chars`` (at a newline or space near the end).
 
@@ -364,17 +448,8 @@ class CorpusReader(BaseReader):
                 if counter is not None and read == 256:  # a batch at a time: ~free per row
                     counter.update(read)
                     read = 0
-                if column not in rec:
-                    raise HFMixtureError(
-                        f"{where} row {row}: there is no field '{column}' (choose one with "
-                        "--text-column).")
-                text = rec.pop(column)
-                if text is None:
-                    raise HFMixtureError(f"{where} row {row}: field '{column}' is null, "
-                                         "not a string.")
-                if not isinstance(text, str):
-                    raise HFMixtureError(f"{where} row {row}: field '{column}' holds "
-                                         f"{type(text).__name__}, not a string.")
+                text = document_text(rec, column, where, row)
+                del rec[column]
                 if not text.strip():
                     self.stat_update("empty")
                     continue

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .._checks import check_unique_columns
 from .._io import short_hash
 from ..errors import HFMixtureError
 from .tokenizers import load_tokenizer, tokenizer_fingerprint
@@ -89,6 +90,7 @@ def _is_int_list(t: pa.DataType) -> bool:
 
 def check_schema(schema: pa.Schema, where: str) -> None:
     """Raise one sentence naming ``where`` and the field when ``schema`` is not a cluster file's."""
+    check_unique_columns(schema.names, where)
     names = set(schema.names)
     if "tokens" in names:
         if not _is_int_list(schema.field("tokens").type):
@@ -121,6 +123,11 @@ def check_schema(schema: pa.Schema, where: str) -> None:
             raise HFMixtureError(
                 f"{where}: field 'text' has type {_type_name(t)}, expected a string."
             )
+
+
+def _count(value: Any) -> bool:
+    """An integer >= 0 that is not a bool (JSON's ``true`` is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _short(err: BaseException) -> str:
@@ -415,15 +422,39 @@ class ClusteredCorpus(_SourceFacts):
         clusters = manifest.get("clusters")
         if not isinstance(clusters, list) or not clusters:
             raise HFMixtureError(f"{where}: field 'clusters' must be a non-empty list.")
+        seen: set[int] = set()
         for i, entry in enumerate(clusters):
             if (
                 not isinstance(entry, dict)
-                or not isinstance(entry.get("id"), int)
-                or entry["id"] < 0
+                or not _count(entry.get("id"))
             ):
                 raise HFMixtureError(
                     f"{where}: field 'clusters[{i}].id' must be a non-negative integer."
                 )
+            if entry["id"] in seen:
+                raise HFMixtureError(f"{where}: field 'clusters[{i}].id' is {entry['id']}, "
+                                     "which an earlier entry already has.")
+            seen.add(entry["id"])
+            for key in ("docs", "tokens"):
+                if entry.get(key) is not None and not _count(entry[key]):
+                    raise HFMixtureError(f"{where}: field 'clusters[{i}].{key}' is "
+                                         f"{entry[key]!r}, not an integer >= 0.")
+            for key in ("description", "config_name"):
+                if entry.get(key) is not None and not isinstance(entry[key], str):
+                    raise HFMixtureError(f"{where}: field 'clusters[{i}].{key}' is "
+                                         f"{entry[key]!r}, not a string.")
+        tok = manifest.get("tokenizer")
+        if tok is not None:
+            if not isinstance(tok, dict):
+                raise HFMixtureError(f"{where}: field 'tokenizer' is {tok!r}, not a mapping of "
+                                     "name, sha256 and vocab_size.")
+            for key in ("name", "sha256"):
+                if tok.get(key) is not None and not isinstance(tok[key], str):
+                    raise HFMixtureError(f"{where}: field 'tokenizer.{key}' is {tok[key]!r}, "
+                                         "not a string.")
+            if tok.get("vocab_size") is not None and not _count(tok["vocab_size"]):
+                raise HFMixtureError(f"{where}: field 'tokenizer.vocab_size' is "
+                                     f"{tok['vocab_size']!r}, not an integer >= 0.")
         return manifest
 
     # -- files ---------------------------------------------------------------------

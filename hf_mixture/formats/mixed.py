@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_unique_columns
 from ..errors import HFMixtureError
 from .clustered import STREAM_BLOCK, ClusteredCorpus, _short, _Source, _SourceFacts
 
@@ -81,6 +82,7 @@ class MixedCorpus(_SourceFacts):
             with self._src.open(rel, STREAM_BLOCK) as fh:
                 pf = pq.ParquetFile(fh)
                 names = pf.schema_arrow.names
+                check_unique_columns(names, f"Parquet file '{where}'")
                 cols = [c for c in ("cluster_id", "tokens", "token_count") if c in names]
                 row = 0
                 for group in range(pf.metadata.num_row_groups):

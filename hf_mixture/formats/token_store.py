@@ -43,6 +43,8 @@ FORMAT = "hf_mixture.token_store"
 VERSION = 1
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"
+# Tokens read at each end of every file when a store opens (2 x 128 KB of uint16).
+_ID_PROBE = 1 << 16
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -81,6 +83,7 @@ class _SplitWriter:
         self.idx = open(folder / f"{split}.idx", "wb")
         self.end = 0  # tokens written
         self.docs = 0
+        self.max_id = 0  # recorded in the manifest: TokenStore checks it against the vocabulary
         self._offsets: list[int] = [0]
         self.columns: list[str] | None = None  # fixed by the first document
         self._buffer: dict[str, list] = {}
@@ -187,7 +190,7 @@ class _SplitWriter:
         else:
             self._write_doc_index(path)
         shutil.rmtree(self._spill_dir, ignore_errors=True)
-        return {"docs": self.docs, "tokens": self.end}
+        return {"docs": self.docs, "tokens": self.end, "max_id": self.max_id}
 
     def _write_doc_index(self, path: Path) -> None:
         """No metadata: a ``doc`` column 0..n-1, written one row group at a time."""
@@ -315,10 +318,11 @@ class TokenStoreWriter:
             self._info.setdefault(component, {})
         return self._splits[key]
 
-    def _check_ids(self, arr: np.ndarray, where) -> None:
-        """Integer ids inside the vocabulary; ``where(i)`` names the element's document."""
+    def _check_ids(self, arr: np.ndarray, where) -> int:
+        """Integer ids inside the vocabulary; ``where(i)`` names the element's document.
+        Returns the largest id (0 for none)."""
         if not arr.size:
-            return
+            return 0
         if not np.issubdtype(arr.dtype, np.integer):
             raise HFMixtureError(
                 f"{where(0)}: field 'tokens' holds non-integer values ({arr.dtype}).")
@@ -330,6 +334,7 @@ class TokenStoreWriter:
                 f"{where(pos)}: field 'tokens' holds id {bad}, outside the "
                 f"tokenizer's vocabulary of size {self.vocab_size}."
             )
+        return hi
 
     def add(self, component: str, split: str, tokens: Sequence[int] | np.ndarray,
             metadata: dict[str, Any] | None = None, *, where: str | None = None) -> None:
@@ -338,7 +343,7 @@ class TokenStoreWriter:
         arr = np.asarray(tokens)
         if arr.ndim != 1:
             raise HFMixtureError(f"{where or component}: tokens must be a flat list of ints.")
-        self._check_ids(arr, lambda _: where or component)
+        writer.max_id = max(writer.max_id, self._check_ids(arr, lambda _: where or component))
         writer.add(arr, metadata)
 
     def add_batch(self, component: str, split: str, values: np.ndarray, lengths: np.ndarray,
@@ -373,7 +378,7 @@ class TokenStoreWriter:
             row = rows[doc] if rows is not None else writer.docs + doc
             return f"{where or component} row {row}"
 
-        self._check_ids(values, where_of)
+        writer.max_id = max(writer.max_id, self._check_ids(values, where_of))
         writer.add_batch(values, lengths, metadata)
 
     def set_info(self, component: str, **info: Any) -> None:
@@ -476,6 +481,9 @@ class TokenStore:
             self.manifest = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise HFMixtureError(f"{manifest_path} is not valid JSON ({err}).") from None
+        if not isinstance(self.manifest, dict):
+            raise HFMixtureError(f"{manifest_path} must hold a JSON object, not "
+                                 f"{type(self.manifest).__name__}.")
         if self.manifest.get("format") != FORMAT:
             raise HFMixtureError(
                 f"{manifest_path}: field 'format' is {self.manifest.get('format')!r}, "
@@ -505,6 +513,10 @@ class TokenStore:
             raise HFMixtureError(f"{where}: field 'tokenizer.eos_token_id' is "
                                  f"{self.eos_token_id!r}, outside the vocabulary of size "
                                  f"{self.vocab_size}.")
+        for key in ("name", "sha256"):
+            if tok.get(key) is not None and not isinstance(tok[key], str):
+                raise HFMixtureError(f"{where}: field 'tokenizer.{key}' is {tok[key]!r}, not a "
+                                     "string.")
         self.tokenizer_name: str = tok.get("name")
         self.tokenizer_hash: str | None = tok.get("sha256")
         self._cache: dict[tuple[str, str, str], Any] = {}
@@ -513,6 +525,13 @@ class TokenStore:
             raise HFMixtureError(f"{where}: field 'components' must be a non-empty mapping of "
                                  "component names to their counts.")
         for component, entry in components.items():
+            if not isinstance(entry, dict):
+                raise HFMixtureError(f"{where}: field 'components.{component}' is {entry!r}, not "
+                                     "a mapping of splits to counts.")
+            try:
+                _check_component_name(component)
+            except HFMixtureError as err:
+                raise HFMixtureError(f"{where}: field 'components': {err}") from None
             for split in SPLITS:
                 counts = entry.get(split) if isinstance(entry, dict) else None
                 if not isinstance(counts, dict) or not all(
@@ -520,6 +539,34 @@ class TokenStore:
                     raise HFMixtureError(f"{where}: field 'components.{component}.{split}' must "
                                          "hold integer 'docs' and 'tokens'.")
                 self._check_files(component, split, counts)
+                self._check_ids(component, split, counts, where)
+
+    def _check_ids(self, component: str, split: str, counts: dict[str, Any], where: str) -> None:
+        """Refuse on open a vocabulary smaller than the ids held (training would fail deep in
+        the embedding): the writer's recorded largest id, and the first and last
+        ``_ID_PROBE`` tokens of the file (a bounded read; ``validate --deep`` reads them all)."""
+        max_id = counts.get("max_id")
+        if max_id is not None:
+            if not _is_int(max_id) or max_id < 0:
+                raise HFMixtureError(f"{where}: field 'components.{component}.{split}.max_id' "
+                                     f"must be an integer >= 0, got {max_id!r}.")
+            if max_id >= self.vocab_size:
+                raise HFMixtureError(
+                    f"{where}: field 'components.{component}.{split}.max_id' is {max_id}, "
+                    f"outside the vocabulary of size {self.vocab_size} (field "
+                    "'tokenizer.vocab_size'): the ids were not made by this vocabulary.")
+        n = counts["tokens"]
+        if not n:
+            return
+        tokens = np.memmap(self.path / component / f"{split}.bin", dtype=self.dtype, mode="r")
+        for lo in sorted({0, max(0, n - _ID_PROBE)}):
+            chunk = np.asarray(tokens[lo: lo + _ID_PROBE])
+            if chunk.size and int(chunk.max()) >= self.vocab_size:
+                pos = lo + int(np.argmax(chunk >= self.vocab_size))
+                raise HFMixtureError(
+                    f"Token store '{self.path}' component '{component}' ({split}): token {pos} "
+                    f"is id {int(chunk[pos - lo])}, outside the vocabulary of size "
+                    f"{self.vocab_size} (field 'tokenizer.vocab_size' of {MANIFEST}).")
 
     def _check_files(self, component: str, split: str, counts: dict[str, int]) -> None:
         base = self.path / component

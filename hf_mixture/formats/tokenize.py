@@ -303,18 +303,35 @@ def _tokenize_tasks(executor, out: Path, fingerprint: str, extra: dict[str, Any]
     tasks = min(len(cluster_ids), executor.tasks or len(cluster_ids))
     stages = [Stage("tokenize", [TokenizeClusters(str(work), cluster_ids, options)], tasks),
               Stage("merge", [MergeStoreParts(str(work), cluster_ids, str(out), extra)], 1)]
+    root = work.parent
+    created = [p for p in (root, work) if not p.exists()][:1]
+    try:
+        if executor.executor == "slurm":
+            run_stages(executor, stages, work)   # one chained submission
+        else:
+            from .._progress import stage_progress
+
+            for i, stage in enumerate(stages, start=1):
+                with stage_progress(f"tokenize [{i}/{len(stages)}] {stage.name}",
+                                    "doc" if stage.name == "tokenize" else None,
+                                    total if stage.name == "tokenize" else None, work,
+                                    stage.name):
+                    run_stages(executor, [stage], work)
+    except HFMixtureError:
+        # Refused input: a work folder only this run made helps no rerun (a fixed input is
+        # another fingerprint); one an earlier run made keeps its finished tasks.
+        if executor.executor != "slurm":
+            for path in created:
+                shutil.rmtree(path, ignore_errors=True)
+        raise
     if executor.executor == "slurm":
-        run_stages(executor, stages, work)
         logger.warning("queued the tokenize tasks on Slurm; %s appears when they finish", out)
         return TokenizeResult(out, False, fingerprint)
-    from .._progress import stage_progress
-
-    for i, stage in enumerate(stages, start=1):
-        with stage_progress(f"tokenize [{i}/{len(stages)}] {stage.name}",
-                            "doc" if stage.name == "tokenize" else None,
-                            total if stage.name == "tokenize" else None, work, stage.name):
-            run_stages(executor, [stage], work)
     shutil.rmtree(work, ignore_errors=True)
+    try:
+        root.rmdir()  # only when no other fingerprint's work is left in it
+    except OSError:
+        pass
     logger.info("wrote token store %s (%d clusters in %d tasks)", out, len(cluster_ids), tasks)
     return TokenizeResult(out, True, fingerprint)
 

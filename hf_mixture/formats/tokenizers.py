@@ -27,6 +27,11 @@ def load_tokenizer(tokenizer: Any):
         return tokenizer
     from transformers import AutoTokenizer
 
+    text = str(tokenizer)
+    if not os.path.exists(os.path.expanduser(text)) and (
+            text.startswith((".", "/", "~")) or text.count("/") > 1):
+        raise HFMixtureError(
+            f"Tokenizer '{tokenizer}' could not be loaded: the path does not exist.")
     try:
         tok = AutoTokenizer.from_pretrained(str(tokenizer))
     except (OSError, ValueError, KeyError) as err:

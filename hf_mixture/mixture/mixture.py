@@ -516,8 +516,9 @@ class Mixture:
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
             raise HFMixtureError(f"{source or 'The mixture YAML'} is not valid YAML{at} "
-                                 f"({getattr(err, 'problem', None) or err}).") from None
+                                 f"({problem}).") from None
         if data is None:
             raise HFMixtureError(f"{source or 'The mixture YAML'} is empty.")
         return cls.from_dict(data, source=source)

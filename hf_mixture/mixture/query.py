@@ -195,13 +195,28 @@ def _parse_mapping(source: Mapping[str, Any]) -> Any:
     return items[0] if len(items) == 1 else _And(tuple(items))
 
 
+# Metadata integers are int64: a literal outside that range compares with nothing there.
+_INT64 = (-2**63, 2**63 - 1)
+
+
+def _check_int64(value: Any, source: QuerySource) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and \
+            not _INT64[0] <= value <= _INT64[1]:
+        raise HFMixtureError(f"Query {describe(source)} uses the integer {value}, outside the "
+                             "64-bit range metadata holds.")
+    return value
+
+
 def _check_constant(value: Any, source: QuerySource, field: str) -> Any:
     if isinstance(value, (bool, str, int)):
-        return value
+        return _check_int64(value, source)
     if isinstance(value, float):
         if math.isnan(value):
             raise HFMixtureError(f"Query {describe(source)}: field {field!r} is compared with NaN, "
                                  "which equals nothing.")
+        if not math.isfinite(value):
+            raise HFMixtureError(f"Query {describe(source)}: field {field!r} is compared with "
+                                 f"the non-finite number {value!r}.")
         return value
     raise HFMixtureError(
         f"Query {describe(source)}: field {field!r} is compared with {value!r}; only strings, "
@@ -286,13 +301,15 @@ def _constant(node: ast.AST, source: str) -> Any:
             and isinstance(node.operand, ast.Constant)
             and type(node.operand.value) in (int, float)):
         value = node.operand.value
-        return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise HFMixtureError(f"Query {source!r} uses the non-finite number {value!r}.")
+        return _check_int64(-value if isinstance(node.op, ast.USub) else value, source)
     if isinstance(node, ast.Constant):
         if isinstance(node.value, (bool, str, int, float)):
             if isinstance(node.value, float) and not math.isfinite(node.value):
                 raise HFMixtureError(f"Query {source!r} uses the non-finite number "
                                      f"{node.value!r}.")
-            return node.value
+            return _check_int64(node.value, source)
         raise HFMixtureError(
             f"Query {source!r} uses the constant {node.value!r}; only strings, numbers and "
             "True/False are allowed."

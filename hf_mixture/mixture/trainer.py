@@ -75,6 +75,35 @@ def load_sampler_state(dataset: MixtureDataset, checkpoint_dir: str | os.PathLik
     dataset.sampler.load_state_dict(state, where=str(path))
 
 
+# The small files of a checkpoint that the Trainer reads with torch.load(weights_only=True):
+# read once before anything is resumed, so a refused one is our sentence, not a traceback
+# from inside the training loop.  (optimizer.pt is large: it is checked as it loads.)
+_TORCH_FILES = ("rng_state*.pth", "scheduler.pt", "scaler.pt")
+
+
+def _torch_load_refusal(path: Path, err: BaseException) -> HFMixtureError:
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+    return HFMixtureError(
+        f"Checkpoint file '{path}' cannot be loaded safely: it holds something other than "
+        f"tensors and plain values, or is corrupt ({first[:200]}); resume from another "
+        "checkpoint.")
+
+
+def check_checkpoint_files(checkpoint_dir: str | os.PathLike) -> None:
+    """Load each small torch file of a checkpoint as the Trainer will (``weights_only``), and
+    refuse a pickle payload or a corrupt file in one sentence naming it."""
+    from transformers.trainer_pt_utils import safe_globals
+
+    folder = Path(checkpoint_dir)
+    for pattern in _TORCH_FILES:
+        for path in sorted(folder.glob(pattern)):
+            try:
+                with safe_globals():
+                    torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError...
+                raise _torch_load_refusal(path, err) from None
+
+
 def _checkpoint_complete(folder: Path) -> str | None:
     """``None`` when ``folder`` is a complete checkpoint, else what it lacks."""
     if not (folder / "trainer_state.json").is_file():
@@ -185,6 +214,18 @@ class MixtureTrainerMixin:
                 if getattr(cb, "writes_checkpoint_state", False):
                     cb.on_save(self.args, self.state, self.control)
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        except (HFMixtureError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # a refused or corrupt optimizer.pt; anything else re-raised
+            import pickle
+
+            if checkpoint is None or not isinstance(err, (pickle.UnpicklingError, EOFError)):
+                raise
+            raise _torch_load_refusal(Path(checkpoint) / "optimizer.pt", err) from None
+
     def get_train_dataloader(self):
         if not isinstance(self.train_dataset, MixtureDataset):
             return super().get_train_dataloader()
@@ -254,6 +295,7 @@ class MixtureTrainerMixin:
         if resume_from_checkpoint:
             # Callbacks find their own checkpoint state through args (they never see this call).
             self.args.resume_from_checkpoint = str(resume_from_checkpoint)
+            check_checkpoint_files(resume_from_checkpoint)
             load_sampler_state(self.train_dataset, resume_from_checkpoint)
             logger.info("Resumed the mixture sampler at sample %d from %s.",
                         self.train_dataset.sampler.sample, resume_from_checkpoint)

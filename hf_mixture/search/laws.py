@@ -58,9 +58,64 @@ def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
             raise HFMixtureError(f"{path} is not valid JSON ({err}).") from None
         if not isinstance(data, dict) or data.get("status") != "finished":
             continue
+        check_metrics(data, path)
         data["_path"] = str(path.parent)
         runs.append(data)
     return runs
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number_or_none(v: Any, path: Path, name: str) -> None:
+    if v is not None and not _is_number(v):
+        raise HFMixtureError(f"{path}: field '{name}' is {v!r}, not a number.")
+
+
+def check_metrics(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """A finished proxy run's ``metrics.json`` as the laws and the search read it, or one
+    sentence naming the file and the field: numbers where numbers belong, a curve of
+    ``{step, target, domains}`` points."""
+    path = Path(path)
+    for name in ("target", "mean_domain_loss", "worst_domain_loss", "train_loss", "seconds",
+                 "tokens_per_second"):
+        _number_or_none(data.get(name), path, name)
+    for name in ("num_params", "steps", "tokens"):
+        v = data.get(name)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise HFMixtureError(f"{path}: field '{name}' is {v!r}, not an integer >= 0.")
+    fp = data.get("mixture_fingerprint")
+    if fp is not None and not isinstance(fp, str):
+        raise HFMixtureError(f"{path}: field 'mixture_fingerprint' is {fp!r}, not a string.")
+    _check_domains(data.get("domains"), path, "domains")
+    curve = data.get("curve")
+    if curve is None:
+        return data
+    if not isinstance(curve, list):
+        raise HFMixtureError(f"{path}: field 'curve' is {type(curve).__name__}, not a list of "
+                             "{step, target, domains} points.")
+    for i, point in enumerate(curve):
+        if not isinstance(point, dict):
+            raise HFMixtureError(f"{path}: field 'curve[{i}]' is {point!r}, not a "
+                                 "{step, target, domains} mapping.")
+        step = point.get("step")
+        if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+            raise HFMixtureError(f"{path}: field 'curve[{i}].step' is {step!r}, not an "
+                                 "integer >= 0.")
+        _number_or_none(point.get("target"), path, f"curve[{i}].target")
+        _check_domains(point.get("domains"), path, f"curve[{i}].domains")
+    return data
+
+
+def _check_domains(domains: Any, path: Path, name: str) -> None:
+    if domains is None:
+        return
+    if not isinstance(domains, dict):
+        raise HFMixtureError(f"{path}: field '{name}' is {type(domains).__name__}, not a "
+                             "mapping of domain names to losses.")
+    for key, v in domains.items():
+        _number_or_none(v, path, f"{name}[{key!r}]")
 
 
 @dataclass
@@ -154,13 +209,13 @@ def fit_laws(runs_dir: str | Path, *, metric: str = "target", predict_steps: int
         at = predict_steps or int(steps.max())
         predicted = float(law(at))
         report.step_laws.append({
-            "run": name, "mixture": run.get("mixture_fingerprint", name),
-            "num_params": int(run.get("num_params", 0)), "steps": int(steps.max()),
+            "run": name, "mixture": run.get("mixture_fingerprint") or name,
+            "num_params": int(run.get("num_params") or 0), "steps": int(steps.max()),
             "last": float(values[np.argmax(steps)]), "law": law.to_dict(),
             "predicted": predicted, "at_steps": at,
         })
-        by_mixture.setdefault(run.get("mixture_fingerprint", name), []).append(
-            (int(run.get("num_params", 0)), predicted))
+        by_mixture.setdefault(run.get("mixture_fingerprint") or name, []).append(
+            (int(run.get("num_params") or 0), predicted))
     if not report.step_laws:
         raise HFMixtureError(
             f"No run under '{runs_dir}' recorded {metric!r} at 3 or more steps (e.g. "

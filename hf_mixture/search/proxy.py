@@ -158,6 +158,31 @@ def eval_steps(total_steps: int, points: int) -> list[int]:
     return [int(s) for s in steps]
 
 
+def check_proxy_model(model: str, init_from: str | None, field: str) -> None:
+    """Refuse, before any run is recorded, a proxy model :func:`proxy_model` could not build:
+    reads config files only (``field`` names the setting in the sentence)."""
+    from transformers import AutoConfig
+
+    if init_from:
+        path, field = Path(init_from), "proxy_init_from"
+        if not (path / "config.json").is_file():
+            raise HFMixtureError(f"Field '{field}' is '{path}', which is not a model folder "
+                                 "(it holds no config.json).")
+    elif model in SHAPES:
+        return
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise HFMixtureError(f"Field '{field}' is {model!r}, neither a registered shape "
+                                 f"({', '.join(SHAPES)}) nor a config file/folder.")
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except Exception as err:  # noqa: BLE001 - an unreadable config is the user's input
+        first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise HFMixtureError(f"Field '{field}': '{path}' is not a readable model config "
+                             f"({first.strip()}).") from None
+
+
 def proxy_model(settings: ProxySettings, vocab_size: int, seed: int):
     """The proxy model: a registered shape, a config file/folder, or ``init_from`` weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -428,7 +453,17 @@ def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     for name in (METRICS, FAILED):
         path = run_dir / name
         if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise HFMixtureError(f"{path} is not valid JSON ({err}).") from None
+            if not isinstance(data, dict):
+                raise HFMixtureError(f"{path} holds {type(data).__name__}, not a JSON object.")
+            if name == METRICS:
+                from .laws import check_metrics
+
+                check_metrics(data, path)
+            return data
     return None
 
 

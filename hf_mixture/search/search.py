@@ -388,6 +388,19 @@ def _plan_round(k: int, size: int, config: SearchConfig, names: list[str], prior
             "fitted_on": len(X_runs), "predictor": used}
 
 
+def _check_models(config: SearchConfig) -> None:
+    """The proxy (and transfer) model and the tokenizer, checked before anything is recorded."""
+    from .proxy import check_proxy_model
+
+    check_proxy_model(config.proxy_model, config.proxy_init_from, "proxy_model")
+    if config.transfer_check:
+        check_proxy_model(config.transfer_model, None, "transfer_model")
+    if config.tokenizer is not None:
+        from ..formats.tokenizers import load_tokenizer
+
+        load_tokenizer(config.tokenizer)
+
+
 def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
                config: SearchConfig | None = None, *, progress: bool = True) -> SearchResult:
     """Run (or resume) a CLIMB mixture search; see the module docstring for the outputs.
@@ -427,6 +440,7 @@ def _run_search(store: Any, target: Any, output_dir: str | os.PathLike,
     prior = token_prior(counts, config.prior_temperature) if config.prior == "natural" \
         else np.full(len(names), 1.0 / len(names))
     caps = repetition_caps(counts, config.run_tokens or config.proxy_tokens, config.max_epochs)
+    _check_models(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     spec = prepare_target(target, store, output_dir, seq_len=config.proxy_seq_len,
                           max_tokens=config.target_max_tokens,
