@@ -14,7 +14,9 @@ ray         ``RayPipelineExecutor`` on a Ray cluster     same
 ==========  ==========================================  ===================================
 
 A finished task is never redone: datatrove marks it in the stage's logging folder, and
-a rerun skips it.  The work folder must therefore be on a filesystem every worker sees
+a rerun skips it.  No worker outlives the command (:mod:`hf_mixture._procs`): each task
+first binds its process to the command's, and helpers forked while a stage runs die with
+it, however it dies (SIGKILL too); Ray's local instance is fate-shared with the driver.  The work folder must therefore be on a filesystem every worker sees
 (a shared filesystem for Slurm and multi-node Ray).
 
 >>> ExecutorConfig(workers=2).resolved_workers()
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import _procs
 from .errors import HFMixtureError
 
 logger = logging.getLogger(__name__)
@@ -161,21 +164,67 @@ class Stage:
     gpu: bool = False  # only the embedding stage asks the scheduler for GPUs
 
 
+# datatrove's executors whose tasks first bind their process to the command's: built on
+# first use (datatrove is imported lazily) and looked up by name when a worker unpickles one.
+_BOUND = {"BoundLocalPipelineExecutor": "LocalPipelineExecutor",
+          "BoundRayPipelineExecutor": "RayPipelineExecutor"}
+
+
+def __getattr__(name: str) -> type:
+    if name not in _BOUND:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _bound_class(name)
+
+
+def _bound_class(name: str) -> type:
+    if name in globals():
+        return globals()[name]
+    import datatrove.executor
+
+    base = getattr(datatrove.executor, _BOUND[name])
+
+    def __init__(self, *args, **kwargs):
+        base.__init__(self, *args, **kwargs)
+        self.owner_pid = os.getpid()  # the command's process; pickled into each worker
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        # Local: the worker's parent is multiprocess's fork server, the owner its grandparent.
+        # Ray: the parent is a Ray worker; the owner (the driver) may be on another node, where
+        # its pid means nothing, and the Ray worker is then the process to die with.
+        _procs.worker_started(self.owner_pid if self.owner_pid in _ancestors() else
+                              os.getppid())
+        return base._run_for_rank(self, rank, local_rank, node_rank)
+
+    cls = type(name, (base,), {"__init__": __init__, "_run_for_rank": _run_for_rank,
+                               "__module__": __name__, "__doc__": base.__doc__})
+    globals()[name] = cls
+    return cls
+
+
+def _ancestors() -> set[int]:
+    """This process and its ancestors (the owner is one of them on the same machine)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                pid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
 def _make(config: ExecutorConfig, stage: Stage, logging_dir: Path, depends):
     workers = min(config.resolved_workers(), stage.tasks) if config.resolved_workers() > 0 \
         else -1
     if config.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        return LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=workers,
-                                     logging_dir=str(logging_dir), depends=depends)
+        return _bound_class("BoundLocalPipelineExecutor")(
+            stage.pipeline, tasks=stage.tasks, workers=workers, logging_dir=str(logging_dir),
+            depends=depends)
     if config.executor == "ray":
-        from datatrove.executor import RayPipelineExecutor
-
-        return RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=workers,
-                                   logging_dir=str(logging_dir), depends=depends,
-                                   cpus_per_task=config.ray_cpus_per_task,
-                                   mem_per_cpu_gb=1)
+        return _bound_class("BoundRayPipelineExecutor")(
+            stage.pipeline, tasks=stage.tasks, workers=workers, logging_dir=str(logging_dir),
+            depends=depends, cpus_per_task=config.ray_cpus_per_task, mem_per_cpu_gb=1)
     from datatrove.executor import SlurmPipelineExecutor
 
     logs = config.slurm_logs_dir or str(logging_dir.parent / "slurm_logs" / stage.name)
@@ -223,7 +272,8 @@ def run_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path) -> b
         _init_ray(config)
     for stage, executor in zip(stages, executors):
         executor.depends = None  # run in order here, with our own completion check
-        executor.run()
+        with _procs.children_die_with_me():  # datatrove's Manager process, forked here
+            executor.run()
         missing = executor.get_incomplete_ranks(skip_completed=True)
         if missing:
             log = work_dir / "logs" / stage.name / "logs" / f"task_{missing[0]:05d}.log"
