@@ -19,6 +19,10 @@ call (where)               what the kernel does
 (in a worker)              SIGINT ignored (Ctrl-C in a terminal reaches the whole process group;
                            the command stops its workers itself, and a worker's own
                            KeyboardInterrupt would only print a traceback).
+``reaped_on_exit()``       around code that starts processes which start their own (a local Ray
+(in the parent)            instance: its raylet starts workers and agents): they inherit a
+                           marker in their environment, and a watchdog holding a pipe from this
+                           process kills every process with the marker once the pipe reads EOF.
 =========================  ======================================================================
 
 The parent-death signal fires when the *thread* that forked the child exits, so a process
@@ -33,11 +37,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+
+# A process started in reaped_on_exit() carries "<REAP_ENV>=<token>" in its environment.
+REAP_ENV = "HF_MIXTURE_REAP"
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _POLL_S = 0.5  # the fallback's polling interval (no prctl / pidfd)
@@ -46,6 +55,7 @@ _prctl = None
 _following: set[tuple[int, int]] = set()  # (this pid, owner): one watcher thread each
 _fork_parent: int | None = None  # set while children_die_with_me() is open
 _hook_installed = False
+_watchdogs: list[subprocess.Popen] = []  # kept open: closing one's stdin makes it reap
 
 
 def _die() -> None:
@@ -152,3 +162,74 @@ def children_die_with_me() -> Iterator[None]:
         yield
     finally:
         _fork_parent = outer
+
+
+@contextlib.contextmanager
+def killed_on_error(pool) -> Iterator[None]:
+    """Around the use of a ``concurrent.futures.ProcessPoolExecutor``: on an exception
+    (Ctrl-C included) its workers are killed at once; the pool's own shutdown would wait
+    for the tasks in flight to finish."""
+    try:
+        yield
+    except BaseException:
+        if hasattr(pool, "kill_workers"):  # Python 3.14
+            pool.kill_workers()
+        else:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(OSError, ValueError):
+                    process.kill()
+        raise
+
+
+@contextlib.contextmanager
+def reaped_on_exit() -> Iterator[None]:
+    """Processes started while this is open (and everything they start) are killed when this
+    process exits, however it exits: a watchdog kills them when its stdin (a pipe from this
+    process) reads EOF.  Linux (``/proc``); elsewhere this does nothing."""
+    if not os.path.isdir("/proc/self"):
+        yield
+        return
+    token = secrets.token_hex(8)
+    # Its own session: Ctrl-C in the terminal does not reach it, and it outlives us.
+    _watchdogs.append(subprocess.Popen(
+        [sys.executable, "-c", "from hf_mixture._procs import _reap; _reap()", token],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True))
+    before = os.environ.get(REAP_ENV)
+    os.environ[REAP_ENV] = token
+    try:
+        yield
+    finally:  # later processes of ours are not the watchdog's business
+        if before is None:
+            os.environ.pop(REAP_ENV, None)
+        else:
+            os.environ[REAP_ENV] = before
+
+
+def _marked(token: str) -> list[int]:
+    entry = f"{REAP_ENV}={token}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if entry in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:  # gone, or not ours to read
+            pass
+    return found
+
+
+def _reap() -> None:  # pragma: no cover - the watchdog process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    token = sys.argv[1]
+    while sys.stdin.buffer.read(65536):
+        pass
+    for _ in range(10):  # a process may start another while it is being killed
+        pids = _marked(token)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)

@@ -252,7 +252,10 @@ def _init_ray(config: ExecutorConfig) -> None:
         if config.ray_address:
             ray.init(address=config.ray_address)
         else:
-            ray.init(num_cpus=config.resolved_workers() if config.workers else None)
+            # Ray fate-shares its raylet and GCS with this process (a parent-death signal),
+            # but the workers and agents the raylet starts take up to a minute to notice.
+            with _procs.reaped_on_exit():
+                ray.init(num_cpus=config.resolved_workers() if config.workers else None)
 
 
 def run_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path) -> bool:
