@@ -108,7 +108,7 @@ def kill_twice_then_finish(cmd: list[str], tmp_path: Path, finished, min_procs: 
     interrupt(cmd, signal.SIGINT, ready_int, tmp_path / "int.log")
     done.update(stamps(finished()))
     rerun = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1", HF_MIXTURE_VERBOSE="1"),
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     for path, mtime in done.items():  # finished before a kill: not redone
         assert not path.exists() or path.stat().st_mtime_ns == mtime, path
@@ -128,7 +128,7 @@ def test_cluster_two_workers(tmp_path, tiny_tokenizer_path):
                  "--final-clusters", "3", "--lexical-dims", "16", "--max-seq-length", "32",
                  "--num-threads", "1", "--tokenizer", str(tiny_tokenizer_path), "--quiet"]
     # main + datatrove's Manager + fork server + resource tracker + a worker
-    marks = lambda: work.glob("*/logs/*/completions/*")  # noqa: E731
+    marks = lambda: work.glob("*/logs/*/completions/*")
     kill_twice_then_finish(cmd, tmp_path, marks, 5)
     assert [*marks()]  # the work folder stays: the marks were compared
     assert (tmp_path / "clusters" / "clusters.json").is_file()
@@ -148,7 +148,7 @@ def test_tokenize_local_executor(tmp_path, tiny_tokenizer_path):
     store = tmp_path / "store"
     cmd = CLI + ["tokenize", str(tmp_path / "corpus"), "--output", str(store), "--tokenizer",
                  str(tiny_tokenizer_path), "--executor", "local", "--workers", "2"]
-    marks = lambda: (tmp_path / "store.work").glob("*/logs/tokenize/completions/*")  # noqa: E731
+    marks = lambda: (tmp_path / "store.work").glob("*/logs/tokenize/completions/*")
     stderr, done = kill_twice_then_finish(cmd, tmp_path, marks, 5)
     assert len(TokenStore(store).components) == 4
     # the work folder is gone with the finished store: datatrove's own line tells what it skipped
@@ -178,7 +178,7 @@ def test_search_two_workers(tmp_path, tiny_store):
     done = stamps(out.glob("runs/*/metrics.json"))
     assert done
     rerun = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True,
-                           text=True, timeout=600)
+                           text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     for path, mtime in done.items():
         assert path.stat().st_mtime_ns == mtime, path
@@ -195,3 +195,61 @@ def test_ray_local_instance(tmp_path, climblab_dir, tiny_tokenizer_path):
                    for _, c in pids)
 
     interrupt(cmd, signal.SIGKILL, ready, tmp_path / "kill.log")
+
+
+_PARENT = """
+import os, subprocess, sys, time
+from hf_mixture import _procs
+
+with _procs.children_die_with_me():
+    if os.fork() == 0:  # a helper forked for us (as datatrove forks its Manager)
+        time.sleep(120)
+        os._exit(0)
+with _procs.reaped_on_exit():  # a process that starts its own (as Ray's raylet does)
+    subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                      "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+                      "time.sleep(120)"])
+subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen(["
+                  "sys.executable, '-c', 'import sys, time; from hf_mixture import _procs; "
+                  "_procs.worker_started(int(sys.argv[1])); time.sleep(120)', sys.argv[1]]); "
+                  "time.sleep(120)", str(os.getpid())])  # a grandchild bound to us
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_primitives_outlive_no_sigkill(tmp_path):
+    """The mechanisms alone, without any cleanup code: SIGKILL the parent; its forked helper,
+    a reaped process tree and a bound grandchild are gone within 10 s (the grandchild's plain
+    parent, bound to nothing, is the one process expected to stay)."""
+    def ready(pids):  # parent, fork, 2 reaped, watchdog, plain child, grandchild
+        return len(pids) >= 7
+
+    token = uuid.uuid4().hex
+    env = dict(os.environ, **{MARK: token})
+    proc = subprocess.Popen([sys.executable, "-c", _PARENT], env=env, stdout=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        deadline = time.time() + 60
+        while not ready(run_processes(token)) and time.time() < deadline:
+            time.sleep(0.1)
+        assert ready(run_processes(token)), run_processes(token)
+        proc.kill()
+        killed = time.time()
+        proc.wait()
+        left = run_processes(token)
+        while len(left) > 1 and time.time() - killed < GRACE_S:
+            time.sleep(0.2)
+            left = run_processes(token)
+        assert len(left) == 1 and "subprocess.Popen" in left[0][1], left
+    finally:
+        for pid, _ in run_processes(token):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_parent_that_died_before_the_call_kills_at_once():
+    code = ("import os, time; from hf_mixture import _procs; "
+            "_procs.die_with_parent(os.getppid() + 1 if os.getppid() > 1 else 2); time.sleep(30)")
+    proc = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
+    assert proc.returncode == -signal.SIGKILL
