@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _procs
+from .._procs import worker_started
 from ..errors import HFMixtureError
 from .token_store import TokenStoreWriter
 
@@ -95,7 +95,7 @@ def _init_worker(owner: int, tokenizer_json: str) -> None:
     global _WORKER_BACKEND
     from tokenizers import Tokenizer
 
-    _procs.worker_started(owner)  # dies with the process that encodes, however it dies
+    worker_started(owner)  # dies with the process that encodes, however it dies
     _WORKER_BACKEND = Tokenizer.from_str(tokenizer_json)
 
 

@@ -45,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _procs
 from .._io import atomic_write_json, atomic_write_text, short_hash
+from .._procs import killed_on_error, worker_started
 from .._progress import progress_bar
 from ..errors import HFMixtureError
 from .candidates import dirichlet_candidates, project_to_caps, repetition_caps, token_prior
@@ -209,7 +209,7 @@ def _write_runs_jsonl(output_dir: Path) -> Path:
 
 # -- executing runs ---------------------------------------------------------------------------
 def _worker_init(owner: int, gpus=None) -> None:  # pragma: no cover - runs in the workers
-    _procs.worker_started(owner)  # dies with the search's process, however that dies
+    worker_started(owner)  # dies with the search's process, however that dies
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
@@ -246,7 +246,7 @@ def _execute(run_dirs: list[Path], config: SearchConfig, target_fn: Callable | N
     while todo:
         with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                                     initializer=_worker_init, initargs=initargs) as pool, \
-                _procs.killed_on_error(pool):
+                killed_on_error(pool):
             futures = {pool.submit(_run_in_worker, str(d), config.retry_failed): d for d in todo}
             todo = []
             for fut in cf.as_completed(futures):
