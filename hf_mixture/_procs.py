@@ -114,6 +114,19 @@ def _start_watcher(owner: int) -> None:
                      name=f"hf-mixture-follow-{owner}").start()
 
 
+def ancestors() -> set[int]:
+    """This process and its ancestors (Linux ``/proc``; elsewhere this process only)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                pid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
 def die_with_parent(ppid: int) -> None:
     """In a child of ``ppid``: be killed (SIGKILL) by the kernel when ``ppid`` dies."""
     if os.getpid() == ppid:

@@ -14,10 +14,12 @@ ray         ``RayPipelineExecutor`` on a Ray cluster     same
 ==========  ==========================================  ===================================
 
 A finished task is never redone: datatrove marks it in the stage's logging folder, and
-a rerun skips it.  No worker outlives the command (:mod:`hf_mixture._procs`): each task
-first binds its process to the command's, and helpers forked while a stage runs die with
-it, however it dies (SIGKILL too); Ray's local instance is fate-shared with the driver.  The work folder must therefore be on a filesystem every worker sees
+a rerun skips it.  The work folder must therefore be on a filesystem every worker sees
 (a shared filesystem for Slurm and multi-node Ray).
+
+No worker outlives the command (:mod:`hf_mixture._procs`), however it dies (SIGKILL too):
+each task first binds its process to the command's, helpers forked while a stage runs die
+with it, and what a local Ray instance starts is reaped when the command is gone.
 
 >>> ExecutorConfig(workers=2).resolved_workers()
 2
@@ -191,7 +193,7 @@ def _bound_class(name: str) -> type:
         # Local: the worker's parent is multiprocess's fork server, the owner its grandparent.
         # Ray: the parent is a Ray worker; the owner (the driver) may be on another node, where
         # its pid means nothing, and the Ray worker is then the process to die with.
-        _procs.worker_started(self.owner_pid if self.owner_pid in _ancestors() else
+        _procs.worker_started(self.owner_pid if self.owner_pid in _procs.ancestors() else
                               os.getppid())
         return base._run_for_rank(self, rank, local_rank, node_rank)
 
@@ -199,19 +201,6 @@ def _bound_class(name: str) -> type:
                                "__module__": __name__, "__doc__": base.__doc__})
     globals()[name] = cls
     return cls
-
-
-def _ancestors() -> set[int]:
-    """This process and its ancestors (the owner is one of them on the same machine)."""
-    pids, pid = set(), os.getpid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                pid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    return pids
 
 
 def _make(config: ExecutorConfig, stage: Stage, logging_dir: Path, depends):
