@@ -86,24 +86,29 @@ def stamps(paths) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in paths}
 
 
-def kill_twice_then_finish(cmd: list[str], tmp_path: Path, finished, min_procs: int
-                           ) -> tuple[str, dict[Path, int]]:
+def kill_twice_then_finish(cmd: list[str], tmp_path: Path, finished, min_procs: int,
+                           total: int | None = None) -> tuple[str, dict[Path, int]]:
     """SIGKILL mid-run, rerun and SIGINT once more work has finished, rerun to the end:
     no process is left either time, and work finished before a kill is never redone (its
     completion marks are untouched, where the finished run keeps them); the rerun's stderr
-    and the marks finished before the last kill."""
+    and the marks finished before the last kill.  With ``total`` (the marks of one stage),
+    each kill waits for that stage to be under way, some of its tasks done, some not."""
     first = {}
 
+    def under_way(marks) -> bool:
+        return total is None or len(marks) < total
+
     def ready_kill(pids):  # workers are running, something has finished
+        first.clear()
         first.update(stamps(finished()))
-        return len(pids) >= min_procs and bool(first)
+        return len(pids) >= min_procs and bool(first) and under_way(first)
 
     interrupt(cmd, signal.SIGKILL, ready_kill, tmp_path / "kill.log")
     done = stamps(finished())
 
     def ready_int(pids):
         now = stamps(finished())
-        return len(pids) >= min_procs and len(now) > len(done)
+        return len(pids) >= min_procs and len(now) > len(done) and under_way(now)
 
     interrupt(cmd, signal.SIGINT, ready_int, tmp_path / "int.log")
     done.update(stamps(finished()))
@@ -143,14 +148,14 @@ def test_tokenize_local_executor(tmp_path, tiny_tokenizer_path):
 
     texts = _make_texts(n_per_domain=400)
     ds = datasets.Dataset.from_dict({"text": [t * 4 for _, t in texts],
-                                     "cluster_id": [i % 4 for i in range(len(texts))]})
+                                     "cluster_id": [i % 8 for i in range(len(texts))]})
     write_clustered_corpus(ds, tmp_path / "corpus", tokenizer=str(tiny_tokenizer_path))
     store = tmp_path / "store"
     cmd = CLI + ["tokenize", str(tmp_path / "corpus"), "--output", str(store), "--tokenizer",
                  str(tiny_tokenizer_path), "--executor", "local", "--workers", "2"]
     marks = lambda: (tmp_path / "store.work").glob("*/logs/tokenize/completions/*")
-    stderr, done = kill_twice_then_finish(cmd, tmp_path, marks, 5)
-    assert len(TokenStore(store).components) == 4
+    stderr, done = kill_twice_then_finish(cmd, tmp_path, marks, 5, total=8)
+    assert len(TokenStore(store).components) == 8
     # the work folder is gone with the finished store: datatrove's own line tells what it skipped
     skipped = re.findall(r"Skipping (\d+) already completed tasks", stderr)
     assert skipped and int(skipped[0]) == len(done) >= 2, stderr[-3000:]
