@@ -15,7 +15,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from . import __version__
 from .config import ConfigParser
@@ -89,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
               "the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"hf-mixture {args.command}: interrupted; rerun to resume.", file=sys.stderr)
+        # Workers ignore SIGINT and die with this process (hf_mixture._procs); a second
+        # Ctrl-C during the cleanup ends it at once instead of printing a traceback.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        print(f"hf-mixture {args.command}: interrupted; rerun the same command to resume.",
+              file=sys.stderr)
         return 130
     _close_process_group()
     return int(result or 0)

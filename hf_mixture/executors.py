@@ -17,6 +17,10 @@ A finished task is never redone: datatrove marks it in the stage's logging folde
 a rerun skips it.  The work folder must therefore be on a filesystem every worker sees
 (a shared filesystem for Slurm and multi-node Ray).
 
+No worker outlives the command (:mod:`hf_mixture._procs`), however it dies (SIGKILL too):
+each task first binds its process to the command's, helpers forked while a stage runs die
+with it, and what a local Ray instance starts is reaped when the command is gone.
+
 >>> ExecutorConfig(workers=2).resolved_workers()
 2
 """
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import _procs
 from .errors import HFMixtureError
 
 logger = logging.getLogger(__name__)
@@ -164,21 +169,54 @@ class Stage:
     gpu: bool = False  # only the embedding stage asks the scheduler for GPUs
 
 
+# datatrove's executors whose tasks first bind their process to the command's: built on
+# first use (datatrove is imported lazily) and looked up by name when a worker unpickles one.
+_BOUND = {"BoundLocalPipelineExecutor": "LocalPipelineExecutor",
+          "BoundRayPipelineExecutor": "RayPipelineExecutor"}
+
+
+def __getattr__(name: str) -> type:
+    if name not in _BOUND:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _bound_class(name)
+
+
+def _bound_class(name: str) -> type:
+    if name in globals():
+        return globals()[name]
+    import datatrove.executor
+
+    base = getattr(datatrove.executor, _BOUND[name])
+
+    def __init__(self, *args, **kwargs):
+        base.__init__(self, *args, **kwargs)
+        self.owner_pid = os.getpid()  # the command's process; pickled into each worker
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        # Local: the worker's parent is multiprocess's fork server, the owner its grandparent.
+        # Ray: the parent is a Ray worker; the owner (the driver) may be on another node, where
+        # its pid means nothing, and the Ray worker is then the process to die with.
+        _procs.worker_started(self.owner_pid if self.owner_pid in _procs.ancestors() else
+                              os.getppid())
+        return base._run_for_rank(self, rank, local_rank, node_rank)
+
+    cls = type(name, (base,), {"__init__": __init__, "_run_for_rank": _run_for_rank,
+                               "__module__": __name__, "__doc__": base.__doc__})
+    globals()[name] = cls
+    return cls
+
+
 def _make(config: ExecutorConfig, stage: Stage, logging_dir: Path, depends):
     workers = min(config.resolved_workers(), stage.tasks) if config.resolved_workers() > 0 \
         else -1
     if config.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        return LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=workers,
-                                     logging_dir=str(logging_dir), depends=depends)
+        return _bound_class("BoundLocalPipelineExecutor")(
+            stage.pipeline, tasks=stage.tasks, workers=workers, logging_dir=str(logging_dir),
+            depends=depends)
     if config.executor == "ray":
-        from datatrove.executor import RayPipelineExecutor
-
-        return RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=workers,
-                                   logging_dir=str(logging_dir), depends=depends,
-                                   cpus_per_task=config.ray_cpus_per_task,
-                                   mem_per_cpu_gb=1)
+        return _bound_class("BoundRayPipelineExecutor")(
+            stage.pipeline, tasks=stage.tasks, workers=workers, logging_dir=str(logging_dir),
+            depends=depends, cpus_per_task=config.ray_cpus_per_task, mem_per_cpu_gb=1)
     from datatrove.executor import SlurmPipelineExecutor
 
     logs = config.slurm_logs_dir or str(logging_dir.parent / "slurm_logs" / stage.name)
@@ -208,8 +246,11 @@ def _init_ray(config: ExecutorConfig) -> None:
         if config.ray_address:
             ray.init(address=config.ray_address, **ray_init_options())
         else:
-            ray.init(num_cpus=config.resolved_workers() if config.workers else None,
-                     **ray_init_options())
+            # Ray fate-shares its raylet and GCS with this process (a parent-death signal),
+            # but the workers and agents the raylet starts take up to a minute to notice.
+            with _procs.reaped_on_exit():
+                ray.init(num_cpus=config.resolved_workers() if config.workers else None,
+                         **ray_init_options())
 
 
 def run_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path) -> bool:
@@ -229,7 +270,8 @@ def run_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path) -> b
         _init_ray(config)
     for stage, executor in zip(stages, executors):
         executor.depends = None  # run in order here, with our own completion check
-        executor.run()
+        with _procs.children_die_with_me():  # datatrove's Manager process, forked here
+            executor.run()
         missing = executor.get_incomplete_ranks(skip_completed=True)
         if missing:
             log = work_dir / "logs" / stage.name / "logs" / f"task_{missing[0]:05d}.log"

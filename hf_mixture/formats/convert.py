@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from .._procs import worker_started
 from ..errors import HFMixtureError
 from .token_store import TokenStoreWriter
 
@@ -137,10 +139,11 @@ def _scalar_columns(schema) -> list[str]:
 _WORKER_BACKEND = None
 
 
-def _init_worker(tokenizer_json: str) -> None:
+def _init_worker(owner: int, tokenizer_json: str) -> None:
     global _WORKER_BACKEND
     from tokenizers import Tokenizer
 
+    worker_started(owner)  # dies with the process that encodes, however it dies
     _WORKER_BACKEND = Tokenizer.from_str(tokenizer_json)
 
 
@@ -161,7 +164,7 @@ class _TextEncoder:
                 self.num_proc,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(self.backend.to_str(),),
+                initargs=(os.getpid(), self.backend.to_str()),
             )
 
     def encode_many(

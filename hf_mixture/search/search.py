@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_json, atomic_write_text, short_hash
+from .._procs import killed_on_error, worker_started
 from .._progress import progress_bar
 from ..errors import HFMixtureError
 from .candidates import dirichlet_candidates, project_to_caps, repetition_caps, token_prior
@@ -207,8 +208,10 @@ def _write_runs_jsonl(output_dir: Path) -> Path:
 
 
 # -- executing runs ---------------------------------------------------------------------------
-def _gpu_worker_init(queue) -> None:  # pragma: no cover - runs in GPU worker processes
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+def _worker_init(owner: int, gpus=None) -> None:  # pragma: no cover - runs in the workers
+    worker_started(owner)  # dies with the search's process, however that dies
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
 def _run_in_worker(run_dir: str, retry_failed: bool) -> dict[str, Any]:
@@ -231,7 +234,7 @@ def _execute(run_dirs: list[Path], config: SearchConfig, target_fn: Callable | N
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-    initializer, initargs = None, ()
+    initargs = (os.getpid(), None)
     gpus = 0
     if config.proxy_device in ("auto", "cuda"):
         import torch
@@ -241,11 +244,12 @@ def _execute(run_dirs: list[Path], config: SearchConfig, target_fn: Callable | N
         queue = ctx.Queue()
         for i in range(workers):
             queue.put(i % gpus)
-        initializer, initargs = _gpu_worker_init, (queue,)
+        initargs = (os.getpid(), queue)
     todo = list(run_dirs)
     while todo:
         with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                    initializer=initializer, initargs=initargs) as pool:
+                                    initializer=_worker_init, initargs=initargs) as pool, \
+                killed_on_error(pool):
             futures = {pool.submit(_run_in_worker, str(d), config.retry_failed): d for d in todo}
             todo = []
             for fut in cf.as_completed(futures):
