@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,23 +125,19 @@ class OutputBusy(HFMixtureError):
         self.holder = holder
 
 
-def _jobs_alive(holder: dict[str, Any]) -> bool:
-    """Whether any scheduler job recorded in a lock (``holder["jobs"]``) is queued or running."""
-    from .executors import slurm_jobs_alive
-
-    return bool(slurm_jobs_alive(holder.get("jobs") or []))
-
-
 @contextlib.contextmanager
-def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+def output_lock(path: str | os.PathLike, *,
+                jobs_alive: Callable[[list[str]], list[str]] | None = None) -> Iterator[Path]:
     """Hold ``.<name>.lock`` beside ``path`` while a stage writes it; one writer at a time.
 
     The lock file records pid, host and start time.  A second writer gets one sentence
     naming the holder (:class:`OutputBusy`); a lock left by a dead process of this host is
     taken over (logged).  A writer that queued scheduler jobs hands the lock to them with
     :func:`hand_over_lock`: it then outlives this process until the chain's last stage
-    releases it (:func:`release_lock`); while any of those jobs is queued or running the
-    output stays locked, and once none is (a stage failed) the lock is taken over.
+    releases it (:func:`release_lock`); while any of those jobs is queued or running
+    (``jobs_alive(ids)``, e.g. :func:`hf_mixture.executors.slurm_jobs_alive`; without it
+    they count as alive) the output stays locked, and once none is (a stage failed) the
+    lock is taken over.
     Stale temporary siblings of dead runs are removed on the way in.
     """
     import logging
@@ -162,7 +158,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
             except (OSError, json.JSONDecodeError):
                 holder = {}
             if holder.get("token") and holder.get("jobs"):
-                if _jobs_alive(holder):
+                if jobs_alive is None or jobs_alive(holder["jobs"]):
                     raise OutputBusy(
                         f"Output '{final}' is being written by Slurm jobs "
                         f"{', '.join(map(str, holder['jobs']))}, still queued or running; wait "

@@ -424,3 +424,51 @@ def test_bad_inputs_are_one_sentence_and_exit_2(tiny_store, tmp_path, capsys):
     # Nothing was planned or run by any of the failures.
     assert not (tmp_path / "out" / "runs").exists()
 
+
+
+# -- a real Slurm ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_search_on_a_real_slurm_equals_local(tiny_store, tmp_path, real_slurm, capsys):
+    """One command submits the whole chain; a rerun while it is queued submits nothing; the
+    result (run folders, targets, mixture.yaml) equals the in-process search's."""
+    import subprocess
+    import sys
+
+    from conftest import wait_for_slurm_chain
+
+    config = tiny_config(rounds=[2, 1])
+    local = run_search(tiny_store, "mean", tmp_path / "local" / "search", config, executor=ONE,
+                       progress=False)
+    slurm = ExecutorConfig(executor="slurm", slurm_partition=real_slurm["partition"],
+                           slurm_cpus_per_task=1, slurm_mem_per_cpu_gb=1,
+                           slurm_time="00:30:00",
+                           slurm_env_command=f"export PATH={Path(sys.executable).parent}:$PATH")
+    out = tmp_path / "slurm" / "search"
+    queued = run_search(tiny_store, "mean", out, config, executor=slurm, progress=False)
+    assert queued.status == "queued" and queued.jobs
+    # stages after the first wait for the one before
+    show = subprocess.run(["scontrol", "show", "job", "-o", queued.jobs[-1]], check=False,
+                          capture_output=True, text=True).stdout
+    assert "afterok:" in show or "JobState=COMPLETED" in show or not show, show
+    again = run_search(tiny_store, "mean", out, config, executor=slurm, progress=False)
+    if again.status == "queued":  # (unless the chain already ended)
+        assert "nothing submitted" in again.state
+    wait_for_slurm_chain(out.with_name(".search.lock"), out)
+    assert (out / "mixture.yaml").read_text() == (local.output_dir / "mixture.yaml").read_text()
+    ran, here = _read_jsonl(out / "runs.jsonl"), local.runs
+    assert [r["run"] for r in ran] == [r["run"] for r in here]
+    assert [r["target"] for r in ran] == pytest.approx([r["target"] for r in here], abs=1e-6)
+    assert json.loads((out / "result.json").read_text())["winner"] == local.verification["winner"]
+    # Bad input is one sentence before anything is submitted.
+    with pytest.raises(HFMixtureError, match="Slurm has no partition 'nope'"):
+        run_search(tiny_store, "mean", tmp_path / "bad", config,
+                   executor=ExecutorConfig(executor="slurm", slurm_partition="nope"))
+    with pytest.raises(HFMixtureError, match="--slurm-env-command 'false' fails here"):
+        run_search(tiny_store, "mean", tmp_path / "bad", config,
+                   executor=ExecutorConfig(executor="slurm", slurm_partition="local",
+                                           slurm_env_command="false"))
+    with pytest.raises(HFMixtureError, match="has none"):
+        run_search(tiny_store, "mean", tmp_path / "bad", config,
+                   executor=ExecutorConfig(executor="slurm", slurm_partition="local",
+                                           slurm_gpus_per_task=1))
+    assert not (tmp_path / "bad").exists()

@@ -245,8 +245,9 @@ def cluster_corpus(
         config = dataclasses.replace(config, **options)
     output_dir = Path(output_dir)
     from .._io import output_lock
+    from ..executors import slurm_jobs_alive
 
-    with output_lock(output_dir) as lock, _progress_bars(progress):
+    with output_lock(output_dir, jobs_alive=slurm_jobs_alive) as lock, _progress_bars(progress):
         return _cluster_corpus(dataset_or_path, output_dir, config, executor or ExecutorConfig(),
                                embedder=embedder, lexical=lexical, clusterer=clusterer,
                                pruner=pruner, merger=merger, describer=describer,

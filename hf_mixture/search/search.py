@@ -230,8 +230,8 @@ def _proxy_stage(name: str, output_dir: Path, listing: str, tasks: int, retry_fa
     from ..executors import Stage
     from .stages import ProxyTask
 
-    return Stage(name, [ProxyTask(str(output_dir), listing, retry_failed, target_fn)], tasks,
-                 gpu=True)
+    return Stage(name, [ProxyTask(str(output_dir), listing, listed_folders, retry_failed,
+                                  target_fn)], tasks, gpu=True)
 
 
 def _forget_failed(output_dir: Path, stage: str, folders: list[Path]) -> None:
@@ -378,7 +378,7 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
     >>> run_search("store/", "held_out.jsonl", "out/", SearchConfig(rounds=[8, 4]))  # doctest: +SKIP
     """
     from .._io import OutputBusy, output_lock
-    from ..executors import ExecutorConfig
+    from ..executors import ExecutorConfig, slurm_jobs_alive
 
     executor = executor if executor is not None else ExecutorConfig()
     if not isinstance(executor, ExecutorConfig):
@@ -388,7 +388,7 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
                              "has one task per proxy run (use --workers to bound how many run "
                              "at once).")
     try:
-        with output_lock(output_dir) as lock:
+        with output_lock(output_dir, jobs_alive=slurm_jobs_alive) as lock:
             return _run_search(store, target, output_dir, config, executor, lock,
                                progress=progress)
     except OutputBusy as busy:
@@ -514,7 +514,7 @@ def _stages(ctx: _Search, executor, target_fn: Callable | None, *, finish: bool)
     target = ctx.spec
 
     def plan(name: str, phase: str, k: int | None = None) -> Stage:
-        return Stage(name, [PlanStep(store, target, str(out), config, phase, k)], 1)
+        return Stage(name, [PlanStep(search_step, store, target, str(out), config, phase, k)], 1)
 
     stages = []
     for k, size in enumerate(config.rounds, start=1):

@@ -24,6 +24,7 @@ finished returns at once, so a resubmitted stage never retrains it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +48,20 @@ class ProxyTask(PipelineStep):
     type = "hf_mixture"
     name = "proxy"
 
-    def __init__(self, output_dir: str, listing: str, retry_failed: bool = False,
-                 target_fn: Any = None):
+    def __init__(self, output_dir: str, listing: str, resolve: Callable[[Path, str], list[Path]],
+                 retry_failed: bool = False, target_fn: Any = None):
         super().__init__()
         self.output_dir = str(output_dir)
         self.listing = listing
+        self.resolve = resolve  # search.listed_folders (given, so that no import cycle forms)
         self.retry_failed = retry_failed
         self.target_fn = target_fn  # only in-process (local, one worker): see run_search
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1
             ) -> DocumentsPipeline:
         from .proxy import run_proxy
-        from .search import listed_folders
 
-        folders = listed_folders(Path(self.output_dir), self.listing)
+        folders = self.resolve(Path(self.output_dir), self.listing)
         if rank < len(folders):
             with self.track_time("run"):
                 result = run_proxy(folders[rank], target_fn=self.target_fn,
@@ -77,9 +78,10 @@ class PlanStep(PipelineStep):
     type = "hf_mixture"
     name = "search"
 
-    def __init__(self, store: str, target: Any, output_dir: str, config: Any, phase: str,
-                 k: int | None = None):
+    def __init__(self, step: Callable[..., None], store: str, target: Any, output_dir: str,
+                 config: Any, phase: str, k: int | None = None):
         super().__init__()
+        self.step = step  # search.search_step (given, so that no import cycle forms)
         self.store = str(store)
         self.target = target  # the TargetSpec (text targets are already tokenized)
         self.output_dir = str(output_dir)
@@ -89,10 +91,8 @@ class PlanStep(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1
             ) -> DocumentsPipeline:
-        from .search import search_step
-
         with self.track_time(self.phase):
-            search_step(self.store, self.target, self.output_dir, self.config, self.phase,
+            self.step(self.store, self.target, self.output_dir, self.config, self.phase,
                         self.k)
         if data:
             yield from data
