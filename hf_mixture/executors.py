@@ -291,19 +291,32 @@ def _run(cmd: list[str], timeout: float = 30):
 
 
 def slurm_job_states(jobs: list[str]) -> dict[str, str]:
-    """``{job id: state}`` of those of ``jobs`` still known to ``squeue`` (queued or running)."""
+    """``{job id: state}`` of those of ``jobs`` still queued or running (``squeue``).
+
+    A job left waiting on a stage that failed (reason ``DependencyNeverSatisfied``) can never
+    start: it is cancelled and not reported, so the chain counts as ended.
+    """
     if not jobs:
         return {}
-    out = _run(["squeue", "-h", "-o", "%F %T"])
+    out = _run(["squeue", "-h", "-o", "%F %T %r"])
     if out is None or out.returncode != 0:
         # No squeue here: the lock cannot be checked, so it is treated as held.
         return {str(j): "UNKNOWN" for j in jobs}
     known = set(map(str, jobs))
     states: dict[str, str] = {}
+    stuck: set[str] = set()
     for line in out.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0] in known:
-            states.setdefault(parts[0], parts[1])
+        if len(parts) >= 2 and parts[0] in known:
+            if len(parts) > 2 and parts[2] == "DependencyNeverSatisfied":
+                stuck.add(parts[0])
+            else:
+                states.setdefault(parts[0], parts[1])
+    stuck -= set(states)
+    if stuck:
+        _run(["scancel", *sorted(stuck)])
+        logger.warning("cancelled Slurm jobs %s: a stage they depend on failed",
+                       ", ".join(sorted(stuck)))
     return states
 
 

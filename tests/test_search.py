@@ -472,3 +472,24 @@ def test_search_on_a_real_slurm_equals_local(tiny_store, tmp_path, real_slurm, c
                    executor=ExecutorConfig(executor="slurm", slurm_partition="local",
                                            slurm_gpus_per_task=1))
     assert not (tmp_path / "bad").exists()
+
+
+def test_jobs_waiting_on_a_failed_stage_do_not_hold_the_output(tmp_path, monkeypatch):
+    """squeue's DependencyNeverSatisfied jobs can never start: cancelled, not alive."""
+    import os
+    import stat
+
+    from hf_mixture.executors import slurm_job_states
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cancelled = tmp_path / "scancel.txt"
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho '7 RUNNING None'\n"
+                                    "echo '8 PENDING DependencyNeverSatisfied'\n"
+                                    "echo '9 PENDING Dependency'\n")
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {cancelled}\n")
+    for f in bin_dir.iterdir():
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert slurm_job_states(["7", "8", "9", "10"]) == {"7": "RUNNING", "9": "PENDING"}
+    assert cancelled.read_text().split() == ["8"]
