@@ -121,7 +121,11 @@ def main() -> None:
     parser.add_argument("--many-tokens", type=int, default=30_000)
     parser.add_argument("--many-transfer", type=int, default=24)
     parser.add_argument("--fit-sizes", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--synthetic", action="store_true",
+                        help="The predictors on a known function of the weights (no training).")
     args = parser.parse_args()
+    if args.synthetic:
+        return synthetic(args)
     if args.many_runs:
         return many_runs(args)
 
@@ -146,15 +150,16 @@ def main() -> None:
         overrides["proxy_tokens"] = args.proxy_tokens
     config = SearchConfig(**overrides)
     executor = _executor(args)
+    # --timing: a folder per executor and worker count, beside the store they share
+    search_dir = workdir / (f"timing-{args.executor}-w{args.workers}" if args.timing else "search")
     t0 = time.perf_counter()
-    result = run_search(store, str(target_file), workdir / "search", config, executor=executor)
+    result = run_search(store, str(target_file), search_dir, config, executor=executor)
     if result.status == "queued":
-        wait_for_chain(workdir / "search")
-        result = run_search(store, str(target_file), workdir / "search", config,
-                            executor=executor)
+        wait_for_chain(search_dir)
+        result = run_search(store, str(target_file), search_dir, config, executor=executor)
     search_seconds = time.perf_counter() - t0
     if args.timing:
-        print_timing(workdir / "search", args, search_seconds)
+        print_timing(search_dir, args, search_seconds)
         return
     names = result.mixture.component_names
     from hf_mixture.formats import TokenStore
@@ -366,6 +371,54 @@ def many_runs(args) -> None:
     print("best:        " + " ".join(f"{best[(n, k)]:>11.3f}" for n in args.fit_sizes
                                      for k in ("same", "xfer")))
     print(f"time: {(time.perf_counter() - started) / 60:.1f} min; workdir {workdir}")
+
+
+def synthetic(args) -> None:
+    """The predictors' capacity question without training: targets from a known function of
+    6 weights (a mixing law plus pairwise interactions and a wiggle, the kind of structure
+    a law misses), plus noise; each predictor fitted on n runs ranks 800 fresh mixtures."""
+    import numpy as np
+
+    from hf_mixture.search.candidates import dirichlet_candidates
+    from hf_mixture.search.predictors import make_predictor, predictor_names, spearman
+
+    rng = np.random.default_rng(0)
+    D = 6
+    t = rng.normal(0, 1.5, D)
+    W = rng.normal(0, 1, (D, D))
+    W = (W + W.T) / 2
+
+    def f(X):
+        return (2.0 + np.exp(X @ t) + 0.3 * np.einsum("ni,ij,nj->n", X, W, X)
+                + 0.2 * np.sin(6 * X[:, 0]) * X[:, 1])
+
+    prior = np.full(D, 1 / D)
+    X_test = dirichlet_candidates(800, prior, concentration=1.0, rng=np.random.default_rng(9))
+    y_test = f(X_test)
+    # the 2026-12-01 default: the law plus a fixed, damped correction (60 depth-2 trees)
+    damped = {"n_estimators": 60, "learning_rate": 0.05, "num_leaves": 4, "max_depth": 2,
+              "min_child_samples": 3, "reg_lambda": 1.0}
+    makers = {name: (lambda name=name: make_predictor(name)) for name in predictor_names()}
+    makers["hybrid_fixed"] = lambda: make_predictor("hybrid", **damped)
+    sizes = args.fit_sizes
+    print(f"# Predictors on a synthetic target ({time.strftime('%Y-%m-%d')}): Spearman on 800 "
+          "unseen mixtures, mean of 3 draws of the fitted runs")
+    print(f"{'predictor':<13} " + " ".join(f"{f'n={n}':>8}" for n in sizes))
+    rows = {}
+    for name, make in makers.items():
+        cells = []
+        for n in sizes:
+            vals = []
+            for rep in range(3):
+                X = dirichlet_candidates(n, prior, concentration=1.0,
+                                         rng=np.random.default_rng([rep, n]))
+                y = f(X) + np.random.default_rng([rep, n, 1]).normal(0, 0.03, n)
+                vals.append(spearman(make().fit(X, y).predict(X_test), y_test) or 0.0)
+            cells.append(float(np.mean(vals)))
+        rows[name] = cells
+        print(f"{name:<13} " + " ".join(f"{v:>8.3f}" for v in cells))
+    best = [max(r[i] for r in rows.values()) for i in range(len(sizes))]
+    print(f"{'best':<13} " + " ".join(f"{v:>8.3f}" for v in best))
 
 
 if __name__ == "__main__":
