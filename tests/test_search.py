@@ -493,3 +493,30 @@ def test_jobs_waiting_on_a_failed_stage_do_not_hold_the_output(tmp_path, monkeyp
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert slurm_job_states(["7", "8", "9", "10"]) == {"7": "RUNNING", "9": "PENDING"}
     assert cancelled.read_text().split() == ["8"]
+
+
+@pytest.mark.slow
+def test_search_on_a_real_ray_instance_equals_local(tiny_store, tmp_path):
+    ray = pytest.importorskip("ray")
+    config = tiny_config(rounds=[2, 1])
+    local = run_search(tiny_store, "mean", tmp_path / "local" / "search", config, executor=ONE,
+                       progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = run_search(tiny_store, "mean", tmp_path / "ray" / "search", config,
+                            executor=ExecutorConfig(executor="ray"), progress=False)
+    finally:
+        ray.shutdown()
+    assert on_ray.status == "complete"
+    assert [r["run"] for r in on_ray.runs] == [r["run"] for r in local.runs]
+    assert [r["target"] for r in on_ray.runs] == pytest.approx(
+        [r["target"] for r in local.runs], abs=1e-6)
+    assert (on_ray.output_dir / "mixture.yaml").read_text() == \
+        (local.output_dir / "mixture.yaml").read_text()
+    with pytest.raises(HFMixtureError, match="asks for more GPUs than the Ray cluster has"):
+        ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)
+        try:
+            run_search(tiny_store, "mean", tmp_path / "bad", config,
+                       executor=ExecutorConfig(executor="ray", ray_gpus_per_task=1))
+        finally:
+            ray.shutdown()
