@@ -18,8 +18,20 @@ so the search must find which *other* sources help.  Printed:
    final target loss (data mixing laws: ≈0.68; aim <= 0.65).
 
     python benchmarks/search.py [--target-source python_code] [--workers 2] [--workdir DIR]
+        [--executor local|slurm --slurm-partition P]
 
 Rerunning with the same ``--workdir`` resumes (finished proxy runs are kept).
+
+``--many-runs N`` measures the predictors instead, as RegMix does with its 512 runs: N
+cheap proxies (``--many-model cpu-tiny``, ``--many-tokens`` each) on N Dirichlet mixtures
+(one proxy stage), plus ``--many-transfer`` of them again with a larger proxy
+(``--transfer-model``); every predictor is fitted on ``--fit-sizes`` (16 64 256) of the
+runs (3 seeded subsets each) and ranks the runs it did not see at the same scale and the
+transfer set (Spearman).  The full setting is ``--many-runs 320``; a reduced one (e.g.
+``--many-runs 80 --fit-sizes 16 32 64``) fits a 2-core machine in minutes.
+
+``--timing`` prints each stage's wall time and the gap between one stage's end and the
+next one's start (the scheduler's overhead per stage: submission/queue/start-up).
 """
 
 from __future__ import annotations
@@ -99,10 +111,27 @@ def main() -> None:
     parser.add_argument("--transfer-runs", type=int, default=None)
     parser.add_argument("--eval-points", type=int, default=12,
                         help="Eval points of the retrained runs (for the steps fraction).")
+    parser.add_argument("--executor", default="local", choices=("local", "slurm", "ray"))
+    parser.add_argument("--slurm-partition", default=None)
+    parser.add_argument("--timing", action="store_true",
+                        help="Run the search only and print per-stage times and overheads.")
+    parser.add_argument("--many-runs", type=int, default=0,
+                        help="Measure the predictors on this many cheap proxy runs instead.")
+    parser.add_argument("--many-model", default="cpu-tiny")
+    parser.add_argument("--many-tokens", type=int, default=30_000)
+    parser.add_argument("--many-transfer", type=int, default=24)
+    parser.add_argument("--fit-sizes", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--synthetic", action="store_true",
+                        help="The predictors on a known function of the weights (no training).")
     args = parser.parse_args()
+    if args.synthetic:
+        return synthetic(args)
+    if args.many_runs:
+        return many_runs(args)
 
     import numpy as np
 
+    from hf_mixture.executors import ExecutorConfig
     from hf_mixture.search import SearchConfig, run_search
     from hf_mixture.search.search import retrain
 
@@ -110,7 +139,7 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hf_mixture_search_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
     store, target_file, held_out = build_store(workdir, args.target_source, args.target_docs, 0)
-    overrides = {"exclude": [held_out], "workers": args.workers, "transfer_check": True}
+    overrides = {"exclude": [held_out], "transfer_check": not args.timing}
     if args.transfer_model:
         overrides["transfer_model"] = args.transfer_model
     if args.transfer_runs:
@@ -120,9 +149,18 @@ def main() -> None:
     if args.proxy_tokens:
         overrides["proxy_tokens"] = args.proxy_tokens
     config = SearchConfig(**overrides)
+    executor = _executor(args)
+    # --timing: a folder per executor and worker count, beside the store they share
+    search_dir = workdir / (f"timing-{args.executor}-w{args.workers}" if args.timing else "search")
     t0 = time.perf_counter()
-    result = run_search(store, str(target_file), workdir / "search", config)
+    result = run_search(store, str(target_file), search_dir, config, executor=executor)
+    if result.status == "queued":
+        wait_for_chain(search_dir)
+        result = run_search(store, str(target_file), search_dir, config, executor=executor)
     search_seconds = time.perf_counter() - t0
+    if args.timing:
+        print_timing(search_dir, args, search_seconds)
+        return
     names = result.mixture.component_names
     from hf_mixture.formats import TokenStore
 
@@ -140,7 +178,7 @@ def main() -> None:
     t1 = time.perf_counter()
     seeds = tuple(range(args.seeds))
     trained = retrain(workdir / "search", mixtures, seeds=seeds, eval_points=args.eval_points,
-                      workers=args.workers)
+                      executor=ExecutorConfig(workers=args.workers))
     retrain_seconds = time.perf_counter() - t1
 
     load = os.getloadavg()
@@ -151,7 +189,8 @@ def main() -> None:
     print(f"target: held-out text of source '{args.target_source}' ({args.target_docs} docs), "
           f"its component {held_out} removed from the pool of {len(names)}")
     print(f"search: rounds {config.rounds}, proxies {config.proxy_model} x {config.proxy_tokens:,} "
-          f"tokens, workers {config.workers}; {search_seconds / 60:.1f} min")
+          f"tokens, {args.executor} executor, workers {args.workers}; "
+          f"{search_seconds / 60:.1f} min")
     print()
     t = result.transfer or {"spearman": {}, "runs": []}
     print("## Predictor quality: same-scale (cross-validated over the search's runs) and transfer")
@@ -204,6 +243,182 @@ def main() -> None:
     print()
     print(f"time: search {search_seconds / 60:.1f} min, retraining {retrain_seconds / 60:.1f} min, "
           f"total {(time.perf_counter() - started) / 60:.1f} min; workdir {workdir}")
+
+
+def _executor(args):
+    from hf_mixture.executors import ExecutorConfig
+
+    if args.executor == "slurm":
+        import sys
+
+        return ExecutorConfig(executor="slurm", slurm_partition=args.slurm_partition,
+                              workers=args.workers, slurm_cpus_per_task=1,
+                              slurm_mem_per_cpu_gb=1, slurm_time="02:00:00",
+                              slurm_env_command=f"export PATH={Path(sys.executable).parent}:$PATH")
+    return ExecutorConfig(executor=args.executor, workers=args.workers)
+
+
+def wait_for_chain(search_dir: Path, timeout: float = 7200) -> None:
+    """Wait until a chain submitted to Slurm released the search's lock."""
+    lock = search_dir.with_name(f".{search_dir.name}.lock")
+    end = time.monotonic() + timeout
+    while lock.exists() and time.monotonic() < end:
+        time.sleep(2)
+
+
+def stage_times(search_dir: Path) -> list[tuple[str, float, float]]:
+    """(stage, first task start, last task end) from datatrove's task logs and completions,
+    in chain order."""
+    import datetime
+
+    rows = []
+    for stage in (search_dir / "logs").iterdir():
+        logs = sorted((stage / "logs").glob("task_*.log"))
+        done = sorted((stage / "completions").glob("*"))
+        if not logs or not done:
+            continue
+        starts = []
+        for log in logs:
+            first = log.read_text().split(" | ", 1)[0]
+            starts.append(datetime.datetime.strptime(first, "%Y-%m-%d %H:%M:%S.%f").timestamp())
+        rows.append((stage.name, min(starts), max(p.stat().st_mtime for p in done)))
+    return sorted(rows, key=lambda r: r[1])
+
+
+def print_timing(search_dir: Path, args, seconds: float) -> None:
+    rows = stage_times(search_dir)
+    print(f"# search timing: {args.executor} executor, workers {args.workers}: "
+          f"{seconds:.0f} s wall")
+    print(f"{'stage':<26} {'wall s':>8} {'gap before s':>13}")
+    gaps = []
+    for i, (name, start, end) in enumerate(rows):
+        gap = start - rows[i - 1][2] if i else float("nan")
+        if i:
+            gaps.append(gap)
+        print(f"{name:<26} {end - start:>8.1f} {gap:>13.1f}")
+    proxies = sum(end - start for name, start, end in rows if name.startswith("proxies-"))
+    print(f"proxy stages {proxies:.0f} s; mean gap between stages {statistics.mean(gaps):.1f} s "
+          f"(submission/queue/start-up per stage)" if gaps else "")
+
+
+def many_runs(args) -> None:
+    """RegMix's question on cheap proxies: how well does each predictor rank unseen runs,
+    fitted on 16 / 64 / 256 of them, at the same scale and at a larger one?"""
+    import numpy as np
+
+    from hf_mixture.search import SearchConfig, run_search
+    from hf_mixture.search.predictors import make_predictor, predictor_names, spearman
+
+    started = time.perf_counter()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hf_mixture_many_runs_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    store, target_file, held_out = build_store(workdir, args.target_source, args.target_docs, 0)
+    config = SearchConfig(
+        rounds=[args.many_runs], verify_seeds=0, exclude=[held_out], proxy_model=args.many_model,
+        proxy_tokens=args.many_tokens, proxy_eval_points=1, transfer_check=True,
+        transfer_model=args.transfer_model or "cpu-1m", transfer_runs=args.many_transfer,
+        predictor="linear")  # the search's own pick does not matter here
+    result = run_search(store, str(target_file), workdir / "search", config,
+                        executor=_executor(args))
+    if result.status == "queued":
+        wait_for_chain(workdir / "search")
+        result = run_search(store, str(target_file), workdir / "search", config,
+                            executor=_executor(args))
+    train_seconds = time.perf_counter() - started
+    names = result.mixture.component_names
+    ok = [r for r in result.runs if r["status"] == "finished"]
+    X = np.array([[r["weights"][n] for n in names] for r in ok])
+    y = np.array([r["target"] for r in ok])
+    t = result.transfer
+    large = dict(zip(t["runs"], t["large_targets"]))
+    in_transfer = np.array([r["run"] in large for r in ok])
+    Xt = np.array([[r["weights"][n] for n in names] for r in ok if r["run"] in large])
+    yt = np.array([large[r["run"]] for r in ok if r["run"] in large])
+    pool = np.flatnonzero(~in_transfer)  # fit and same-scale test runs: never a transfer mixture
+    print()
+    print(f"# Predictors on many runs ({time.strftime('%Y-%m-%d')}, {os.cpu_count()}-core CPU)")
+    print(f"{len(ok)} {args.many_model} proxies x {args.many_tokens:,} tokens; transfer: "
+          f"{len(yt)} of them with {config.transfer_model}; {train_seconds / 60:.1f} min to train")
+    print(f"{'predictor':<12} " + " ".join(f"{f'n={n} same':>11} {f'n={n} xfer':>11}"
+                                           for n in args.fit_sizes))
+    table: dict[str, list[str]] = {}
+    best: dict[tuple[int, str], float] = {}
+    for name in predictor_names():
+        cells = []
+        for n in args.fit_sizes:
+            if n >= len(pool):
+                cells += ["n/a", "n/a"]
+                continue
+            same, xfer = [], []
+            for rep in range(3):
+                fit = np.random.default_rng([rep, n]).choice(pool, size=n, replace=False)
+                rest = np.setdiff1d(pool, fit)
+                try:
+                    model = make_predictor(name).fit(X[fit], y[fit])
+                except Exception as err:  # noqa: BLE001 - a predictor that cannot fit n runs
+                    same, xfer = [], []
+                    print(f"  {name} at n={n}: {err}")
+                    break
+                same.append(spearman(model.predict(X[rest]), y[rest]) or 0.0)
+                xfer.append(spearman(model.predict(Xt), yt) or 0.0)
+            for kind, vals in (("same", same), ("xfer", xfer)):
+                value = float(np.mean(vals)) if vals else float("nan")
+                best[(n, kind)] = max(best.get((n, kind), -1.0), value)
+                cells.append(f"{value:.3f}" if vals else "n/a")
+        table[name] = cells
+    for name, cells in table.items():
+        print(f"{name:<12} " + " ".join(f"{c:>11}" for c in cells))
+    print("best:        " + " ".join(f"{best[(n, k)]:>11.3f}" for n in args.fit_sizes
+                                     for k in ("same", "xfer")))
+    print(f"time: {(time.perf_counter() - started) / 60:.1f} min; workdir {workdir}")
+
+
+def synthetic(args) -> None:
+    """The predictors' capacity question without training: targets from a known function of
+    6 weights (a mixing law plus pairwise interactions and a wiggle, the kind of structure
+    a law misses), plus noise; each predictor fitted on n runs ranks 800 fresh mixtures."""
+    import numpy as np
+
+    from hf_mixture.search.candidates import dirichlet_candidates
+    from hf_mixture.search.predictors import make_predictor, predictor_names, spearman
+
+    rng = np.random.default_rng(0)
+    D = 6
+    t = rng.normal(0, 1.5, D)
+    W = rng.normal(0, 1, (D, D))
+    W = (W + W.T) / 2
+
+    def f(X):
+        return (2.0 + np.exp(X @ t) + 0.3 * np.einsum("ni,ij,nj->n", X, W, X)
+                + 0.2 * np.sin(6 * X[:, 0]) * X[:, 1])
+
+    prior = np.full(D, 1 / D)
+    X_test = dirichlet_candidates(800, prior, concentration=1.0, rng=np.random.default_rng(9))
+    y_test = f(X_test)
+    # the 2026-12-01 default: the law plus a fixed, damped correction (60 depth-2 trees)
+    damped = {"n_estimators": 60, "learning_rate": 0.05, "num_leaves": 4, "max_depth": 2,
+              "min_child_samples": 3, "reg_lambda": 1.0}
+    makers = {name: (lambda name=name: make_predictor(name)) for name in predictor_names()}
+    makers["hybrid_fixed"] = lambda: make_predictor("hybrid", **damped)
+    sizes = args.fit_sizes
+    print(f"# Predictors on a synthetic target ({time.strftime('%Y-%m-%d')}): Spearman on 800 "
+          "unseen mixtures, mean of 3 draws of the fitted runs")
+    print(f"{'predictor':<13} " + " ".join(f"{f'n={n}':>8}" for n in sizes))
+    rows = {}
+    for name, make in makers.items():
+        cells = []
+        for n in sizes:
+            vals = []
+            for rep in range(3):
+                X = dirichlet_candidates(n, prior, concentration=1.0,
+                                         rng=np.random.default_rng([rep, n]))
+                y = f(X) + np.random.default_rng([rep, n, 1]).normal(0, 0.03, n)
+                vals.append(spearman(make().fit(X, y).predict(X_test), y_test) or 0.0)
+            cells.append(float(np.mean(vals)))
+        rows[name] = cells
+        print(f"{name:<13} " + " ".join(f"{v:>8.3f}" for v in cells))
+    best = [max(r[i] for r in rows.values()) for i in range(len(sizes))]
+    print(f"{'best':<13} " + " ".join(f"{v:>8.3f}" for v in best))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import HFMixtureError
 
@@ -116,12 +117,27 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+class OutputBusy(HFMixtureError):
+    """The output is locked by a live writer; ``holder`` is what its lock file records."""
+
+    def __init__(self, message: str, holder: dict[str, Any]):
+        super().__init__(message)
+        self.holder = holder
+
+
 @contextlib.contextmanager
-def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+def output_lock(path: str | os.PathLike, *,
+                jobs_alive: Callable[[list[str]], list[str]] | None = None) -> Iterator[Path]:
     """Hold ``.<name>.lock`` beside ``path`` while a stage writes it; one writer at a time.
 
     The lock file records pid, host and start time.  A second writer gets one sentence
-    naming the holder; a lock left by a dead process of this host is taken over (logged).
+    naming the holder (:class:`OutputBusy`); a lock left by a dead process of this host is
+    taken over (logged).  A writer that queued scheduler jobs hands the lock to them with
+    :func:`hand_over_lock`: it then outlives this process until the chain's last stage
+    releases it (:func:`release_lock`); while any of those jobs is queued or running
+    (``jobs_alive(ids)``, e.g. :func:`hf_mixture.executors.slurm_jobs_alive`; without it
+    they count as alive) the output stays locked, and once none is (a stage failed) the
+    lock is taken over.
     Stale temporary siblings of dead runs are removed on the way in.
     """
     import logging
@@ -132,6 +148,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     lock = final.with_name(f".{final.name}.lock")
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    log = logging.getLogger(__name__)
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -140,17 +157,26 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
                 holder = json.loads(lock.read_text() or "{}")
             except (OSError, json.JSONDecodeError):
                 holder = {}
-            same_host = holder.get("host") == me["host"]
-            if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
-                logging.getLogger(__name__).warning(
-                    "taking over the lock of %s from process %s, which is gone", final,
-                    holder["pid"])
+            if holder.get("token") and holder.get("jobs"):
+                if jobs_alive is None or jobs_alive(holder["jobs"]):
+                    raise OutputBusy(
+                        f"Output '{final}' is being written by Slurm jobs "
+                        f"{', '.join(map(str, holder['jobs']))}, still queued or running; wait "
+                        f"for them (squeue) or cancel them (scancel) first.", holder) from None
+                log.warning("taking over the lock of %s from Slurm jobs %s, none of which is "
+                            "queued or running", final, ", ".join(map(str, holder["jobs"])))
                 lock.unlink(missing_ok=True)
                 continue
-            raise HFMixtureError(
+            same_host = holder.get("host") == me["host"]
+            if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
+                log.warning("taking over the lock of %s from process %s, which is gone", final,
+                            holder["pid"])
+                lock.unlink(missing_ok=True)
+                continue
+            raise OutputBusy(
                 f"Output '{final}' is being written by process {holder.get('pid', '?')} on "
                 f"{holder.get('host', '?')}; wait for it to finish (or delete '{lock}' if that "
-                "process is gone).") from None
+                "process is gone).", holder) from None
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh)
         break
@@ -158,4 +184,40 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield lock
     finally:
-        lock.unlink(missing_ok=True)
+        try:
+            handed = bool(json.loads(lock.read_text() or "{}").get("token"))
+        except (OSError, json.JSONDecodeError):
+            handed = False
+        if not handed:
+            lock.unlink(missing_ok=True)
+
+
+def hand_over_lock(lock: Path, token: str, jobs: list[str] | None = None) -> None:
+    """Keep ``lock`` (from :func:`output_lock`) past this process for a scheduled chain.
+
+    Call it with ``jobs=None`` before submitting (the chain's last stage removes the lock
+    with ``release_lock(lock, token)``, even if it ends before this process does), then
+    with the submitted ``jobs``: a later writer checks whether any of them is still queued
+    or running.  A lock already released by the chain is left released.
+    """
+    try:
+        holder = json.loads(lock.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return
+    if jobs is not None and holder.get("token") != token:
+        return
+    atomic_write_json(lock, {**holder, "token": token,
+                             "jobs": [str(j) for j in (jobs or [])]})
+
+
+def release_lock(lock: str | os.PathLike, token: str) -> bool:
+    """Remove a handed-over lock if it still carries ``token`` (a later writer's is kept)."""
+    lock = Path(lock)
+    try:
+        holder = json.loads(lock.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return False
+    if holder.get("token") != token:
+        return False
+    lock.unlink(missing_ok=True)
+    return True

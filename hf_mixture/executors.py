@@ -113,7 +113,8 @@ class ExecutorConfig:
     slurm_time: str = field(default="24:00:00", metadata=_help("Slurm time limit per task."))
     slurm_cpus_per_task: int = field(default=4, metadata=_help("Slurm CPUs per task."))
     slurm_gpus_per_task: int = field(default=0, metadata=_help(
-        "Slurm GPUs per task of the embedding stage (other stages use none)."))
+        "Slurm GPUs per task of the stages that use one (cluster: embedding; search: proxy "
+        "runs); other stages use none."))
     slurm_mem_per_cpu_gb: int = field(default=4, metadata=_help("Slurm memory per CPU (GB)."))
     slurm_job_name: str = field(default="hf-mixture", metadata=_help(
         "Slurm job name prefix; each stage appends its name."))
@@ -125,6 +126,8 @@ class ExecutorConfig:
         "Address of the Ray cluster (ray.init(address=...)); default: a Ray instance already "
         "initialized in this process, else a local one."))
     ray_cpus_per_task: int = field(default=1, metadata=_help("CPUs Ray reserves per task."))
+    ray_gpus_per_task: float = field(default=0, metadata=_help(
+        "GPUs Ray reserves per task of the stages that use one (as --slurm-gpus-per-task)."))
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -216,7 +219,8 @@ def _make(config: ExecutorConfig, stage: Stage, logging_dir: Path, depends):
     if config.executor == "ray":
         return _bound_class("BoundRayPipelineExecutor")(
             stage.pipeline, tasks=stage.tasks, workers=workers, logging_dir=str(logging_dir),
-            depends=depends, cpus_per_task=config.ray_cpus_per_task, mem_per_cpu_gb=1)
+            depends=depends, cpus_per_task=config.ray_cpus_per_task,
+            gpus_per_task=config.ray_gpus_per_task if stage.gpu else 0, mem_per_cpu_gb=1)
     from datatrove.executor import SlurmPipelineExecutor
 
     logs = config.slurm_logs_dir or str(logging_dir.parent / "slurm_logs" / stage.name)
@@ -261,11 +265,10 @@ def run_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path) -> b
     and its log).  Slurm submits the whole chain at once and returns (``False``): the last
     stage writes the output when the cluster gets to it.
     """
-    executors = build_executors(config, stages, work_dir)
     if config.executor == "slurm":
-        executors[-1].run()  # submits every stage, each with afterok on the one before
-        logger.info("submitted %d Slurm stages; logs under %s", len(stages), work_dir / "logs")
+        submit_stages(config, stages, work_dir)
         return False
+    executors = build_executors(config, stages, work_dir)
     if config.executor == "ray":
         _init_ray(config)
     for stage, executor in zip(stages, executors):
@@ -280,3 +283,162 @@ def run_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path) -> b
                 f"{stage.tasks} tasks incomplete); see {log}. Rerun to resume: finished tasks "
                 "are skipped.")
     return True
+
+
+# -- a chain submitted to Slurm ------------------------------------------------------------------
+class ReleaseLock:
+    """The last step of a submitted chain: remove the output's lock if it is still ours.
+
+    A plain callable (datatrove calls every pipeline item as ``step(data, rank, world_size)``);
+    it runs after the steps before it in the task have finished, so the lock goes only when
+    the chain's last stage succeeded.
+    """
+
+    def __init__(self, lock: str | os.PathLike, token: str):
+        self.lock = str(lock)
+        self.token = token
+
+    def __call__(self, data=None, rank: int = 0, world_size: int = 1):
+        from ._io import release_lock
+
+        if data is not None:
+            yield from data
+        release_lock(self.lock, self.token)
+
+
+def submit_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path,
+                  release: tuple[Path, str] | None = None) -> list[str]:
+    """Submit ``stages`` to Slurm as job arrays chained by ``afterok``; their job ids.
+
+    A stage whose tasks are all complete is not submitted.  ``release=(lock, token)``
+    appends :class:`ReleaseLock` to the last stage (which must be one task), so the output
+    stays locked until the chain has finished.
+    """
+    if release is not None:
+        if stages[-1].tasks != 1:
+            raise ValueError("the stage that releases the lock must be a single task")
+        stages = stages[:-1] + [dataclasses.replace(
+            stages[-1], pipeline=list(stages[-1].pipeline) + [ReleaseLock(*release)])]
+    executors = build_executors(config, stages, work_dir)
+    executors[-1].run()  # submits every stage, each with afterok on the one before
+    jobs = [str(e.job_id) for e in executors if e.job_id not in (None, -1)]
+    logger.info("submitted %d Slurm stages (jobs %s); logs under %s", len(jobs),
+                ", ".join(jobs), work_dir / "logs")
+    return jobs
+
+
+def _run(cmd: list[str], timeout: float = 30):
+    import subprocess
+
+    try:
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return None
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"timed out after {timeout:.0f} s")
+
+
+def slurm_job_states(jobs: list[str]) -> dict[str, str]:
+    """``{job id: state}`` of those of ``jobs`` still queued or running (``squeue``).
+
+    A job left waiting on a stage that failed (reason ``DependencyNeverSatisfied``) can never
+    start: it is cancelled and not reported, so the chain counts as ended.
+    """
+    if not jobs:
+        return {}
+    out = _run(["squeue", "-h", "-o", "%F %T %r"])
+    if out is None or out.returncode != 0:
+        # No squeue here: the lock cannot be checked, so it is treated as held.
+        return {str(j): "UNKNOWN" for j in jobs}
+    known = set(map(str, jobs))
+    states: dict[str, str] = {}
+    stuck: set[str] = set()
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in known:
+            if len(parts) > 2 and parts[2] == "DependencyNeverSatisfied":
+                stuck.add(parts[0])
+            else:
+                states.setdefault(parts[0], parts[1])
+    stuck -= set(states)
+    if stuck:
+        _run(["scancel", *sorted(stuck)])
+        logger.warning("cancelled Slurm jobs %s: a stage they depend on failed",
+                       ", ".join(sorted(stuck)))
+    return states
+
+
+def slurm_jobs_alive(jobs: list[str]) -> list[str]:
+    """The ids of ``jobs`` that are still queued or running."""
+    return list(slurm_job_states(jobs))
+
+
+def _ray_reachable(address: str) -> str | None:
+    """Why a Ray address does not answer (None when a TCP connection opens or it is 'auto')."""
+    import socket
+
+    if address == "auto" or address.startswith("local"):
+        return None
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return "is not HOST:PORT or ray://HOST:PORT"
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            return None
+    except OSError as err:
+        return f"does not answer ({err.strerror or err})"
+
+
+def check_executor(config: ExecutorConfig, *, gpus: bool = True) -> None:
+    """Check what the scheduler can check before anything is submitted (one sentence each).
+
+    Slurm: ``sinfo`` answers, the partition exists, it has GPUs when GPUs are asked, and
+    ``--slurm-env-command`` succeeds here.  Ray: the address answers (then Ray is
+    initialized) and the cluster has the GPUs asked.  ``gpus``: whether any stage asks for
+    the GPUs configured.
+    """
+    if config.executor == "slurm":
+        info = _run(["sinfo", "-h", "-o", "%P %G"])
+        if info is None or info.returncode != 0:
+            why = "is not installed" if info is None else (info.stderr.strip().splitlines()
+                                                           or ["failed"])[-1]
+            raise HFMixtureError(f"--executor slurm: sinfo {why}; is this a Slurm login node?")
+        parts = {}
+        for line in info.stdout.splitlines():
+            name, _, gres = line.partition(" ")
+            parts.setdefault(name.rstrip("*"), []).append(gres)
+        if config.slurm_partition not in parts:
+            raise HFMixtureError(
+                f"Slurm has no partition {config.slurm_partition!r} (--slurm-partition); sinfo "
+                f"lists {', '.join(sorted(parts)) or 'none'}.")
+        if gpus and config.slurm_gpus_per_task > 0 and not any(
+                "gpu" in g for g in parts[config.slurm_partition]):
+            raise HFMixtureError(
+                f"--slurm-gpus-per-task {config.slurm_gpus_per_task} asks for GPUs, but Slurm "
+                f"partition {config.slurm_partition!r} has none (sinfo shows no gpu gres).")
+        if config.slurm_env_command:
+            done = _run(["bash", "-c", config.slurm_env_command], timeout=120)
+            if done is None or done.returncode != 0:
+                last = ((done.stderr or done.stdout).strip().splitlines() or [""])[-1] \
+                    if done else "bash is missing"
+                raise HFMixtureError(
+                    f"--slurm-env-command {config.slurm_env_command!r} fails here (exit "
+                    f"{done.returncode if done else '?'}: {last}); every job would run it first.")
+    elif config.executor == "ray":
+        import ray
+
+        if not ray.is_initialized() and config.ray_address:
+            why = _ray_reachable(config.ray_address)
+            if why:
+                raise HFMixtureError(f"--ray-address {config.ray_address!r} {why}.")
+        try:
+            _init_ray(config)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise HFMixtureError(f"Ray did not start or connect (--ray-address "
+                                 f"{config.ray_address!r}): {str(err).splitlines()[0]}") from None
+        have = float(ray.cluster_resources().get("GPU", 0))
+        if gpus and config.ray_gpus_per_task > have:
+            raise HFMixtureError(
+                f"--ray-gpus-per-task {config.ray_gpus_per_task:g} asks for more GPUs than the "
+                f"Ray cluster has ({have:g}).")

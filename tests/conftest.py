@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Callable
@@ -230,3 +231,80 @@ def tiny_store(tmp_path_factory, tiny_texts, tiny_tokenizer_path):
     from hf_mixture.formats import TokenStore
 
     return TokenStore(root / "store")
+
+
+# -- a real Slurm -------------------------------------------------------------------------------
+SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "local_slurm.sh"
+
+
+def _free_port_pair() -> int:
+    """A port p such that p and p + 1 are free (slurmctld, slurmd)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+@pytest.fixture(scope="session")
+def real_slurm(tmp_path_factory):
+    """A single-node Slurm (munged, slurmctld, slurmd) started by scripts/local_slurm.sh.
+
+    Yields the environment to run Slurm commands with (``SLURM_CONF``); the daemons are
+    stopped by their pid files at the end of the session.  Needs root (the script installs
+    slurm-wlm and munge with apt-get when missing); skipped elsewhere.
+    """
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("a real Slurm needs root (to install and start slurm-wlm)")
+    root = Path(tmp_path_factory.mktemp("slurm"))
+    env = dict(os.environ, SLURM_PORT=str(_free_port_pair()))
+    started = subprocess.run(["bash", str(SLURM_SCRIPT), "start", str(root)], env=env,
+                             check=False, capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        subprocess.run(["bash", str(SLURM_SCRIPT), "stop", str(root)], check=False, timeout=60)
+        pytest.fail(f"scripts/local_slurm.sh start failed: {started.stderr[-2000:]}")
+    conf = str(root / "slurm.conf")
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf  # hf_mixture runs sbatch/squeue/sinfo in this process
+    try:
+        yield {"SLURM_CONF": conf, "dir": root, "partition": "local"}
+    finally:
+        subprocess.run(["bash", str(SLURM_SCRIPT), "stop", str(root)], check=False, timeout=60)
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before
+
+
+def wait_for_slurm_chain(lock: Path, output: Path, timeout: float = 900) -> None:
+    """Wait until a submitted chain released its output lock; fail with the Slurm logs."""
+    import subprocess
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not lock.exists():
+            return
+        queue = subprocess.run(["squeue", "-h", "-o", "%F %T"], check=False, capture_output=True, text=True)
+        jobs = json.loads(lock.read_text() or "{}").get("jobs", []) if lock.exists() else []
+        if lock.exists() and jobs and not any(line.split()[0] in jobs
+                                              for line in queue.stdout.splitlines()):
+            time.sleep(1)
+            if lock.exists():
+                break  # the chain ended without its last stage releasing the lock
+        time.sleep(2)
+    logs = sorted(output.glob("**/slurm_logs/**/*.out")) + sorted(output.glob("**/logs/*/logs/*.log"))
+    tails = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in logs[-6:])
+    pytest.fail(f"the Slurm chain did not finish (lock {lock} still there):\n{tails}")

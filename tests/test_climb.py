@@ -13,7 +13,7 @@ from hf_mixture.mixture import Mixture
 
 SEARCH = {"rounds": [2, 2], "predictor": "linear", "candidates": 500, "final_top_k": 10,
           "proxy_tokens": 1024, "proxy_seq_len": 32, "proxy_batch_size": 4, "proxy_eval_points": 3,
-          "proxy_eval_tokens": 128, "proxy_learning_rate": 5e-3, "workers": 1}
+          "proxy_eval_tokens": 128, "proxy_learning_rate": 5e-3}
 
 
 @pytest.fixture

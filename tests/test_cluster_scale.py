@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -89,71 +88,35 @@ def test_real_ray_instance_equals_local(tmp_path, corpus_file, reference, tiny_t
     assert "RayPipelineExecutor" in json.dumps(executor) or executor.get("tasks") == 3
 
 
-_FAKE_SBATCH = '''\
-#!{python}
-"""sbatch for tests: records the job, then runs its array tasks one by one, as Slurm would."""
-import json, os, re, subprocess, sys
-args, script = sys.argv[1:-1], sys.argv[-1]
-text = open(script).read()
-log = os.environ["FAKE_SLURM_LOG"]
-job = sum(1 for _ in open(log)) + 1 if os.path.exists(log) else 1
-with open(log, "a") as fh:
-    fh.write(json.dumps({{"job": job, "args": args, "script": text}}) + "\\n")
-m = re.search(r"#SBATCH --array=(\\d+)-(\\d+)", text)
-lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-out = re.search(r"#SBATCH --output=(\\S+)", text)
-for i in range(lo, hi + 1):
-    env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i), SLURM_JOB_ID=str(job),
-               SLURM_NODELIST="localhost")
-    path = out.group(1).replace("%A", str(job)).replace("%a", str(i)) if out else os.devnull
-    with open(path, "w") as fh:
-        subprocess.run(["bash", script], env=env, check=True, stdout=fh, stderr=fh)
-print(f"Submitted batch job {{job}}")
-'''
-
-_FAKE_SRUN = '''\
-#!/bin/bash
-# srun for tests: drop srun's own options, run the command
-while [[ "$1" == -* ]]; do
-  case "$1" in -n|-N) shift 2 ;; *) shift ;; esac
-done
-exec "$@"
-'''
-
-
 @pytest.mark.slow
-def test_slurm_job_arrays_chained_with_afterok(tmp_path, corpus_file, reference,
-                                               tiny_tokenizer_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(_FAKE_SBATCH.format(python=sys.executable))
-    (bin_dir / "srun").write_text(_FAKE_SRUN)
-    (bin_dir / "scontrol").write_text('#!/bin/bash\n[ "$1 $2" = "show hostnames" ] && echo "$3"\n')
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    log = tmp_path / "jobs.jsonl"
-    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_SLURM_LOG", str(log))
+def test_a_real_slurm_runs_the_chain_and_holds_the_output_until_it_ends(
+        tmp_path, corpus_file, reference, tiny_tokenizer_path, real_slurm):
+    from conftest import wait_for_slurm_chain
+
     out = tmp_path / "clusters"
-    executor = ExecutorConfig(executor="slurm", slurm_partition="cpu", slurm_time="01:00:00",
-                              slurm_cpus_per_task=2)
+    executor = ExecutorConfig(executor="slurm", slurm_partition=real_slurm["partition"],
+                              slurm_time="01:00:00", slurm_cpus_per_task=1,
+                              slurm_mem_per_cpu_gb=1,
+                              slurm_env_command=f"export PATH={Path(sys.executable).parent}:$PATH")
     queued = cluster_corpus(corpus_file, out, executor=executor,
                             tokenizer=str(tiny_tokenizer_path), progress=False, **OPTIONS)
     assert queued is None  # submitted: the cluster writes the output
-    jobs = [json.loads(line) for line in log.read_text().splitlines()]
-    stages = [j for j in jobs if "launch_pickled_pipeline" in j["script"]]
-    names = [re.search(r"--job-name=(\S+)", j["script"]).group(1) for j in stages]
-    assert names == [f"hf-mixture-{s}" for s in ("dedup-signatures", "dedup-find", "prepare",
-                                                  "centroids", "assign", "merge", "write",
-                                                  "finalize")]
-    ids = {j["job"]: j for j in jobs}
-    for prev, job in zip(stages, stages[1:]):
-        assert f"--dependency=afterok:{prev['job']}" in job["args"], job["args"]
-    prepare = stages[2]["script"]
-    assert "#SBATCH --array=0-2" in prepare and "#SBATCH --partition=cpu" in prepare
-    assert "#SBATCH --cpus-per-task=2" in prepare and ids
-    # the fake scheduler ran every array task: the corpus is there and equals a local run
+    lock = out.with_name(".clusters.lock")
+    jobs = json.loads(lock.read_text())["jobs"]
+    assert len(jobs) == 8  # dedup-signatures, dedup-find, prepare, centroids, assign, merge,
+    #                        write, finalize: one array each
+    shown = subprocess.run(["scontrol", "show", "job", "-o", jobs[1]], check=False,
+                           capture_output=True, text=True).stdout
+    assert f"afterok:{jobs[0]}" in shown or "JobState=COMPLETED" in shown, shown
+    # while the chain runs, the output is locked: a second submission is refused
+    with pytest.raises(HFMixtureError, match="is being written by Slurm jobs"):
+        cluster_corpus(corpus_file, out, executor=executor, tokenizer=str(tiny_tokenizer_path),
+                       progress=False, **OPTIONS)
+    wait_for_slurm_chain(lock, out)
     _same_corpus(out, reference.output_dir)
+    with pytest.raises(HFMixtureError, match="Slurm has no partition 'nope'"):
+        cluster_corpus(corpus_file, tmp_path / "bad", executor=ExecutorConfig(
+            executor="slurm", slurm_partition="nope"), progress=False, **OPTIONS)
 
 
 def test_executor_options_that_do_not_apply_are_one_sentence():

@@ -54,7 +54,7 @@ def _file_values(options: tuple) -> dict:
 
 
 def test_every_command_is_one_config_parser():
-    assert set(COMMANDS) >= {"cluster", "tokenize", "inspect", "search", "search-run", "fit-laws",
+    assert set(COMMANDS) >= {"cluster", "tokenize", "inspect", "search", "fit-laws",
                              "plan", "validate", "playground", "climb", "train"}
     for name, parser in _commands().items():
         assert isinstance(parser, ConfigParser) and parser.dataclass_types, name

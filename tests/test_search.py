@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from hf_mixture.cli import main as cli_main
 from hf_mixture.errors import HFMixtureError
+from hf_mixture.executors import ExecutorConfig
 from hf_mixture.search import SearchConfig, run_search
 from hf_mixture.search.candidates import (
     dirichlet_candidates,
@@ -82,12 +83,15 @@ def tiny_store(tmp_path_factory, tiny_texts, tiny_tokenizer_path) -> Path:
                            validation_fraction=0.2)
 
 
+ONE = ExecutorConfig(workers=1)  # the proxies in this process: the fastest on tiny runs
+
+
 def tiny_config(**overrides) -> SearchConfig:
     """Proxies of a few thousand tokens: 2 rounds of 2 runs, two components."""
     base = {"rounds": [2, 2], "exclude": ["cluster_2"], "predictor": "linear", "candidates": 500,
                 "final_top_k": 10, "proxy_tokens": 1024, "proxy_seq_len": 32, "proxy_batch_size": 4,
                 "proxy_eval_points": 3, "proxy_eval_tokens": 128, "target_max_tokens": 256,
-                "proxy_learning_rate": 5e-3, "workers": 1}
+                "proxy_learning_rate": 5e-3}
     base.update(overrides)
     return SearchConfig(**base)
 
@@ -109,7 +113,8 @@ def test_tiny_search_writes_mixture_runs_and_report(tiny_store, target_file, tmp
     from hf_mixture.mixture import Mixture
 
     out = tmp_path / "search"
-    result = run_search(tiny_store, str(target_file), out, tiny_config(), progress=False)
+    result = run_search(tiny_store, str(target_file), out, tiny_config(), executor=ONE,
+                        progress=False)
     assert result.status == "complete"
     mixture = Mixture.load(out / "mixture.yaml")
     assert mixture.component_names == ["cluster_0", "cluster_1"]
@@ -138,7 +143,8 @@ def test_the_answer_is_trained_and_a_resumed_search_does_not_retrain_it(tiny_sto
     from hf_mixture.mixture import Mixture
 
     out = tmp_path / "search"
-    result = run_search(tiny_store, "mean", out, tiny_config(rounds=[3, 2]), progress=False)
+    result = run_search(tiny_store, "mean", out, tiny_config(rounds=[3, 2]), executor=ONE,
+                        progress=False)
     v = result.verification
     assert set(v["candidates"]) == {"predicted_best", "top_k_average", "best_run"}
     observed = {k: c["observed"] for k, c in v["candidates"].items()}
@@ -160,7 +166,8 @@ def test_the_answer_is_trained_and_a_resumed_search_does_not_retrain_it(tiny_sto
     assert "## Verification" in report and f"{v['winner']} **(winner)**" in report
     # A resumed search trains none of them again.
     stamps = [p.stat().st_mtime_ns for p in trained]
-    again = run_search(tiny_store, "mean", out, tiny_config(rounds=[3, 2]), progress=False)
+    again = run_search(tiny_store, "mean", out, tiny_config(rounds=[3, 2]), executor=ONE,
+                        progress=False)
     assert [p.stat().st_mtime_ns for p in trained] == stamps
     assert again.verification == v
     # More seeds train more runs; the CLI summary names the winner and the predictor's error.
@@ -177,7 +184,8 @@ def test_transfer_check_reports_same_scale_and_transfer_spearman(tiny_store, tmp
     out = tmp_path / "search"
     result = run_search(tiny_store, "mean", out,
                         tiny_config(rounds=[4], transfer_check=True, transfer_runs=3,
-                                    transfer_model="cpu-5m", verify_seeds=0), progress=False)
+                                    transfer_model="cpu-5m", verify_seeds=0), executor=ONE,
+                        progress=False)
     t = result.transfer
     assert t["runs"] == ["r1-000", "r1-001", "r1-002"] and not t["failed"]
     assert t["num_params"] > t["small_num_params"]  # a larger model
@@ -191,15 +199,20 @@ def test_transfer_check_reports_same_scale_and_transfer_spearman(tiny_store, tmp
 
 
 @pytest.mark.slow
-def test_a_process_pool_trains_the_same_runs_as_one_process(tiny_store, tmp_path):
-    """Two spawned workers (one thread each) give exactly the in-process results."""
-    config = tiny_config(rounds=[2])
-    here = run_search(tiny_store, "mean", tmp_path / "one", config, progress=False)
-    pool = run_search(tiny_store, "mean", tmp_path / "pool", tiny_config(rounds=[2], workers=2),
+def test_two_workers_train_the_same_runs_as_one_process(tiny_store, tmp_path):
+    """The proxy stage on two datatrove worker processes gives exactly the in-process results."""
+    config = tiny_config(rounds=[2, 2])
+    here = run_search(tiny_store, "mean", tmp_path / "one" / "search", config, executor=ONE,
                       progress=False)
+    pool = run_search(tiny_store, "mean", tmp_path / "pool" / "search", config,
+                      executor=ExecutorConfig(workers=2), progress=False)
     assert [r["target"] for r in here.runs] == [r["target"] for r in pool.runs]
     assert [r["domains"] for r in here.runs] == [r["domains"] for r in pool.runs]
-    assert SearchConfig(workers=0, proxy_device="cpu", proxy_threads=1).resolved_workers() >= 1
+    assert (here.output_dir / "mixture.yaml").read_text() == \
+        (pool.output_dir / "mixture.yaml").read_text()
+    stats = json.loads((pool.output_dir / "logs" / "proxies-r1" / "stats.json").read_text())
+    assert stats  # the proxies ran as datatrove tasks
+    assert SearchConfig(proxy_device="cpu", proxy_threads=1).default_workers() >= 1
 
 
 def test_interrupted_search_resumes_without_redoing_finished_runs(tiny_store, tmp_path):
@@ -278,19 +291,54 @@ def test_too_few_finished_runs_is_an_error_and_the_folder_stays_resumable(tiny_s
     assert result.status == "complete" and len(result.runs) == 3
 
 
-def test_external_executor_and_search_run(tiny_store, tmp_path, capsys):
+def test_every_round_is_a_stage_of_one_task_per_run(tiny_store, tmp_path):
     out = tmp_path / "search"
-    config = tiny_config(rounds=[3], executor="external")
-    result = run_search(tiny_store, "mean", out, config, progress=False)
-    assert result.status == "pending" and result.pending == ["r1-000", "r1-001", "r1-002"]
-    for i in range(3):  # what a Slurm array would do, one task per index
-        assert cli_main(["search-run", str(out), "--index", str(i)]) == 0
-    assert "r1-002: target" in capsys.readouterr().out
-    done = run_search(tiny_store, "mean", out, config, progress=False)
-    assert done.status == "complete"
-    assert done.best_run["target_name"] == "mean validation loss"
-    assert cli_main(["search-run", str(out), "--index", "7"]) == 2
-    assert "out of range" in capsys.readouterr().err
+    run_search(tiny_store, "mean", out, tiny_config(rounds=[3, 2]), executor=ONE, progress=False)
+    logs = out / "logs"
+    for stage, tasks in (("plan-r1", 1), ("proxies-r1", 3), ("plan-r2", 1), ("proxies-r2", 2)):
+        assert len(list((logs / stage / "completions").iterdir())) == tasks, stage
+    final = [p.name for p in logs.iterdir() if p.name.startswith("proxies-final-")]
+    assert len(final) == 1 and len(list((logs / final[0] / "completions").iterdir())) == 3
+    assert json.loads((out / "rounds" / "final.json").read_text())  # the verification runs
+
+
+def test_a_rerun_while_slurm_jobs_hold_the_search_reports_it_and_submits_nothing(
+        tiny_store, tmp_path, monkeypatch, capsys):
+    import hf_mixture.executors as ex
+
+    out = tmp_path / "search"
+    run_search(tiny_store, "mean", out, tiny_config(rounds=[2]), executor=ONE, progress=False)
+    lock = tmp_path / ".search.lock"
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "token": "t", "jobs": ["41", "42"]}))
+    monkeypatch.setattr(ex, "slurm_job_states", lambda jobs: {"42": "PENDING"})
+    submitted = []
+    monkeypatch.setattr(ex, "submit_stages", lambda *a, **k: submitted.append(a) or ["1"])
+    result = run_search(tiny_store, "mean", out, tiny_config(rounds=[2, 2]), executor=ONE,
+                        progress=False)
+    assert result.status == "queued" and not submitted
+    assert "already queued; nothing submitted" in result.state
+    assert "42 pending" in result.state and "2 finished, 0 failed, 0 pending" in result.state
+    assert cli_main(["search", "--store", str(tiny_store), "--target", "mean", "--output",
+                     str(out), "--config", str(_config_file(tmp_path, rounds=[2]))]) == 0
+    assert "already queued" in capsys.readouterr().out
+    assert lock.is_file()
+    # Once none of its jobs is queued or running (a stage failed), the lock is taken over.
+    monkeypatch.setattr(ex, "slurm_job_states", lambda jobs: {})
+    done = run_search(tiny_store, "mean", out, tiny_config(rounds=[2, 2]), executor=ONE,
+                      progress=False)
+    assert done.status == "complete" and len(done.runs) == 4 and not lock.exists()
+
+
+def test_executor_options_are_checked_before_anything_runs(tiny_store, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    base = ["search", "--store", str(tiny_store), "--target", "mean", "--output", out]
+    err = _cli(capsys, *base, "--tasks", "4")
+    assert "--tasks does not apply to hf-mixture search" in err
+    err = _cli(capsys, *base, "--slurm-partition", "gpu")
+    assert "only apply with --executor slurm" in err
+    err = _cli(capsys, *base, "--executor", "ray", "--ray-address", "127.0.0.1:9")
+    assert "--ray-address '127.0.0.1:9' does not answer" in err
+    assert not (tmp_path / "out" / "runs").exists()
 
 
 def _config_file(tmp_path: Path, **overrides) -> Path:
@@ -376,3 +424,99 @@ def test_bad_inputs_are_one_sentence_and_exit_2(tiny_store, tmp_path, capsys):
     # Nothing was planned or run by any of the failures.
     assert not (tmp_path / "out" / "runs").exists()
 
+
+
+# -- a real Slurm ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_search_on_a_real_slurm_equals_local(tiny_store, tmp_path, real_slurm, capsys):
+    """One command submits the whole chain; a rerun while it is queued submits nothing; the
+    result (run folders, targets, mixture.yaml) equals the in-process search's."""
+    import subprocess
+    import sys
+
+    from conftest import wait_for_slurm_chain
+
+    config = tiny_config(rounds=[2, 1])
+    local = run_search(tiny_store, "mean", tmp_path / "local" / "search", config, executor=ONE,
+                       progress=False)
+    slurm = ExecutorConfig(executor="slurm", slurm_partition=real_slurm["partition"],
+                           slurm_cpus_per_task=1, slurm_mem_per_cpu_gb=1,
+                           slurm_time="00:30:00",
+                           slurm_env_command=f"export PATH={Path(sys.executable).parent}:$PATH")
+    out = tmp_path / "slurm" / "search"
+    queued = run_search(tiny_store, "mean", out, config, executor=slurm, progress=False)
+    assert queued.status == "queued" and queued.jobs
+    # stages after the first wait for the one before
+    show = subprocess.run(["scontrol", "show", "job", "-o", queued.jobs[-1]], check=False,
+                          capture_output=True, text=True).stdout
+    assert "afterok:" in show or "JobState=COMPLETED" in show or not show, show
+    again = run_search(tiny_store, "mean", out, config, executor=slurm, progress=False)
+    if again.status == "queued":  # (unless the chain already ended)
+        assert "nothing submitted" in again.state
+    wait_for_slurm_chain(out.with_name(".search.lock"), out)
+    assert (out / "mixture.yaml").read_text() == (local.output_dir / "mixture.yaml").read_text()
+    ran, here = _read_jsonl(out / "runs.jsonl"), local.runs
+    assert [r["run"] for r in ran] == [r["run"] for r in here]
+    assert [r["target"] for r in ran] == pytest.approx([r["target"] for r in here], abs=1e-6)
+    assert json.loads((out / "result.json").read_text())["winner"] == local.verification["winner"]
+    # Bad input is one sentence before anything is submitted.
+    with pytest.raises(HFMixtureError, match="Slurm has no partition 'nope'"):
+        run_search(tiny_store, "mean", tmp_path / "bad", config,
+                   executor=ExecutorConfig(executor="slurm", slurm_partition="nope"))
+    with pytest.raises(HFMixtureError, match="--slurm-env-command 'false' fails here"):
+        run_search(tiny_store, "mean", tmp_path / "bad", config,
+                   executor=ExecutorConfig(executor="slurm", slurm_partition="local",
+                                           slurm_env_command="false"))
+    with pytest.raises(HFMixtureError, match="has none"):
+        run_search(tiny_store, "mean", tmp_path / "bad", config,
+                   executor=ExecutorConfig(executor="slurm", slurm_partition="local",
+                                           slurm_gpus_per_task=1))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_jobs_waiting_on_a_failed_stage_do_not_hold_the_output(tmp_path, monkeypatch):
+    """squeue's DependencyNeverSatisfied jobs can never start: cancelled, not alive."""
+    import os
+    import stat
+
+    from hf_mixture.executors import slurm_job_states
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cancelled = tmp_path / "scancel.txt"
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho '7 RUNNING None'\n"
+                                    "echo '8 PENDING DependencyNeverSatisfied'\n"
+                                    "echo '9 PENDING Dependency'\n")
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {cancelled}\n")
+    for f in bin_dir.iterdir():
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert slurm_job_states(["7", "8", "9", "10"]) == {"7": "RUNNING", "9": "PENDING"}
+    assert cancelled.read_text().split() == ["8"]
+
+
+@pytest.mark.slow
+def test_search_on_a_real_ray_instance_equals_local(tiny_store, tmp_path):
+    ray = pytest.importorskip("ray")
+    config = tiny_config(rounds=[2, 1])
+    local = run_search(tiny_store, "mean", tmp_path / "local" / "search", config, executor=ONE,
+                       progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = run_search(tiny_store, "mean", tmp_path / "ray" / "search", config,
+                            executor=ExecutorConfig(executor="ray"), progress=False)
+    finally:
+        ray.shutdown()
+    assert on_ray.status == "complete"
+    assert [r["run"] for r in on_ray.runs] == [r["run"] for r in local.runs]
+    assert [r["target"] for r in on_ray.runs] == pytest.approx(
+        [r["target"] for r in local.runs], abs=1e-6)
+    assert (on_ray.output_dir / "mixture.yaml").read_text() == \
+        (local.output_dir / "mixture.yaml").read_text()
+    with pytest.raises(HFMixtureError, match="asks for more GPUs than the Ray cluster has"):
+        ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, log_to_driver=False)
+        try:
+            run_search(tiny_store, "mean", tmp_path / "bad", config,
+                       executor=ExecutorConfig(executor="ray", ray_gpus_per_task=1))
+        finally:
+            ray.shutdown()

@@ -50,7 +50,7 @@ import numpy as np
 
 from .._io import atomic_write_json, short_hash
 from ..errors import HFMixtureError
-from ..executors import ExecutorConfig, Stage, run_stages
+from ..executors import ExecutorConfig, Stage, check_executor, run_stages, submit_stages
 from .config import ClusterConfig
 from .reader import CorpusReader, plan_input
 from .report import REPORT
@@ -245,19 +245,22 @@ def cluster_corpus(
         config = dataclasses.replace(config, **options)
     output_dir = Path(output_dir)
     from .._io import output_lock
+    from ..executors import slurm_jobs_alive
 
-    with output_lock(output_dir), _progress_bars(progress):
+    with output_lock(output_dir, jobs_alive=slurm_jobs_alive) as lock, _progress_bars(progress):
         return _cluster_corpus(dataset_or_path, output_dir, config, executor or ExecutorConfig(),
                                embedder=embedder, lexical=lexical, clusterer=clusterer,
                                pruner=pruner, merger=merger, describer=describer,
-                               progress=progress)
+                               progress=progress, lock=lock)
 
 
 def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
                     executor: ExecutorConfig, *, embedder, lexical, clusterer, pruner, merger,
-                    describer, progress: bool) -> ClusteringResult | None:
+                    describer, progress: bool, lock: Path | None = None
+                    ) -> ClusteringResult | None:
     output_dir = Path(output_dir)
     _check_output(output_dir, config.overwrite)
+    check_executor(executor)  # a bad partition, env command or Ray address: before any work
     started = time.perf_counter()
 
     work_root = Path(config.work_dir) if config.work_dir else output_dir.with_name(
@@ -266,7 +269,7 @@ def _cluster_corpus(dataset_or_path, output_dir, config: ClusterConfig,
     try:
         return _run(dataset_or_path, output_dir, config, executor, work_root, created, started,
                     embedder=embedder, lexical=lexical, clusterer=clusterer, pruner=pruner,
-                    merger=merger, describer=describer, progress=progress)
+                    merger=merger, describer=describer, progress=progress, lock=lock)
     except HFMixtureError:
         # Refused input: what only this run made is of no use to any rerun (a fixed input or
         # option is another work key); a work folder an earlier run made keeps its tasks.
@@ -313,7 +316,8 @@ def _check_before_work(plan, config: ClusterConfig, embedder, tokenizer, cluster
 
 def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: ExecutorConfig,
          work_root: Path, created: list[Path], started: float, *, embedder, lexical, clusterer,
-         pruner, merger, describer, progress: bool) -> ClusteringResult | None:
+         pruner, merger, describer, progress: bool, lock: Path | None = None
+         ) -> ClusteringResult | None:
     source = dataset_or_path
     try:
         import datasets
@@ -393,7 +397,7 @@ def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: Exe
     ]
     finalize = _finalize(work, tasks, output_dir, tokenizer, summary, config)
     if executor.executor == "slurm":
-        run_stages(executor, stages + [finalize], work)  # one chained submission
+        _submit(executor, stages + [finalize], work, lock)  # one chained submission
         logger.warning("queued %d Slurm stages; %s appears when the last one finishes "
                        "(logs: %s)", len(stages) + 1, output_dir, work / "logs")
         return None
@@ -454,6 +458,28 @@ def _check_counted(work: Path, config: ClusterConfig, name: str) -> None:
         raise HFMixtureError(
             f"num_clusters={config.num_clusters} exceeds the number of documents in INPUT "
             f"'{name}' ({docs}, before deduplication); pass a smaller --num-clusters.")
+
+
+def _submit(executor: ExecutorConfig, stages: list[Stage], work: Path, lock: Path | None) -> None:
+    """Submit the chain; the output lock passes to its jobs and the last stage releases it."""
+    import uuid
+
+    from .._io import hand_over_lock, release_lock
+
+    if lock is None:
+        submit_stages(executor, stages, work)
+        return
+    token = uuid.uuid4().hex
+    hand_over_lock(lock, token)
+    try:
+        jobs = submit_stages(executor, stages, work, release=(lock, token))
+    except BaseException:
+        release_lock(lock, token)
+        raise
+    if jobs:
+        hand_over_lock(lock, token, jobs)
+    else:
+        release_lock(lock, token)
 
 
 def _peak_memory() -> str:

@@ -29,12 +29,11 @@ _PROXY = ProxySettings()
 
 FINAL_CHOICES = ("top_k_average", "predicted_best", "best_run")
 PRIORS = ("natural", "uniform")
-EXECUTORS = ("local", "external")
 
 # Fields that may change between a search and its resumption without changing what was
 # planned: how runs are executed, and how the final mixture is read off the predictor.
 RESUMABLE_CHANGES = frozenset({
-    "workers", "proxy_threads", "proxy_device", "executor", "retry_failed", "final",
+    "proxy_threads", "proxy_device", "retry_failed", "final",
     "final_top_k", "cv_folds", "rounds", "verify_seeds", "transfer_check", "transfer_model",
     "transfer_runs"})
 
@@ -149,13 +148,7 @@ class SearchConfig:
         "'auto', 'cpu', 'cuda' or 'cuda:N'."))
     proxy_bf16: bool = field(default=_PROXY.bf16, metadata=_h(
         "Train proxies in bf16 mixed precision."))
-    # execution
-    workers: int = field(default=0, metadata=_h(
-        "Proxy runs in parallel in local processes; 0 = one per GPU, else one per "
-        "proxy_threads cores."))
-    executor: str = field(default="local", metadata=_h(
-        "'local' runs proxies here; 'external' writes each round's run folders and stops, for a "
-        "Slurm array of `hf-mixture search-run`."))
+    # execution: where the proxies run is the ExecutorConfig's (--executor, --workers, --slurm-*)
     retry_failed: bool = field(default=False, metadata=_h(
         "Run failed proxy runs again on resume."))
 
@@ -182,7 +175,7 @@ class SearchConfig:
                   ("proxy_eval_points", self.proxy_eval_points >= 1),
                   ("proxy_eval_tokens", self.proxy_eval_tokens >= 2),
                   ("target_max_tokens", self.target_max_tokens >= 2),
-                  ("workers", self.workers >= 0), ("proxy_threads", self.proxy_threads >= 0),
+                  ("proxy_threads", self.proxy_threads >= 0),
                   ("max_epochs", self.max_epochs is None or self.max_epochs > 0),
                   ("run_tokens", self.run_tokens is None or self.run_tokens >= 1),
                   ("seed", self.seed >= 0), ("verify_seeds", self.verify_seeds >= 0),
@@ -193,8 +186,7 @@ class SearchConfig:
                 raise HFMixtureError(f"Field {name!r} has the invalid value "
                                      f"{getattr(self, name)!r}.")
         for name, value, allowed in (("final", self.final, FINAL_CHOICES),
-                                     ("prior", self.prior, PRIORS),
-                                     ("executor", self.executor, EXECUTORS)):
+                                     ("prior", self.prior, PRIORS)):
             if value not in allowed:
                 raise HFMixtureError(f"Field {name!r} is {value!r}; choose one of "
                                      f"{', '.join(allowed)}.")
@@ -211,18 +203,17 @@ class SearchConfig:
         proxy = ProxySettings.recipe_fields(recipe)
         base = {"rounds": [64, 32, 16], **{f"proxy_{k}": v for k, v in proxy.items()},
                 "proxy_eval_points": 8, "proxy_eval_tokens": 65536, "target_max_tokens": 1_000_000,
-                "proxy_device": "cuda", "predictor": "lightgbm", "workers": 0}
+                "proxy_device": "cuda", "predictor": "lightgbm"}
         base.update(overrides)
         return cls(**base)
 
-    def resolved_workers(self) -> int:
-        """``workers``, with 0 resolved: one process per GPU, else per ``proxy_threads`` cores.
+    def default_workers(self) -> int:
+        """Proxy runs at once on this machine when ``--workers`` is not given (local
+        executor): one per GPU, else one per ``proxy_threads`` cores.
 
         Tiny proxies use one thread poorly and two badly (the threads contend), so on
         CPU one single-threaded process per core is the fastest use of the machine.
         """
-        if self.workers:
-            return self.workers
         if self.proxy_device != "cpu":
             import torch
 

@@ -206,6 +206,11 @@ class LightGBMPredictor(Predictor):
     def _predict(self, X: np.ndarray) -> np.ndarray:
         return self.model_.predict(X) * self.y_std_ + self.y_mean_
 
+    def predict_trees(self, X: Any, trees: int) -> np.ndarray:
+        """The prediction of the first ``trees`` trees only (early stopping without refits)."""
+        X, _ = _check_xy(X)
+        return self.model_.predict(X, num_iteration=int(trees)) * self.y_std_ + self.y_mean_
+
     def params(self) -> dict[str, Any]:
         imp = getattr(self.model_, "feature_importances_", None)
         return {"feature_importances": [int(v) for v in imp] if imp is not None else None}
@@ -357,42 +362,101 @@ class MixingLawPredictor(Predictor):
         return {"c": self.c_, "k": self.k_, "t": [float(v) for v in self.t_]}
 
 
+# The capacities the hybrid's residual trees may take, smallest first (None: the law alone).
+# Each fit picks one, and its number of trees, by inner cross-validation on its own runs:
+# at 16 runs the law (or a damped correction) wins, at hundreds the deeper trees do.
+RESIDUAL_CAPACITIES: tuple[dict[str, Any] | None, ...] = (
+    None,
+    {"num_leaves": 4, "max_depth": 2, "min_child_samples": 3, "reg_lambda": 1.0},
+    {"num_leaves": 8, "max_depth": 3, "min_child_samples": 2, "reg_lambda": 1e-3},
+    {"num_leaves": 16, "max_depth": 4, "min_child_samples": 2, "reg_lambda": 1e-3},
+)
+RESIDUAL_TREES = (10, 20, 40, 60, 100, 150, 200, 300, 400)  # tree counts tried (early stopping)
+RESIDUAL_LEARNING_RATE = 0.05
+# A larger capacity must beat the simpler ones' held-out error by this fraction to be taken:
+# ties go to the simpler correction, which transfers better across model sizes.
+RESIDUAL_TOLERANCE = 0.02
+
+
 @register_predictor("hybrid")
 class HybridPredictor(Predictor):
-    """The mixing law first, then shallow gradient-boosted trees on its residuals.
+    """The mixing law first, then gradient-boosted trees on its residuals, as large as the
+    runs support.
 
     The law carries the shape that holds across model sizes (each component moves
     the loss exponentially, the offset is the irreducible loss); the trees only
     correct what the law misses at this scale, e.g. an interaction of two
-    components.  The correction is damped on purpose (few shallow trees, small
-    steps, leaves of at least 3 runs) so that with the 10-100 runs of a search it
-    stays a correction and does not learn the noise of one scale.
+    components.  How much correction the runs support is chosen on the runs
+    themselves: every capacity of :data:`RESIDUAL_CAPACITIES` (none, then shallow to
+    deeper trees) and tree count of :data:`RESIDUAL_TREES` is scored by ``inner_folds``-fold
+    cross-validation of the residuals, and the simplest within
+    :data:`RESIDUAL_TOLERANCE` of the best held-out error is fitted on all runs.  With
+    the 10-30 runs of a CPU search that is the law or a damped correction; with hundreds
+    of runs (RegMix's 512) it is a full tree model on top of the law.  ``tree_params``
+    fixes the trees instead (no selection).
     """
 
     family = "law"
 
-    def __init__(self, seed: int = 0, alpha: float = 1e-3, **tree_params: Any):
+    def __init__(self, seed: int = 0, alpha: float = 1e-3, inner_folds: int = 5,
+                 **tree_params: Any):
         self.seed = int(seed)
         self.alpha = float(alpha)
-        self.tree_params = {"n_estimators": 60, "learning_rate": 0.05, "num_leaves": 4,
-                            "max_depth": 2, "min_child_samples": 3, "reg_lambda": 1.0,
-                            **tree_params}
+        self.inner_folds = int(inner_folds)
+        self.tree_params = dict(tree_params)
+
+    def _select(self, X: np.ndarray, residual: np.ndarray) -> tuple[dict[str, Any] | None, int]:
+        """(capacity, trees) with the lowest inner-CV error of the residuals (ties: simpler)."""
+        n = len(X)
+        folds = min(self.inner_folds, n)
+        ids = fold_ids(n, folds, self.seed + 1)
+        errors: list[tuple[float, int, int]] = [(float(np.mean(residual ** 2)), 0, 0)]
+        for c, cap in enumerate(RESIDUAL_CAPACITIES[1:], start=1):
+            if n < 2 * cap["min_child_samples"] + folds:
+                continue  # too few runs to split on at all
+            sse = np.zeros(len(RESIDUAL_TREES))
+            for f in range(folds):
+                test = ids == f
+                model = LightGBMPredictor(seed=self.seed, n_estimators=max(RESIDUAL_TREES),
+                                          learning_rate=RESIDUAL_LEARNING_RATE, **cap)
+                model.fit(X[~test], residual[~test])
+                for t, trees in enumerate(RESIDUAL_TREES):
+                    pred = model.predict_trees(X[test], trees)
+                    sse[t] += float(np.sum((residual[test] - pred) ** 2))
+            for t, trees in enumerate(RESIDUAL_TREES):
+                errors.append((sse[t] / n, c, trees))
+        best = min(e for e, _, _ in errors)
+        # simplest (capacity, then fewest trees) within the tolerance of the best
+        _, c, trees = min((e for e in errors if e[0] <= best * (1 + RESIDUAL_TOLERANCE) + 1e-300),
+                            key=lambda e: (e[1], e[2]))
+        return (RESIDUAL_CAPACITIES[c], trees) if c else (None, 0)
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         self.law_ = MixingLawPredictor(alpha=self.alpha).fit(X, y)
         residual = y - self.law_.predict(X)
         self.trees_ = None
+        self.capacity_: dict[str, Any] | None = None
         # An exact law leaves only round-off, which the trees (fitting standardized residuals)
         # would blow up into noise: nothing to correct then.
-        if float(residual.std()) > 1e-6 * (float(y.std()) or 1.0):
-            self.trees_ = LightGBMPredictor(seed=self.seed, **self.tree_params).fit(X, residual)
+        if float(residual.std()) <= 1e-6 * (float(y.std()) or 1.0):
+            return
+        if self.tree_params:
+            params = {"n_estimators": 60, "learning_rate": RESIDUAL_LEARNING_RATE,
+                      **RESIDUAL_CAPACITIES[1], **self.tree_params}
+        else:
+            cap, trees = self._select(X, residual)
+            if cap is None:
+                return
+            params = {**cap, "n_estimators": trees, "learning_rate": RESIDUAL_LEARNING_RATE}
+        self.capacity_ = params
+        self.trees_ = LightGBMPredictor(seed=self.seed, **params).fit(X, residual)
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
         base = self.law_.predict(X)
         return base if self.trees_ is None else base + self.trees_.predict(X)
 
     def params(self) -> dict[str, Any]:
-        return {"law": self.law_.params(),
+        return {"law": self.law_.params(), "residual_trees": self.capacity_,
                 "trees": self.trees_.params() if self.trees_ is not None else None}
 
 

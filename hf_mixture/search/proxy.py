@@ -19,9 +19,9 @@ held-out slices of the store) and the target, so one run gives a loss-vs-steps
 curve for :mod:`hf_mixture.search.laws`.  A folder with ``metrics.json`` is
 finished and never run again.
 
-One folder runs on its own (a Slurm array task, say) with::
-
-    hf-mixture search-run SEARCH_DIR --index $SLURM_ARRAY_TASK_ID
+A search trains each folder as one task of a datatrove stage
+(:class:`hf_mixture.search.stages.ProxyTask`: a process-pool worker, a Slurm array task
+or a Ray task); one folder also runs on its own with :func:`run_proxy`.
 
 >>> run_proxy("search_out/runs/r1-000")        # doctest: +SKIP
 {'status': 'finished', 'target': 4.87, ...}
@@ -274,7 +274,7 @@ class _Evaluator:
                 self.target_fn = target_fn
             elif self.target.callable == "<in-process>":
                 raise HFMixtureError("The target is a Python object that cannot be imported by "
-                                     "name; run proxies in-process (workers = 1) or give "
+                                     "name; run proxies in this process (--executor local) or give "
                                      "'module:function'.")
             else:
                 self.target_fn = resolve_callable(self.target.callable)

@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_json, atomic_write_text, short_hash
-from .._procs import killed_on_error, worker_started
 from .._progress import progress_bar
 from ..errors import HFMixtureError
 from .candidates import dirichlet_candidates, project_to_caps, repetition_caps, token_prior
@@ -59,12 +58,9 @@ from .predictors import (
     spearman,
 )
 from .proxy import (
-    FAILED,
     MIXTURE_FILE,
     SPEC,
-    STARTED,
     read_result,
-    run_proxy,
     run_status,
     settings_dict,
     write_run_folder,
@@ -83,8 +79,8 @@ SEARCH_FORMAT = "hf_mixture.search"
 class SearchResult:
     """What :func:`run_search` produced.
 
-    ``status`` is ``"complete"``, or ``"pending"`` when the external executor left
-    ``pending`` run folders for someone else (a Slurm array) to run.
+    ``status`` is ``"complete"``, or ``"queued"`` when its stages were submitted to Slurm
+    (or already were: ``state`` says where the search stands, ``jobs`` are its job ids).
     """
 
     output_dir: Path
@@ -98,6 +94,9 @@ class SearchResult:
     predicted_target: float | None = None
     best_run: dict[str, Any] | None = None
     pending: list[str] = field(default_factory=list)
+    #: the Slurm jobs of a queued search, and a sentence saying where it stands
+    jobs: list[str] = field(default_factory=list)
+    state: str | None = None
     predictor: str | None = None
     #: the final candidates as trained: {"winner": label, "candidates": {label: {...}}} (None
     #: when verify_seeds is 0 and the mixture is a prediction)
@@ -207,70 +206,39 @@ def _write_runs_jsonl(output_dir: Path) -> Path:
                              "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
 
 
-# -- executing runs ---------------------------------------------------------------------------
-def _worker_init(owner: int, gpus=None) -> None:  # pragma: no cover - runs in the workers
-    worker_started(owner)  # dies with the search's process, however that dies
-    if gpus is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+# -- run folders as tasks ---------------------------------------------------------------------
+FINAL_LISTING = "rounds/final.json"  # the verification and transfer run folders, in task order
 
 
-def _run_in_worker(run_dir: str, retry_failed: bool) -> dict[str, Any]:
-    return run_proxy(run_dir, retry_failed=retry_failed)
+def listed_folders(output_dir: Path, listing: str) -> list[Path]:
+    """The run folders a :class:`~hf_mixture.search.stages.ProxyTask` stage runs, in task order.
+
+    ``round_K``: the folders of round K's plan; otherwise ``listing`` is a JSON list of run
+    folders (relative to ``output_dir``), e.g. :data:`FINAL_LISTING`.
+    """
+    output_dir = Path(output_dir)
+    if listing.startswith("round_"):
+        k = int(listing[len("round_"):])
+        plan = json.loads((output_dir / "rounds" / f"{listing}.json").read_text(encoding="utf-8"))
+        return [output_dir / "runs" / f"r{k}-{i:03d}" for i in range(len(plan["weights"]))]
+    path = output_dir / listing
+    return [output_dir / rel for rel in json.loads(path.read_text(encoding="utf-8"))]
 
 
-def _execute(run_dirs: list[Path], config: SearchConfig, target_fn: Callable | None,
-             on_done: Callable[[Path, dict[str, Any]], None]) -> None:
-    """Run the pending folders: in this process (one worker) or a spawned process pool."""
-    from .._progress import quiet_deepspeed_detection
+def _proxy_stage(name: str, output_dir: Path, listing: str, tasks: int, retry_failed: bool,
+                 target_fn: Callable | None):
+    from ..executors import Stage
+    from .stages import ProxyTask
 
-    quiet_deepspeed_detection()  # before a proxy run imports accelerate (and DeepSpeed)
-    workers = 1 if target_fn is not None else config.resolved_workers()
-    if workers == 1 or len(run_dirs) <= 1:
-        for run_dir in run_dirs:
-            on_done(run_dir, run_proxy(run_dir, target_fn=target_fn,
-                                       retry_failed=config.retry_failed))
-        return
-    import concurrent.futures as cf
-    import multiprocessing
+    return Stage(name, [ProxyTask(str(output_dir), listing, listed_folders, retry_failed,
+                                  target_fn, stage=name)], tasks, gpu=True)
 
-    ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-    initargs = (os.getpid(), None)
-    gpus = 0
-    if config.proxy_device in ("auto", "cuda"):
-        import torch
 
-        gpus = torch.cuda.device_count()
-    if gpus:
-        queue = ctx.Queue()
-        for i in range(workers):
-            queue.put(i % gpus)
-        initargs = (os.getpid(), queue)
-    todo = list(run_dirs)
-    while todo:
-        with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                    initializer=_worker_init, initargs=initargs) as pool, \
-                killed_on_error(pool):
-            futures = {pool.submit(_run_in_worker, str(d), config.retry_failed): d for d in todo}
-            todo = []
-            for fut in cf.as_completed(futures):
-                run_dir = futures[fut]
-                try:
-                    result = fut.result()
-                except cf.process.BrokenProcessPool:
-                    # A worker died (out of memory, a segfault).  Runs it had started are
-                    # recorded failed; runs still queued go to a fresh pool.
-                    if run_status(run_dir) != "pending":
-                        result = read_result(run_dir) or {}
-                    elif (run_dir / STARTED).is_file():
-                        result = {"status": "failed", "run": run_dir.name,
-                                  "error": "a proxy worker process died while this run was "
-                                           "in flight (out of memory?)"}
-                        atomic_write_json(run_dir / FAILED, result)
-                        (run_dir / STARTED).unlink(missing_ok=True)
-                    else:
-                        todo.append(run_dir)
-                        continue
-                on_done(run_dir, result)
+def _forget_failed(output_dir: Path, stage: str, folders: list[Path]) -> None:
+    """Let a finished stage run its failed runs' tasks again (``--retry-failed``)."""
+    for i, d in enumerate(folders):
+        if run_status(d) == "failed":
+            (output_dir / "logs" / stage / "completions" / f"{i:05d}").unlink(missing_ok=True)
 
 
 # -- the search ---------------------------------------------------------------------------------
@@ -406,25 +374,60 @@ def _check_models(config: SearchConfig) -> None:
 
 
 def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
-               config: SearchConfig | None = None, *, progress: bool = True) -> SearchResult:
+               config: SearchConfig | None = None, *, executor: Any = None,
+               progress: bool = True) -> SearchResult:
     """Run (or resume) a CLIMB mixture search; see the module docstring for the outputs.
 
     ``store``: a :class:`~hf_mixture.formats.TokenStore` or its path.  ``target``:
     ``"mean"``, ``"worst"``, a text file/folder/dataset id, ``"module:function"`` or a
     callable ``fn(model, tokenizer) -> float`` (see :mod:`hf_mixture.search.target`).
-    One search at a time writes a folder (a second one is one sentence: it would train every
-    proxy twice).
+    ``executor``: an :class:`~hf_mixture.executors.ExecutorConfig` (default: local, one
+    proxy per core or GPU).  Every round is a datatrove stage (see
+    :mod:`hf_mixture.search.stages`); local and Ray run the chain to the end here, Slurm
+    submits it at once and returns ``status == "queued"`` (the output stays locked until its
+    last stage ends; a rerun meanwhile returns the search's state and submits nothing).
+    One search at a time writes a folder (a second one would train every proxy twice).
 
     >>> run_search("store/", "held_out.jsonl", "out/", SearchConfig(rounds=[8, 4]))  # doctest: +SKIP
     """
-    from .._io import output_lock
+    from .._io import OutputBusy, output_lock
+    from ..executors import ExecutorConfig, slurm_jobs_alive
 
-    with output_lock(output_dir):
-        return _run_search(store, target, output_dir, config, progress=progress)
+    executor = executor if executor is not None else ExecutorConfig()
+    if not isinstance(executor, ExecutorConfig):
+        raise HFMixtureError(f"executor must be an ExecutorConfig, got {type(executor).__name__}.")
+    if executor.tasks is not None:
+        raise HFMixtureError("--tasks does not apply to hf-mixture search: each round's stage "
+                             "has one task per proxy run (use --workers to bound how many run "
+                             "at once).")
+    try:
+        with output_lock(output_dir, jobs_alive=slurm_jobs_alive) as lock:
+            return _run_search(store, target, output_dir, config, executor, lock,
+                               progress=progress)
+    except OutputBusy as busy:
+        if not busy.holder.get("jobs"):
+            raise
+        return _queued(Path(output_dir), busy.holder["jobs"], submitted=False)
 
 
-def _run_search(store: Any, target: Any, output_dir: str | os.PathLike,
-                config: SearchConfig | None = None, *, progress: bool = True) -> SearchResult:
+@dataclass
+class _Search:
+    """What every step of one search needs (rebuilt in each task from the search folder)."""
+
+    output_dir: Path
+    config: SearchConfig
+    store: Any
+    pool: Any
+    names: list[str]
+    counts: np.ndarray
+    prior: np.ndarray
+    caps: np.ndarray
+    spec: TargetSpec
+    base_spec: dict[str, Any]
+
+
+def _setup(store: Any, target: Any, output_dir: str | os.PathLike,
+           config: SearchConfig | None, *, write: bool = True) -> _Search:
     from ..formats.token_store import TokenStore
 
     config = config or SearchConfig()
@@ -451,65 +454,181 @@ def _run_search(store: Any, target: Any, output_dir: str | os.PathLike,
                           text_column=config.target_text_column, split=config.target_split,
                           tokenizer=config.tokenizer,
                           greater_is_better=config.target_greater_is_better, seed=config.seed)
-    target_fn = getattr(spec, "_fn", None)
-    # A callable object is called in this process: proxies then run here one at a time.
-    if spec.callable == "<in-process>" and (config.workers > 1 or config.executor != "local"):
-        raise HFMixtureError("The target callable cannot be imported by name (a lambda or a "
-                             "nested function), so it runs only in-process: set workers to 1 "
-                             "and executor to 'local', or pass 'module:function'.")
-    _check_or_write_identity(output_dir, _identity(config, store, pool, spec), config.rounds)
+    if write:
+        _check_or_write_identity(output_dir, _identity(config, store, pool, spec), config.rounds)
+        (output_dir / "rounds").mkdir(exist_ok=True)
     base_spec = {"store": str(Path(store.path).resolve()), "pool": pool.to_dict(),
                  "proxy": settings_dict(config.proxy_settings()), "target": spec.to_dict(),
                  "seed": config.seed}
-    rounds_dir = output_dir / "rounds"
-    rounds_dir.mkdir(exist_ok=True)
-    bar = progress_bar(sum(config.rounds), "proxy runs", "run", progress)
-    pending_external: list[str] = []
-    for k, size in enumerate(config.rounds, start=1):
-        plan_path = rounds_dir / f"round_{k}.json"
+    return _Search(output_dir, config, store, pool, names, counts, prior, caps, spec, base_spec)
+
+
+def _round_folders(ctx: _Search, k: int) -> list[Path]:
+    """Round ``k``'s plan (written once: a resumed search keeps its mixtures) and run folders."""
+    config, output_dir = ctx.config, ctx.output_dir
+    plan_path = output_dir / "rounds" / f"round_{k}.json"
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    else:
         runs = load_runs(output_dir)
-        if plan_path.is_file():
-            plan = json.loads(plan_path.read_text(encoding="utf-8"))
-        else:
-            if any(r["status"] == "pending" for r in runs):
-                break  # runs of an earlier round are still out (external executor)
-            plan = _plan_round(k, size, config, names, prior, caps, runs,
-                               spec.greater_is_better)
-            atomic_write_json(plan_path, plan)
-        folders = []
-        for i, (w, predicted) in enumerate(zip(plan["weights"], plan["predicted"])):
-            weights = {n: float(x) for n, x in zip(names, w)}
-            run_dir = output_dir / "runs" / f"r{k}-{i:03d}"
-            run_spec = {**base_spec, "round": k, "index": i, "weights": weights,
-                        "predicted": predicted}
-            write_run_folder(run_dir, run_spec, _mixture_for(pool, weights, config.seed))
-            folders.append(run_dir)
-        todo = [d for d in folders if run_status(d) == "pending"
-                or (config.retry_failed and run_status(d) == "failed")]
-        bar.update(len(folders) - len(todo))
-        bar.set_postfix_str(f"round {k}/{len(config.rounds)}")
-        if config.executor == "external":
-            pending_external = [d.name for d in todo]
-            if todo:
-                break
-            continue
+        waiting = [r["run"] for r in runs if r["status"] == "pending"]
+        if waiting:
+            raise HFMixtureError(f"Planning round {k}: proxy run {waiting[0]} of an earlier "
+                                 "round has not run; rerun the search to run it first.")
+        plan = _plan_round(k, config.rounds[k - 1], config, ctx.names, ctx.prior, ctx.caps, runs,
+                           ctx.spec.greater_is_better)
+        atomic_write_json(plan_path, plan)
+    folders = []
+    for i, (w, predicted) in enumerate(zip(plan["weights"], plan["predicted"])):
+        weights = {n: float(x) for n, x in zip(ctx.names, w)}
+        run_dir = output_dir / "runs" / f"r{k}-{i:03d}"
+        write_run_folder(run_dir, {**ctx.base_spec, "round": k, "index": i, "weights": weights,
+                                   "predicted": predicted},
+                         _mixture_for(ctx.pool, weights, config.seed))
+        folders.append(run_dir)
+    return folders
 
-        def done(run_dir: Path, result: dict[str, Any], k: int = k) -> None:
-            value = result.get("target")
-            bar.set_postfix_str(f"round {k}: {run_dir.name} "
-                                + (f"target {value:.4f}" if value is not None else "failed"))
-            bar.update(1)
-            _write_runs_jsonl(output_dir)
 
-        _execute(todo, config, target_fn, done)
-    bar.close()
-    runs_path = _write_runs_jsonl(output_dir)
+def search_step(store: str, target: Any, output_dir: str, config: SearchConfig, phase: str,
+                k: int | None = None) -> None:
+    """One step of the search chain, as a task runs it (see :mod:`hf_mixture.search.stages`)."""
+    ctx = _setup(store, target, output_dir, config, write=False)
+    if phase == "round":
+        _round_folders(ctx, int(k))
+        _write_runs_jsonl(ctx.output_dir)
+    elif phase == "final":
+        _write_runs_jsonl(ctx.output_dir)
+        _plan_final(ctx)
+    elif phase == "finish":
+        _finish(ctx)
+    else:  # pragma: no cover - the stages are built here
+        raise ValueError(f"unknown search phase {phase!r}")
+
+
+def _final_bound(config: SearchConfig) -> int:
+    """Tasks of the final proxy stage: at most every candidate x seed, plus the transfer runs."""
+    transfer = min(config.transfer_runs, config.rounds[0]) if config.transfer_check else 0
+    return len(CANDIDATES) * config.verify_seeds + transfer
+
+
+def _final_key(config: SearchConfig) -> str:
+    """What the final stages depend on besides the runs: a change plans them afresh."""
+    keys = ("rounds", "final", "final_top_k", "cv_folds", "verify_seeds", "transfer_check",
+            "transfer_model", "transfer_runs", "predictor", "auto_margin")
+    return short_hash({k: getattr(config, k) for k in keys})[:8]
+
+
+def _stages(ctx: _Search, executor, target_fn: Callable | None, *, finish: bool) -> list:
+    """The search as a chain of stages (the finish stage only when it runs elsewhere)."""
+    from ..executors import Stage
+    from .stages import PlanStep
+
+    config, out = ctx.config, ctx.output_dir
+    store = str(Path(ctx.store.path).resolve())
+    target = ctx.spec
+
+    def plan(name: str, phase: str, k: int | None = None) -> Stage:
+        return Stage(name, [PlanStep(search_step, store, target, str(out), config, phase, k)], 1)
+
+    stages = []
+    for k, size in enumerate(config.rounds, start=1):
+        stages.append(plan(f"plan-r{k}", "round", k))
+        stages.append(_proxy_stage(f"proxies-r{k}", out, f"round_{k}", size,
+                                   config.retry_failed, target_fn))
+        if config.retry_failed and (out / "rounds" / f"round_{k}.json").is_file():
+            _forget_failed(out, f"proxies-r{k}", listed_folders(out, f"round_{k}"))
+    key = _final_key(config)
+    final = []
+    if _final_bound(config):
+        final += [plan(f"plan-final-{key}", "final"),
+                  _proxy_stage(f"proxies-final-{key}", out, FINAL_LISTING, _final_bound(config),
+                               config.retry_failed, target_fn)]
+    if finish:
+        final.append(plan(f"finish-{key}", "finish"))
+    if config.retry_failed:  # what follows a retried run is planned again from all the runs
+        import shutil
+
+        for stage in final:
+            shutil.rmtree(out / "logs" / stage.name / "completions", ignore_errors=True)
+    return stages + final
+
+
+def _run_search(store: Any, target: Any, output_dir: str | os.PathLike,
+                config: SearchConfig | None, executor, lock: Path, *,
+                progress: bool = True) -> SearchResult:
+    import dataclasses as dc
+    import uuid
+
+    from .._io import hand_over_lock, release_lock
+    from ..executors import check_executor, run_stages, submit_stages
+
+    check_executor(executor)  # a bad partition, env command or Ray address: before any work
+    ctx = _setup(store, target, output_dir, config)
+    config = ctx.config
+    target_fn = getattr(ctx.spec, "_fn", None)
+    if target_fn is not None and executor.executor == "local":
+        executor = dc.replace(executor, workers=1)  # a callable object runs in this process
+    elif target_fn is not None and ctx.spec.callable == "<in-process>":
+        raise HFMixtureError("The target callable cannot be imported by name (a lambda or a "
+                             "nested function), so it runs only in this process: use "
+                             "--executor local, or pass 'module:function'.")
+    else:
+        target_fn = None  # imported by name in each task
+    if executor.executor == "local" and executor.workers is None:
+        executor = dc.replace(executor, workers=config.default_workers())
+    output_dir = ctx.output_dir
+    if executor.executor == "slurm":
+        stages = _stages(ctx, executor, None, finish=True)
+        token = uuid.uuid4().hex
+        hand_over_lock(lock, token)
+        try:
+            jobs = submit_stages(executor, stages, output_dir, release=(lock, token))
+        except BaseException:
+            release_lock(lock, token)
+            raise
+        if jobs:
+            hand_over_lock(lock, token, jobs)
+            return _queued(output_dir, jobs, submitted=True)
+        release_lock(lock, token)  # every stage had finished: the result is on disk
+        return _finish(ctx)
+    stages = _stages(ctx, executor, target_fn, finish=False)
+    from .._progress import quiet_deepspeed_detection, stage_progress
+
+    quiet_deepspeed_detection()  # before a proxy run imports accelerate (and DeepSpeed)
+    for i, stage in enumerate(stages, start=1):
+        runs = stage.name.startswith("proxies-")  # the bar counts proxy runs, else the time
+        with stage_progress(f"search [{i}/{len(stages)}] {stage.name}", "run" if runs else None,
+                            stage.tasks if runs else None, output_dir, stage.name, progress):
+            run_stages(executor, [stage], output_dir)
+    _write_runs_jsonl(output_dir)
+    return _finish(ctx)
+
+
+def _queued(output_dir: Path, jobs: list[str], *, submitted: bool) -> SearchResult:
+    """Where a search on Slurm stands: its rounds, runs finished / failed / pending, its jobs."""
+    from ..executors import slurm_job_states
+
     runs = load_runs(output_dir)
-    if pending_external or any(r["status"] == "pending" for r in runs):
-        pending = pending_external or [r["run"] for r in runs if r["status"] == "pending"]
-        return SearchResult(output_dir, "pending", runs_path=runs_path, runs=runs, pending=pending)
-    return _finish(output_dir, config, pool, names, prior, caps, runs, spec, counts, base_spec,
-                   target_fn, progress)
+    verify = [read_result(d) for d in listed_folders(output_dir, FINAL_LISTING)] \
+        if (output_dir / FINAL_LISTING).is_file() else []
+    planned = len(list((output_dir / "rounds").glob("round_*.json")))
+    try:
+        rounds = json.loads((output_dir / SEARCH_FILE).read_text(encoding="utf-8"))["rounds"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        rounds = []
+    count = {s: sum(r["status"] == s for r in runs) for s in ("finished", "failed", "pending")}
+    states = slurm_job_states(jobs)
+    alive = ", ".join(f"{j} {states[j].lower()}" for j in jobs if j in states) or "none"
+    where = (f"round {planned} of {len(rounds) or '?'} planned; proxy runs {count['finished']} "
+             f"finished, {count['failed']} failed, {count['pending']} pending")
+    if verify:
+        where += (f"; final runs {sum(bool(r) and r.get('status') == 'finished' for r in verify)}"
+                  f" of {len(verify)} finished")
+    what = "submitted" if submitted else "already queued; nothing submitted"
+    state = f"Search '{output_dir}' {what} on Slurm (jobs: {alive}): {where}."
+    return SearchResult(output_dir, "queued", runs_path=output_dir / "runs.jsonl", runs=runs,
+                        pending=[r["run"] for r in runs if r["status"] == "pending"],
+                        jobs=list(jobs), state=state)
 
 
 def _digest(weights: np.ndarray) -> str:
@@ -619,29 +738,43 @@ def _transfer_quality(folders: list[Path], X: np.ndarray, y: np.ndarray, runs, n
     return out
 
 
-def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, runs, spec,
-            counts, base_spec: dict[str, Any], target_fn: Callable | None = None,
-            progress: bool = True) -> SearchResult:
-    from .report import write_report
-
-    X, y = _finished_xy(runs, names)
+def _plan_final(ctx: _Search) -> dict[str, Any]:
+    """Fit on every finished run, pick the final candidates, write their run folders and
+    :data:`FINAL_LISTING` (deterministic: the finish step recomputes the same plan)."""
+    config, output_dir = ctx.config, ctx.output_dir
+    runs = load_runs(output_dir)
+    X, y = _finished_xy(runs, ctx.names)
     quality = _quality(X, y, config)
     model, used = _fit(config, X, y, runs, "Choosing the final mixture", quality)
     ok = [r for r in runs if r["status"] == "finished" and r.get("target") is not None]
-    best_run = min(ok, key=lambda r: _score(np.array([r["target"]]), spec.greater_is_better)[0])
-    found = _final_candidates(config, model, X, names, prior, caps, best_run,
-                              spec.greater_is_better)
-    verify = (_plan_verification(output_dir, config, pool, names, found, runs, base_spec)
-              if config.verify_seeds else {})
-    transfer_dirs = _plan_transfer(output_dir, config, pool, base_spec) \
+    best_run = min(ok, key=lambda r: _score(np.array([r["target"]]),
+                                            ctx.spec.greater_is_better)[0])
+    found = _final_candidates(config, model, X, ctx.names, ctx.prior, ctx.caps, best_run,
+                              ctx.spec.greater_is_better)
+    verify = (_plan_verification(output_dir, config, ctx.pool, ctx.names, found, runs,
+                                 ctx.base_spec) if config.verify_seeds else {})
+    transfer_dirs = _plan_transfer(output_dir, config, ctx.pool, ctx.base_spec) \
         if config.transfer_check else []
-    todo = sorted({d for ds in verify.values() for d in ds} | set(transfer_dirs))
-    todo = [d for d in todo if run_status(d) == "pending"
-            or (config.retry_failed and run_status(d) == "failed")]
-    if todo:
-        bar = progress_bar(len(todo), "verification and transfer runs", "run", progress)
-        _execute(todo, config, target_fn, lambda d, r: bar.update(1))
-        bar.close()
+    listing = sorted({d for ds in verify.values() for d in ds} | set(transfer_dirs))
+    atomic_write_json(output_dir / FINAL_LISTING,
+                      [d.relative_to(output_dir).as_posix() for d in listing])
+    return {"runs": runs, "X": X, "y": y, "quality": quality, "model": model, "used": used,
+            "ok": ok, "best_run": best_run, "found": found, "verify": verify,
+            "transfer_dirs": transfer_dirs, "listing": listing}
+
+
+def _finish(ctx: _Search) -> SearchResult:
+    from .report import write_report
+
+    config, output_dir, names, spec = ctx.config, ctx.output_dir, ctx.names, ctx.spec
+    final = _plan_final(ctx)
+    runs, X, y, quality, model, used, ok, best_run, found, verify, transfer_dirs = (
+        final[k] for k in ("runs", "X", "y", "quality", "model", "used", "ok", "best_run",
+                           "found", "verify", "transfer_dirs"))
+    waiting = [d.name for d in final["listing"] if run_status(d) == "pending"]
+    if waiting:
+        raise HFMixtureError(f"Final proxy run {waiting[0]} has not run ({len(waiting)} "
+                             "waiting); rerun the search to run it.")
     predicted_of = {label: float(model.predict(w[None, :])[0]) for label, w in found.items()}
     verification = None
     if verify:
@@ -684,7 +817,7 @@ def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, ru
         description = (f"Found by a CLIMB search (hf-mixture search): target '{spec.name}', "
                        f"predictor {used}, {len(ok)} proxy runs, final = {config.final}: a "
                        f"prediction ({predicted:.4f}), not trained (verify_seeds 0).")
-    mixture = _mixture_for(pool, weights, config.seed, name=named_after("search", output_dir),
+    mixture = _mixture_for(ctx.pool, weights, config.seed, name=named_after("search", output_dir),
                            description=description, max_epochs=config.max_epochs)
     mixture_path = mixture.save(output_dir / MIXTURE_FILE)
     transfer = (_transfer_quality(transfer_dirs, X, y, runs, names, config)
@@ -694,11 +827,11 @@ def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, ru
                           predicted_target=predicted, best_run=best_run, predictor=used,
                           verification=verification, transfer=transfer,
                           observed_target=observed)
-    natural = counts / counts.sum()
+    natural = ctx.counts / ctx.counts.sum()
     result.report_path = write_report(output_dir, config, names, natural, runs, quality, spec,
                                       weights, predicted, best_run, used,
                                       verification=verification, transfer=transfer,
-                                      labels={c.name: c.label for c in pool.components})
+                                      labels={c.name: c.label for c in ctx.pool.components})
     atomic_write_json(output_dir / "result.json", {
         "mixture": str(mixture_path.name), "weights": weights, "predicted_target": predicted,
         "observed_target": observed, "winner": winner,
@@ -714,13 +847,15 @@ def _finish(output_dir: Path, config: SearchConfig, pool, names, prior, caps, ru
 
 
 def retrain(search_dir: str | os.PathLike, mixtures: dict[str, dict[str, float]], *,
-            seeds: tuple[int, ...] = (0,), eval_points: int | None = None, workers: int = 0,
+            seeds: tuple[int, ...] = (0,), eval_points: int | None = None, executor: Any = None,
             progress: bool = True) -> dict[str, list[dict[str, Any]]]:
     """Train named mixtures like the search's proxies (same store, pool, target, model, tokens).
 
     For comparisons at equal tokens: e.g. the winner against uniform and natural
     weights over several seeds.  Runs go to ``search_dir/retrain/<name>-seed<s>/``
-    and, like every proxy run, are never redone once finished.
+    and, like every proxy run, are never redone once finished; they run as one stage on
+    ``executor`` (an :class:`~hf_mixture.executors.ExecutorConfig`; default local, one run
+    per core or GPU).
 
     >>> retrain("search_out", {"winner": w, "uniform": u}, seeds=(0, 1, 2))   # doctest: +SKIP
     {'winner': [{'status': 'finished', 'target': 5.1, ...}, ...], 'uniform': [...]}
@@ -749,8 +884,29 @@ def retrain(search_dir: str | os.PathLike, mixtures: dict[str, dict[str, float]]
             write_run_folder(run_dir, spec, _mixture_for(pool, spec["weights"], int(seed)))
             folders.setdefault(name, []).append(run_dir)
     todo = [d for ds in folders.values() for d in ds if run_status(d) == "pending"]
-    bar = progress_bar(len(todo), "retrain", "run", progress)
-    config = SearchConfig(workers=workers)
-    _execute(todo, config, None, lambda d, r: bar.update(1))
-    bar.close()
+    if todo:
+        import dataclasses as dc
+
+        from ..executors import ExecutorConfig, check_executor, run_stages, submit_stages
+
+        executor = executor if executor is not None else ExecutorConfig()
+        if executor.executor == "local" and executor.workers is None:
+            settings = base["proxy"]
+            executor = dc.replace(executor, workers=SearchConfig(
+                proxy_threads=int(settings.get("threads", 1)),
+                proxy_device=settings.get("device", "auto")).default_workers())
+        check_executor(executor)
+        rel = [d.relative_to(search_dir).as_posix() for d in todo]
+        listing = f"retrain/todo-{short_hash(rel)[:8]}.json"
+        atomic_write_json(search_dir / listing, rel)
+        stage = _proxy_stage(f"retrain-{short_hash(rel)[:8]}", search_dir, listing, len(todo),
+                             False, None)
+        if executor.executor == "slurm":
+            jobs = submit_stages(executor, [stage], search_dir)
+            logger.warning("retrain: %d proxy runs submitted to Slurm (jobs %s); call retrain "
+                           "again once they finished to read them", len(todo), ", ".join(jobs))
+        else:
+            with progress_bar(1, "retrain", "stage", progress) as bar:
+                run_stages(executor, [stage], search_dir)
+                bar.update(1)
     return {name: [read_result(d) or {} for d in ds] for name, ds in folders.items()}
