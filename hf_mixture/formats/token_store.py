@@ -161,8 +161,10 @@ class TokenStoreWriter:
                 offsets = np.asarray(self._offsets[key], dtype=np.int64)
                 offsets.tofile(self._tmp / component / f"{split}.idx")
                 rows = self._meta[key]
-                table = pa.Table.from_pylist(rows) if rows and rows[0] else pa.table(
-                    {"doc": pa.array(np.arange(len(rows)), type=pa.int64())})
+                # every field any document has (from_pylist would keep the first row's only)
+                names = list(dict.fromkeys(k for r in rows for k in r))
+                table = pa.table({n: [r.get(n) for r in rows] for n in names}) if names else \
+                    pa.table({"doc": pa.array(np.arange(len(rows)), type=pa.int64())})
                 pq.write_table(table, self._tmp / component / f"{split}.meta.parquet")
                 entry[split] = {"docs": len(rows), "tokens": int(offsets[-1]),
                                 "max_id": self._max_id.get(key, 0)}
