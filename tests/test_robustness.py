@@ -525,3 +525,16 @@ def test_num_clusters_of_a_large_input_is_checked_when_counted_before_embedding(
                          "before deduplication)" in err, err
     assert not (tmp_path / "out.work").exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_store_metadata_keeps_a_field_the_first_document_lacks(tmp_path):
+    from hf_mixture.mixture.query import select
+
+    with TokenStoreWriter(tmp_path / "s", vocab_size=300, eos_token_id=0,
+                          tokenizer_name="t") as w:
+        w.add("c", "train", [1, 2], {})
+        w.add("c", "train", [3], {"source": "code"})
+        w.add("c", "validation", [4], {"source": "docs"})
+    store = TokenStore(tmp_path / "s")
+    assert store.metadata("c").column("source").to_pylist() == [None, "code"]
+    assert select(store, "source == 'code'")["c"].tolist() == [1]

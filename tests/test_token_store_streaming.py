@@ -222,8 +222,9 @@ def _write_both(tmp_path: Path, docs: list[tuple[str, list[int], dict | None]], 
                 part = docs[lo: lo + 5]
                 split = part[0][0]
                 assert all(p[0] == split for p in part)
-                # the columns: the keys of the split's first document
-                names = list(next(m for s, _, m in docs if s == split) or {})
+                # the columns: every key a document of the split has
+                names = list(dict.fromkeys(k for s, _, m in docs if s == split
+                                           for k in (m or {})))
                 w.add_batch("c", split, np.asarray([t for _, d, _ in part for t in d], np.int64),
                             np.asarray([len(d) for _, d, _ in part]),
                             {n: [(m or {}).get(n) for _, _, m in part] for n in names})
@@ -238,9 +239,11 @@ def _write_both(tmp_path: Path, docs: list[tuple[str, list[int], dict | None]], 
         np.asarray([0, *np.cumsum([len(d) for d, _ in chosen])], dtype=np.int64).tofile(
             ref / "c" / f"{split}.idx")
         rows = [m for _, m in chosen]
-        pq.write_table(pa.Table.from_pylist(rows) if rows and rows[0] else pa.table(
-            {"doc": pa.array(np.arange(len(rows)), type=pa.int64())}),
-            ref / "c" / f"{split}.meta.parquet")
+        # every field any document has, in order of first appearance (a missing one is null)
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        pq.write_table(pa.table({n: [r.get(n) for r in rows] for n in names}) if names else
+                       pa.table({"doc": pa.array(np.arange(len(rows)), type=pa.int64())}),
+                       ref / "c" / f"{split}.meta.parquet")
     return new, ref
 
 

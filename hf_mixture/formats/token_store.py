@@ -73,8 +73,8 @@ class _SplitWriter:
     Metadata rows are buffered per column (:data:`META_CHUNK` at a time), converted to Arrow
     exactly as ``pa.Table.from_pylist`` would and spilled to Arrow IPC files beside them;
     :meth:`finish` merges the spills into ``<split>.meta.parquet``.  As with ``from_pylist``,
-    the first document's metadata keys are the columns (a missing key is null, an unknown one
-    dropped); when the first document has none, the file holds a ``doc`` index column.
+    the columns are every metadata key any document has, in order of first appearance (a
+    missing key is null); when no document has any, the file holds a ``doc`` index column.
     """
 
     def __init__(self, folder: Path, split: str, dtype: np.dtype, where: str):
@@ -95,9 +95,16 @@ class _SplitWriter:
 
     # -- appending ---------------------------------------------------------------------
     def _fix_columns(self, names: Iterable[str]) -> None:
+        """The columns are every field any document has, in order of first appearance; a
+        field new at this document is null for the documents before it."""
         if self.columns is None:
             self.columns = list(names)
             self._buffer = {c: [] for c in self.columns}
+            return
+        for name in names:
+            if name not in self._buffer:
+                self.columns.append(name)
+                self._buffer[name] = [None] * self._buffered
 
     def add(self, arr: np.ndarray, metadata: dict[str, Any] | None) -> None:
         self.bin.write(arr.astype(self.dtype, copy=False).tobytes())
@@ -242,7 +249,13 @@ class _SplitWriter:
             for r in readers:
                 for i in range(r.num_record_batches):
                     b = r.get_batch(i)
-                    yield b if b.schema.equals(schema) else b.cast(schema, safe=False)
+                    if b.schema.equals(schema):
+                        yield b
+                        continue
+                    # a field that appeared later is null in the batches spilled before it
+                    yield pa.RecordBatch.from_arrays(
+                        [b.column(f.name).cast(f.type, safe=False) if f.name in b.schema.names
+                         else pa.nulls(b.num_rows, f.type) for f in schema], schema=schema)
 
         pending: list = []
         rows = 0
