@@ -187,6 +187,11 @@ def store_tokenizer(store: Any, tokenizer: Any | None):
                              "with the config field 'tokenizer'.") from None
 
 
+def callable_name(fn: Callable) -> str:
+    """``"module:qualname"`` of an importable function, else ``"<in-process>"``."""
+    return _callable_name(fn)
+
+
 def _callable_name(fn: Callable) -> str:
     module, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
     if module and qual and "<" not in qual:
@@ -307,6 +312,8 @@ def target_kind(target: Any) -> str:
     text = str(target)
     if text in ("mean", "worst"):
         return text
+    if text == "<in-process>":
+        return "callable"
     return "callable" if _looks_like_callable(text) else "text"
 
 
