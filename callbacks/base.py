@@ -513,10 +513,17 @@ class MixtureCallback(TrainerCallback):
             raise HFMixtureError(f"{type(self).__name__} with the text target "
                                  f"{self.config.target!r} needs the Trainer's eval_dataset to be "
                                  "the dict of per-domain sets (domain_eval_datasets).")
-        if TARGET_KEY not in evals:
-            evals = dict(evals)
-            evals[TARGET_KEY] = self.target_eval_dataset()
-            trainer.eval_dataset = evals
+        mine = self.target_eval_dataset()
+        if TARGET_KEY in evals:
+            theirs = evals[TARGET_KEY]
+            if list(theirs["input_ids"]) != list(mine["input_ids"]):
+                raise HFMixtureError(f"The Trainer already evaluates another target as "
+                                     f"{TARGET_KEY!r}; one run has one target (this callback's "
+                                     f"is {self.config.target!r}).")
+            return
+        evals = dict(evals)
+        evals[TARGET_KEY] = mine
+        trainer.eval_dataset = evals
 
     @property
     def weights(self) -> dict[str, float]:
