@@ -327,12 +327,12 @@ class AioliCallback(MixtureCallback):
             self.plan(max_steps=max(int(step), 1) + 10 ** 9)  # observe() without a Trainer
         at = self.schedule.boundary(step)
         if at is None:
-            return None
+            return
         t, i = at
         vector = self._vector(losses)
         if not np.all(np.isfinite(vector)):
             self._abandon(step, f"the target's loss at step {step} is not finite")
-            return None
+            return
         n = self.schedule.interventions
         if i == 0:
             m = len(self.domains)
@@ -340,7 +340,7 @@ class AioliCallback(MixtureCallback):
             self.previous = vector.tolist()
         elif self.expect != (t, i):
             self._abandon(step, f"the evaluation before step {step} is missing")
-            return None
+            return
         else:
             j = self.order(t)[i - 1]
             self.beta[:, j] += np.asarray(self.previous) - vector
@@ -351,9 +351,9 @@ class AioliCallback(MixtureCallback):
             self.apply(sweep_mixture(j, len(self.domains), self.config.one_hot_factor),
                        step=step, reason=f"step {step}: LearnParams round {t}, "
                                          f"{self.domains[j]!r}")
-            return None
+            return
         self._finish(step, t)
-        return None
+        return
 
     def _finish(self, step: int, t: int) -> None:
         a = interaction_matrix(self.beta / self.config.sweeps, self.config.one_hot_factor)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 from hf_mixture.callbacks import (
-    AioliCallback,
     ADOCallback,
+    AioliCallback,
     BanditCallback,
     DoReMiCallback,
     aioli_schedule,

@@ -238,7 +238,7 @@ def test_aioli_in_trainer_intervenes_then_steps(store, tmp_path):
 def test_aioli_resume_mid_learn_params_is_identical(store, tmp_path):
     full, full_data, full_cb = run(store, tmp_path / "full", _aioli, save_steps=4)
     full.train()
-    part, _, part_cb = run(store, tmp_path / "part", _aioli, save_steps=4, stop_at=8)
+    part, _, _ = run(store, tmp_path / "part", _aioli, save_steps=4, stop_at=8)
     part.train()
     assert json.loads((tmp_path / "part" / "checkpoint-8" / "hf_mixture_aioli.json").read_text()
                       )["rule"]["expect"] == [1, 2]       # saved inside round 1's LearnParams

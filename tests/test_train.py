@@ -87,7 +87,7 @@ def test_aioli_with_a_text_target_from_a_recipe(store, tmp_path, tiny_texts):
     from hf_mixture.hub import push_model_to_hub
 
     target = tmp_path / "my_target.jsonl"
-    source = sorted({s for s, _ in tiny_texts})[0]
+    source = min({s for s, _ in tiny_texts})
     target.write_text("\n".join(json.dumps({"text": t}) for s, t in tiny_texts if s == source))
     cfg = _config(store, tmp_path / "run", "training.max_steps=8", "training.save_steps=8",
                   "training.eval_steps=8",
@@ -102,7 +102,7 @@ def test_aioli_with_a_text_target_from_a_recipe(store, tmp_path, tiny_texts):
     state = json.loads((out / "checkpoint-8" / "hf_mixture_aioli.json").read_text())
     assert all("target" in e for e in state["eval_history"])   # the target's row was measured
     repo = Path(push_model_to_hub(out, "me/tiny", local_dir=tmp_path / "card"))
-    assert f"Target loss (`eval_target_loss`" in (repo / "README.md").read_text()
+    assert "Target loss (`eval_target_loss`" in (repo / "README.md").read_text()
     assert f"{saved['eval_target_loss']:.4f}" in (repo / "README.md").read_text()
 
     (tmp_path / "empty.jsonl").write_text("")

@@ -42,8 +42,15 @@ import numpy as np
 from .._io import atomic_path, atomic_write_json, short_hash
 from ..errors import HFMixtureError
 
-__all__ = ["TargetSpec", "load_target_texts", "pack_documents", "prepare_target",
-           "tokenize_target", "target_kind", "TARGET_KEY"]
+__all__ = [
+    "TARGET_KEY",
+    "TargetSpec",
+    "load_target_texts",
+    "pack_documents",
+    "prepare_target",
+    "target_kind",
+    "tokenize_target",
+]
 
 #: The key of a text target's eval set beside the per-domain ones: ``Trainer.evaluate``
 #: then reports its loss as ``eval_target_loss`` (so no mixture component may be named so).

@@ -218,7 +218,7 @@ def loss_on_rows(model, rows: np.ndarray, device: str, batch_size: int = 16) -> 
 
 def domain_rows(store, resolved, seq_len: int, max_tokens: int) -> np.ndarray:
     """A component's validation documents packed into rows (in store order: deterministic)."""
-    from ..mixture.target import pack_documents
+    from .target import pack_documents
 
     def docs() -> Iterator[np.ndarray]:
         for part, idx in resolved.parts:
@@ -234,7 +234,7 @@ class _Evaluator:
 
     def __init__(self, spec: dict[str, Any], store, pool, settings: ProxySettings, device: str,
                  target_fn=None):
-        from ..mixture.target import TargetSpec, load_target_rows, resolve_callable
+        from .target import TargetSpec, load_target_rows, resolve_callable
 
         self.device = device
         self.settings = settings
@@ -269,7 +269,7 @@ class _Evaluator:
             return loss_on_rows(model, self.target_rows, self.device)
         if not final:
             return None
-        from ..mixture.target import store_tokenizer
+        from .target import store_tokenizer
 
         try:
             tok = store_tokenizer(self.store, None)

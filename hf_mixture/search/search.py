@@ -68,7 +68,7 @@ from .proxy import (
     settings_dict,
     write_run_folder,
 )
-from ..mixture.target import TargetSpec, prepare_target
+from .target import TargetSpec, prepare_target
 
 logger = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ def run_search(store: Any, target: Any, output_dir: str | os.PathLike,
 
     ``store``: a :class:`~hf_mixture.formats.TokenStore` or its path.  ``target``:
     ``"mean"``, ``"worst"``, a text file/folder/dataset id, ``"module:function"`` or a
-    callable ``fn(model, tokenizer) -> float`` (see :mod:`hf_mixture.mixture.target`).
+    callable ``fn(model, tokenizer) -> float`` (see :mod:`hf_mixture.search.target`).
     One search at a time writes a folder (a second one is one sentence: it would train every
     proxy twice).
 

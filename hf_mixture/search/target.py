@@ -6,7 +6,7 @@ a callable) with the same code; these names stay importable from here.
 
 from __future__ import annotations
 
-from ..mixture.target import (  # noqa: F401 - re-exported
+from ..mixture.target import (
     TARGET_KEY,
     TargetSpec,
     load_target_rows,
@@ -19,6 +19,15 @@ from ..mixture.target import (  # noqa: F401 - re-exported
     tokenize_target,
 )
 
-__all__ = ["TargetSpec", "load_target_texts", "pack_documents", "prepare_target",
-           "tokenize_target", "target_kind", "load_target_rows", "store_tokenizer",
-           "resolve_callable", "TARGET_KEY"]
+__all__ = [
+    "TARGET_KEY",
+    "TargetSpec",
+    "load_target_rows",
+    "load_target_texts",
+    "pack_documents",
+    "prepare_target",
+    "resolve_callable",
+    "store_tokenizer",
+    "target_kind",
+    "tokenize_target",
+]
