@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -134,7 +133,7 @@ def eval_sets(store, mixture, args):
     n = args.eval_sequences
     every = domain_eval_datasets(store, mixture, seq_len=args.seq_len, max_sequences=2 * n,
                                  seed=0)
-    feedback = {d: ds.select(range(0, min(n, len(ds) // 2))) for d, ds in every.items()}
+    feedback = {d: ds.select(range(min(n, len(ds) // 2))) for d, ds in every.items()}
     heldout = {d: ds.select(range(min(n, len(ds) // 2), len(ds))) for d, ds in every.items()}
     return feedback, heldout
 
@@ -169,9 +168,9 @@ def run_one(task: tuple[str, str, int, dict]) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from hf_mixture.callbacks import ADOCallback, AioliCallback, BanditCallback, DoReMiCallback
     from transformers import PrinterCallback, TrainingArguments
 
-    from hf_mixture.callbacks import ADOCallback, AioliCallback, BanditCallback, DoReMiCallback
     from hf_mixture.formats import TokenStore
     from hf_mixture.mixture import Component, Mixture, MixtureDataset, MixtureTrainer
     from hf_mixture.mixture.target import tokenize_target
@@ -218,24 +217,23 @@ def run_one(task: tuple[str, str, int, dict]) -> dict:
                 return super().evaluate(*a, **kw)
             finally:
                 self.depth -= 1
-                dt = time.perf_counter() - t0
-                if self.depth:
-                    return
-                self.eval_seconds += dt
-                step = self.state.global_step
-                if self.counting and callback is not None and \
-                        getattr(callback, "schedule", None) is not None and \
-                        callback.schedule.boundary(step) is not None and \
-                        step % args.eval_steps:
-                    self.asked_seconds += dt
-                    self.asked += 1
+                if not self.depth:
+                    self._count(time.perf_counter() - t0)
+
+        def _count(self, dt):
+            self.eval_seconds += dt
+            step = self.state.global_step
+            if self.counting and getattr(callback, "schedule", None) is not None and \
+                    callback.schedule.boundary(step) is not None and step % args.eval_steps:
+                self.asked_seconds += dt
+                self.asked += 1
 
     callback = None
     trainer = Timed(model=model, args=training, train_dataset=data, eval_dataset=feedback)
     trainer.remove_callback(PrinterCallback)
     target_rows = None
     if setting == "c":
-        feedback_file, heldout_file = target_files(work, args.target_source)
+        _, heldout_file = target_files(work, args.target_source)
         target_rows = tokenize_target(heldout_file, store, seq_len=args.seq_len,
                                       max_tokens=args.eval_sequences * args.seq_len)
     if name == "aioli":
