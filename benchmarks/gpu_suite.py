@@ -76,8 +76,8 @@ def sizes(dry_run: bool) -> dict[str, Any]:
     if dry_run:
         return {"train_steps": 6, "live_every": 2, "proxy_steps": 8, "embed_docs": 24,
                 "kmeans": (2_000, 32, 16, 10), "store_tokens": 40_000,
-                "callbacks": {"steps": 30, "seeds": "0", "shape": "cpu-1m", "device": "cpu",
-                              "playground_docs": 700, "batch_size": 8, "seq_len": 64}}
+                "callbacks": {"steps": 20, "seeds": "0", "shape": "cpu-1m", "device": "cpu",
+                              "playground_docs": 2000, "batch_size": 4, "seq_len": 64}}
     from clustering import KMEANS_DIM, KMEANS_ITERATIONS, KMEANS_K, KMEANS_N
 
     # 40 steps of 16 x 2048 tokens: ~0.7 s each on an H100 at 40% MFU, 2 runs in the box.

@@ -243,3 +243,38 @@ def test_on_step_end_asks_for_the_evaluations(tmp_path):
             asked.append(step)
     assert asked == [s for s in range(61) if cb.schedule.boundary(s) is not None]
     assert len(asked) == cb.schedule.rounds * (cb.schedule.interventions + 1)
+
+
+def test_target_forms_are_read_by_the_one_module():
+    from hf_mixture.mixture.target import target_kind
+    from hf_mixture.search.target import target_kind as search_kind
+
+    assert search_kind is target_kind
+    assert [target_kind(t) for t in ("mean", "worst", "os.path:join", "x.jsonl", "<in-process>")
+            ] == ["mean", "worst", "callable", "text", "callable"]
+    cb = AioliCallback(live3(), target=lambda model, tok: 1.0)
+    assert cb.config.target == "<in-process>" and cb.target_kind == "callable"
+    with pytest.raises(HFMixtureError, match="cannot be imported"):
+        AioliCallback(live3(), target="no_such_module_xyz:f")
+
+
+def test_one_run_has_one_text_target(tiny_store, tmp_path):
+    from types import SimpleNamespace
+
+    from hf_mixture.mixture import Mixture, MixtureDataset
+
+    data = MixtureDataset(tiny_store, Mixture.from_store(tiny_store, "uniform"), seq_len=16)
+    files = []
+    for i in range(2):
+        f = tmp_path / f"t{i}.jsonl"
+        f.write_text("\n".join(json.dumps({"text": f"text {i} number {j} " * 3})
+                               for j in range(30)))
+        files.append(f)
+    trainer = SimpleNamespace(eval_dataset={"a": None}, callback_handler=SimpleNamespace(
+        callbacks=[]))
+    first = AioliCallback(data, target=str(files[0]))
+    first.attach(trainer)
+    assert set(trainer.eval_dataset) == {"a", "target"}
+    AioliCallback(data, target=str(files[0])).attach(trainer)      # the same target: fine
+    with pytest.raises(HFMixtureError, match="one run has one target"):
+        AioliCallback(data, target=str(files[1])).attach(trainer)
