@@ -1,26 +1,32 @@
-"""Online mixture callbacks vs static mixtures on the playground: held-out loss over seeds.
+"""Online mixture callbacks vs static mixtures on the playground, in three settings, over seeds.
 
-Same model, steps, data and eval sets for every run of a seed; only the mixture
-rule changes.  Runs per seed:
+Same model (the search's CPU proxy shape ``cpu-1m``), steps, data and eval sets for
+every run of a seed; only the mixture rule changes.  Settings:
 
-- ``natural``: static token-proportional weights;
-- ``uniform``: static equal weights (also DoReMi's reference model, as in the paper);
-- ``ado``: :class:`~hf_mixture.callbacks.ADOCallback` (prior = natural, as in ADO);
-- ``doremi``: :class:`~hf_mixture.callbacks.DoReMiCallback`, the paper's per-token
-  rule against the same seed's trained ``uniform`` model, starting uniform;
-- ``bandit``: :class:`~hf_mixture.callbacks.BanditCallback` (EXP3 / ODM), starting
-  uniform (EXP3's start);
-- ``schedule``: two stages, uniform then natural for the last third (a fixed curriculum).
+- ``a``: the playground's 7 sources; scored by the mean held-out loss over domains (the
+  Aioli paper's metric).  Runs: natural, uniform, aioli, ado, doremi, bandit.  The
+  adaptive rules start uniform (stratified sampling, the paper's baseline) except ADO
+  (its prior is natural, as in ADO).
+- ``b``: the 7 sources plus two junk components: ``shuffled`` (the pool's tokens in a
+  random order: the unigram statistics without any structure) and ``duplicated`` (64
+  sequences repeated over and over).  Every run starts from natural (junk included);
+  scored on the 7 real domains; printed: each run's final weight on each junk component
+  against its natural weight (a good rule moves below half of it).
+- ``c``: one source (``--target-source``) is removed from the pool and used as the target
+  (half of its documents are the target text the rules are told, the other half score
+  them).  Runs: natural, uniform, aioli told the target, and the offline search's mixture
+  toward the same target (``hf_mixture.search.run_search``, once, seed 0) trained at equal
+  tokens; printed: the compute each one spent (6 N per trained token, 2 N per evaluated
+  token; the search's proxies and verification runs included).
 
-The adaptive rules read eval losses on *feedback* windows; the result is the
-loss on other, *held-out* windows of the same validation split (a seeded
-disjoint split), so no rule is scored on the data it adapted to.  Printed: mean
-± sd over seeds of the held-out per-domain loss (mean over domains and worst
-domain), per-seed differences to natural and uniform, the callback's own time,
-and one PNG of every run's weight trajectory (seed 0).
+The adaptive rules read eval losses on *feedback* windows; every run is scored on other,
+*held-out* windows of the same validation split.  Printed: the data's unigram entropy
+beside the final losses, mean ± sd over seeds, per-seed differences, the callbacks' own
+wall-clock share (hooks + the evaluations they asked for) and the targets of the issue
+met or missed.
 
-    python benchmarks/callbacks.py                      # ~8 min on a shared 2-core CPU
-    python benchmarks/callbacks.py --steps 20 --eval-steps 10 --seeds 0   # smoke run
+    python benchmarks/callbacks.py                       # the full benchmark: ≤ 60 min, 2 idle cores
+    python benchmarks/callbacks.py --settings a --seeds 0,1 --steps 120   # a reduced run
 """
 
 from __future__ import annotations
@@ -35,11 +41,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-RUNS = ("natural", "uniform", "ado", "doremi", "bandit", "schedule")
-ADAPTIVE = ("ado", "doremi", "bandit")
+RUNS = {"a": ("natural", "uniform", "aioli", "ado", "doremi", "bandit"),
+        "b": ("natural", "uniform", "aioli", "ado", "doremi", "bandit"),
+        "c": ("natural", "uniform", "aioli", "search")}
+ADAPTIVE = ("aioli", "ado", "doremi", "bandit")
+JUNK = ("shuffled", "duplicated")
+SHAPE = "cpu-1m"
 
 
-def build_store(work: Path, validation_fraction: float) -> Path:
+# -- data ----------------------------------------------------------------------------------------
+def build_store(work: Path, validation_fraction: float, max_docs: int | None = None) -> Path:
     """Playground → clustered corpus (cluster = source) → token store; reused when present."""
     from hf_mixture import playground
     from hf_mixture.formats import tokenize_corpus, write_clustered_corpus
@@ -48,13 +59,71 @@ def build_store(work: Path, validation_fraction: float) -> Path:
     if (store / "manifest.json").is_file():
         return store
     sources = list(playground.SOURCES)
-    data = playground.load().map(lambda row: {"cluster_id": sources.index(row["source"])})
+    data = playground.load()
+    if max_docs is not None:
+        data = data.shuffle(seed=0).select(range(min(max_docs, len(data))))
+    data = data.map(lambda row: {"cluster_id": sources.index(row["source"])})
     corpus = work / "corpus"
     if not (corpus / "clusters.json").is_file():
         write_clustered_corpus(data, corpus, tokenizer=playground.tokenizer())
     tokenize_corpus(corpus, store, playground.tokenizer_dir(),
                     validation_fraction=validation_fraction, seed=0)
     return store
+
+
+def build_junk_store(work: Path, base: Path, seq_len: int) -> Path:
+    """The base store's components plus ``shuffled`` and ``duplicated``, each 10% of its tokens."""
+    import numpy as np
+
+    from hf_mixture.formats import TokenStore, TokenStoreWriter
+
+    out = work / "store_junk"
+    if (out / "manifest.json").is_file():
+        return out
+    store = TokenStore(base)
+    rng = np.random.default_rng(0)
+    with TokenStoreWriter(out, vocab_size=store.vocab_size, eos_token_id=store.eos_token_id,
+                          tokenizer_name=store.tokenizer_name,
+                          tokenizer_hash=(store.manifest.get("tokenizer") or {}).get("sha256"),
+                          extra={"source": "playground + junk (benchmarks/callbacks.py)"}) as w:
+        for k, c in enumerate(store.components):
+            for split in ("train", "validation"):
+                toks, off = store.tokens(c, split), store.offsets(c, split)
+                for i in range(len(off) - 1):
+                    w.add(c, split, np.asarray(toks[off[i]:off[i + 1]]), {"cluster_id": k})
+        for split in ("train", "validation"):
+            pool = np.concatenate([np.asarray(store.tokens(c, split)) for c in store.components])
+            size = len(pool) // 10
+            shuffled = rng.permutation(pool)[:size]
+            base_seqs = rng.choice(pool, size=(64, seq_len))   # 64 sequences, repeated
+            duplicated = np.tile(base_seqs.reshape(-1), size // (64 * seq_len) + 1)[:size]
+            for name, arr, cid in (("shuffled", shuffled, 90), ("duplicated", duplicated, 91)):
+                for i in range(0, len(arr), 4 * seq_len):
+                    w.add(name, split, arr[i:i + 4 * seq_len], {"cluster_id": cid})
+    return out
+
+
+def unigram_entropy(store, components) -> float:
+    """Nats/token of the training tokens' unigram distribution (the loss of a unigram model)."""
+    import numpy as np
+
+    counts = np.zeros(store.vocab_size, dtype=np.float64)
+    for c in components:
+        counts += np.bincount(np.asarray(store.tokens(c, "train")), minlength=store.vocab_size)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def target_files(work: Path, source: str) -> tuple[Path, Path]:
+    """The target source's documents, split in two: the text the rules are told, the scoring text."""
+    from hf_mixture import playground
+
+    feedback, heldout = work / f"target_{source}.jsonl", work / f"target_{source}_heldout.jsonl"
+    if not feedback.is_file():
+        texts = [r["text"] for r in playground.load() if r["source"] == source]
+        feedback.write_text("\n".join(json.dumps({"text": t}) for t in texts[0::2]) + "\n")
+        heldout.write_text("\n".join(json.dumps({"text": t}) for t in texts[1::2]) + "\n")
+    return feedback, heldout
 
 
 def eval_sets(store, mixture, args):
@@ -64,217 +133,368 @@ def eval_sets(store, mixture, args):
     n = args.eval_sequences
     every = domain_eval_datasets(store, mixture, seq_len=args.seq_len, max_sequences=2 * n,
                                  seed=0)
-    feedback = {d: ds.select(range(0, min(n, len(ds) // 2))) for d, ds in every.items()}
+    feedback = {d: ds.select(range(min(n, len(ds) // 2))) for d, ds in every.items()}
     heldout = {d: ds.select(range(min(n, len(ds) // 2), len(ds))) for d, ds in every.items()}
     return feedback, heldout
 
 
-def make_model(store, args, seed):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def rows_dataset(rows):
+    import datasets
 
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=store.vocab_size, hidden_size=args.hidden, intermediate_size=3 * args.hidden,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=args.seq_len, eos_token_id=store.eos_token_id,
-        bos_token_id=None, pad_token_id=None))
+    rows = rows.tolist()
+    return datasets.Dataset.from_dict({"input_ids": rows, "labels": rows})
 
 
-def run_one(task: tuple[str, int, dict]) -> dict:
-    """One training run: ``(name, seed, args)`` → held-out losses, weights history, timing."""
-    name, seed, raw = task
+# -- one run -------------------------------------------------------------------------------------
+def _components(setting: str, store, args) -> list[tuple[str, str, int]]:
+    """``(name, query, natural tokens)`` of the pool of a setting."""
+    from hf_mixture import playground
+
+    sources = list(playground.SOURCES)
+    comps = [(s, f"cluster_id == {k}", store.num_tokens(f"cluster_{k}", "train"))
+             for k, s in enumerate(sources)]
+    if setting == "b":
+        comps += [(j, f"cluster_id == {90 + i}", store.num_tokens(j, "train"))
+                  for i, j in enumerate(JUNK)]
+    if setting == "c":
+        comps = [c for c in comps if c[0] != args.target_source]
+    return comps
+
+
+def run_one(task: tuple[str, str, int, dict]) -> dict:
+    """One training run: ``(setting, name, seed, args)`` → held-out losses, weights, timing."""
+    setting, name, seed, raw = task
     args = argparse.Namespace(**raw)
     import torch
 
     torch.set_num_threads(args.threads)
+    from hf_mixture.callbacks import ADOCallback, AioliCallback, BanditCallback, DoReMiCallback
     from transformers import PrinterCallback, TrainingArguments
 
-    from hf_mixture import playground
-    from hf_mixture.callbacks import (
-        ADOCallback,
-        BanditCallback,
-        DoReMiCallback,
-        ScheduleCallback,
-    )
     from hf_mixture.formats import TokenStore
-    from hf_mixture.mixture import Component, Mixture, MixtureDataset, MixtureTrainer, Stage
+    from hf_mixture.mixture import Component, Mixture, MixtureDataset, MixtureTrainer
+    from hf_mixture.mixture.target import tokenize_target
+    from hf_mixture.models import build_model, count_parameters, model_fields
 
     work = Path(args.work_dir)
-    store = TokenStore(work / "store")
-    sources = list(playground.SOURCES)
-    natural = {s: store.num_tokens(f"cluster_{k}", "train") for k, s in enumerate(sources)}
-    start = {"natural": natural, "ado": natural, "schedule": natural}.get(
-        name, {s: 1.0 for s in sources})
-    comps = [Component(s, f"cluster_id == {k}", weight=start[s]) for k, s in enumerate(sources)]
-    mixture = Mixture(comps, seed=seed)
+    store = TokenStore(work / ("store_junk" if setting == "b" else "store"))
+    comps = _components(setting, store, args)
+    natural = {n: float(t) for n, _, t in comps}
+    uniform = {n: 1.0 for n, _, _ in comps}
+    if name == "search":
+        start = json.loads((work / "search_mixture.json").read_text())
+    elif name in ("natural", "uniform"):
+        start = natural if name == "natural" else uniform
+    else:   # the adaptive rules: from natural in (b) (junk included) and for ADO (its prior)
+        start = natural if setting == "b" or name == "ado" else uniform
+    mixture = Mixture([Component(n, q, weight=start[n]) for n, q, _ in comps], seed=seed)
     feedback, heldout = eval_sets(store, mixture, args)
     data = MixtureDataset(store, mixture, seq_len=args.seq_len)
-    model = make_model(store, args, seed)
+    model = build_model(model_fields({"shape": args.shape}), vocab_size=store.vocab_size,
+                        eos_token_id=store.eos_token_id, seed=seed)
     training = TrainingArguments(
-        output_dir=str(work / f"run_{name}_{seed}"), max_steps=args.steps,
+        output_dir=str(work / f"run_{setting}_{name}_{seed}"), max_steps=args.steps,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=32,
-        learning_rate=3e-3, warmup_steps=10, lr_scheduler_type="cosine",
+        learning_rate=args.lr, warmup_steps=max(1, args.steps // 10), lr_scheduler_type="cosine",
         eval_strategy="steps", eval_steps=args.eval_steps, logging_steps=args.eval_steps,
-        save_strategy="no", report_to="none", use_cpu=True, seed=seed, disable_tqdm=True,
-        log_level="error")
-    trainer = MixtureTrainer(model=model, args=training, train_dataset=data,
-                             eval_dataset=feedback)
-    trainer.remove_callback(PrinterCallback)
+        save_strategy="no", report_to="none", use_cpu=args.device == "cpu",
+        bf16=args.device != "cpu", seed=seed, disable_tqdm=True, log_level="error")
+
+    class Timed(MixtureTrainer):
+        """Times every evaluation, and those the callback asked for apart."""
+
+        counting = True                # only the evaluations during training
+        eval_seconds = 0.0
+        asked_seconds = 0.0
+        asked = 0
+
+        depth = 0                      # a dict eval_dataset calls evaluate once per domain
+
+        def evaluate(self, *a, **kw):
+            t0 = time.perf_counter()
+            self.depth += 1
+            try:
+                return super().evaluate(*a, **kw)
+            finally:
+                self.depth -= 1
+                if not self.depth:
+                    self._count(time.perf_counter() - t0)
+
+        def _count(self, dt):
+            self.eval_seconds += dt
+            step = self.state.global_step
+            if self.counting and getattr(callback, "schedule", None) is not None and \
+                    callback.schedule.boundary(step) is not None and step % args.eval_steps:
+                self.asked_seconds += dt
+                self.asked += 1
+
     callback = None
-    if name == "ado":
+    trainer = Timed(model=model, args=training, train_dataset=data, eval_dataset=feedback)
+    trainer.remove_callback(PrinterCallback)
+    target_rows = None
+    if setting == "c":
+        _, heldout_file = target_files(work, args.target_source)
+        target_rows = tokenize_target(heldout_file, store, seq_len=args.seq_len,
+                                      max_tokens=args.eval_sequences * args.seq_len)
+    if name == "aioli":
+        # The paper's 7-group values: 2 sweeps, eta 1 (its 2-group runs: 4 sweeps, eta 0.2).
+        kw = {"sweeps": 2, "eta": 1.0}
+        if setting == "c":
+            kw.update(target=str(target_files(work, args.target_source)[0]),
+                      target_tokens=args.eval_sequences * args.seq_len)
+        callback = AioliCallback(data, **kw)
+    elif name == "ado":
         # The reference ignores its first 500 of many thousand steps; here the first eval.
-        callback = ADOCallback(data.live, fit_from_step=args.eval_steps, min_points=3)
+        callback = ADOCallback(data, fit_from_step=args.eval_steps, min_points=3)
     elif name == "doremi":
-        callback = DoReMiCallback(data.live, reference_model=str(work / f"uniform_model_{seed}"))
+        callback = DoReMiCallback(data,
+                                  reference_model=str(work / f"uniform_{setting}_{seed}"))
     elif name == "bandit":
-        callback = BanditCallback(data.live)
-    elif name == "schedule":
-        uniform = {s: 1.0 for s in sources}
-        callback = ScheduleCallback(data.live, [Stage(0, uniform, name="uniform"),
-                                                Stage(2 * args.steps // 3, natural,
-                                                      name="natural")], unit="steps")
+        callback = BanditCallback(data)
     if callback is not None:
         callback.attach(trainer)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
+    trainer.counting = False
     if name == "uniform":
-        trainer.save_model(str(work / f"uniform_model_{seed}"))
-    metrics = trainer.evaluate(heldout, metric_key_prefix="test")
-    losses = {d: float(metrics[f"test_{d}_loss"]) for d in sources}
-    per_step = args.batch_size
-    history = [(c.sample / per_step, list(c.weights)) for c in data.live.history]
-    return {"name": name, "seed": seed, "losses": losses,
+        trainer.save_model(str(work / f"uniform_{setting}_{seed}"))
+    scored = dict(heldout)
+    if target_rows is not None:
+        scored["heldout_target"] = rows_dataset(target_rows)
+    metrics = trainer.evaluate(scored, metric_key_prefix="test")
+    real = [n for n, _, _ in comps if n not in JUNK]
+    losses = {d: float(metrics[f"test_{d}_loss"]) for d in real}
+    n_params = count_parameters(model)
+    tokens = args.steps * args.batch_size * args.seq_len
+    asked_tokens = trainer.asked * sum(len(ds) for ds in trainer.eval_dataset.values()) \
+        * args.seq_len
+    history = [(c.sample / args.batch_size, list(c.weights)) for c in data.live.history]
+    return {"setting": setting, "name": name, "seed": seed, "losses": losses,
             "mean": statistics.fmean(losses.values()), "worst": max(losses.values()),
-            "worst_domain": max(losses, key=losses.get), "seconds": seconds,
+            "target": float(metrics["test_heldout_target_loss"]) if target_rows is not None
+            else None,
+            "seconds": seconds, "eval_seconds": trainer.eval_seconds,
+            "asked_seconds": trainer.asked_seconds, "asked_evals": trainer.asked,
             "callback_seconds": callback.seconds if callback is not None else 0.0,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "history": history, "final": list(data.live.weights_array), "domains": sources}
+            "parameters": n_params, "flops": 6 * n_params * tokens + 2 * n_params * asked_tokens,
+            "history": history, "final": list(data.live.weights_array),
+            "natural": [natural[n] / sum(natural.values()) for n, _, _ in comps],
+            "domains": [n for n, _, _ in comps]}
 
 
-def plot(results: list[dict], path: Path, steps: int) -> None:
-    """Every run's weights over steps (seed 0), one stacked-area panel per run, one PNG."""
-    import matplotlib
+def offline_search(work: Path, args) -> dict:
+    """The offline search toward the target (setting c), once; its mixture and compute."""
+    from hf_mixture import playground
+    from hf_mixture.formats import TokenStore
+    from hf_mixture.models import build_model, count_parameters, model_fields
+    from hf_mixture.search import SearchConfig
+    from hf_mixture.search.search import run_search
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    store = TokenStore(work / "store")
+    sources = list(playground.SOURCES)
+    excluded = f"cluster_{sources.index(args.target_source)}"
+    out = work / "search"
+    config = SearchConfig(rounds=[int(x) for x in args.search_rounds.split(",")],
+                          exclude=[excluded], proxy_model=args.shape,
+                          proxy_tokens=args.search_tokens, proxy_seq_len=args.seq_len,
+                          proxy_batch_size=args.batch_size, proxy_learning_rate=args.lr,
+                          workers=args.jobs, target_max_tokens=args.eval_sequences * args.seq_len,
+                          candidates=20_000, final_top_k=20)
+    t0 = time.perf_counter()
+    feedback_file, _ = target_files(work, args.target_source)
+    result = run_search(store, str(feedback_file), out, config, progress=False)
+    seconds = time.perf_counter() - t0
+    names = {f"cluster_{k}": s for k, s in enumerate(sources)}
+    mixture = {names.get(n, n): float(w) for n, w in result.mixture.weights().items()}
+    n = count_parameters(build_model(model_fields({"shape": args.shape}), vocab_size=store.vocab_size,
+                                     device="meta"))
+    trained = sum(int(r.get("tokens") or 0) for r in result.runs)
+    runs = len(result.runs)
+    return {"mixture": mixture, "seconds": seconds, "runs": runs,
+            "tokens": trained, "flops": 6 * n * trained}
 
-    from hf_mixture._io import atomic_path
 
-    runs = sorted((r for r in results if r["seed"] == min(x["seed"] for x in results)),
-                  key=lambda r: RUNS.index(r["name"]))
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.2), sharey=True)
-    for ax, r in zip(axes, runs):
-        xs, ws = [], []
-        hist = sorted(r["history"], key=lambda h: h[0])
-        for i, (step, w) in enumerate(hist):   # a step function: each weight holds until the next
-            end = hist[i + 1][0] if i + 1 < len(hist) else steps
-            xs += [step, end]
-            ws += [w, w]
-        ax.stackplot(xs, list(zip(*ws)), labels=r["domains"])
-        ax.set_title(r["name"])
-        ax.set_xlim(0, steps)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("step")
-    axes[0].set_ylabel("weight")
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+# -- the report ----------------------------------------------------------------------------------
+def _sd(xs):
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def report(setting, results, seeds, args, entropy, search=None) -> dict:
+    by = {(r["name"], r["seed"]): r for r in results if r["setting"] == setting}
+    names = [n for n in RUNS[setting] if any((n, s) in by for s in seeds)]
+    key = "target" if setting == "c" else "mean"
+    what = "held-out target loss" if setting == "c" else "held-out mean loss over domains"
+    base = next(iter(by.values()))
+    print(f"\n### Setting ({setting}): {what}; unigram entropy of the training data "
+          f"{entropy:.3f} nats/token")
+    print("| run | " + what + " (mean ± sd) | Δ vs natural per seed | Δ vs uniform per seed | "
+          "callback share of wall-clock |")
+    print("|---|---|---|---|---|")
+    summary = {}
+    for name in names:
+        rs = [by[(name, s)] for s in seeds if (name, s) in by]
+        vals = [r[key] for r in rs]
+        dn = [by[(name, s)][key] - by[("natural", s)][key] for s in seeds
+              if ("natural", s) in by and (name, s) in by]
+        du = [by[(name, s)][key] - by[("uniform", s)][key] for s in seeds
+              if ("uniform", s) in by and (name, s) in by]
+        share = statistics.fmean((r["callback_seconds"] + r["asked_seconds"]) / r["seconds"]
+                                 for r in rs)
+        summary[name] = {"value": statistics.fmean(vals), "sd": _sd(vals), "vs_natural": dn,
+                         "vs_uniform": du, "share": share,
+                         "final": [r["final"] for r in rs], "flops": rs[0]["flops"],
+                         "worst": statistics.fmean(r["worst"] for r in rs)}
+        print(f"| {name} | {statistics.fmean(vals):.4f} ± {_sd(vals):.4f} | "
+              f"{' '.join(f'{x:+.4f}' for x in dn)} | {' '.join(f'{x:+.4f}' for x in du)} | "
+              f"{100 * share:.1f}% |")
+    print(f"final loss below the unigram entropy by "
+          f"{entropy - statistics.fmean(r['mean'] for r in by.values()):.3f} nats "
+          "(mean over runs and domains)")
+    print("final weights (seed " + str(seeds[0]) + "): " + ", ".join(base["domains"]))
+    print(f"  {'(natural weights)':<8} " + " ".join(f"{w:.3f}" for w in base["natural"]))
+    for name in names:
+        if (name, seeds[0]) in by:
+            print(f"  {name:<8} " + " ".join(f"{w:.3f}" for w in by[(name, seeds[0])]["final"]))
+    verdicts = []
+    if setting == "a" and "aioli" in summary:
+        s = summary["aioli"]
+        spread = max(summary["natural"]["sd"], summary["uniform"]["sd"], s["sd"])
+        ok = all(x < -2 * spread for x in s["vs_natural"] + s["vs_uniform"])
+        verdicts.append(f"(a) aioli beats natural and uniform in every seed by > 2 x the seed "
+                        f"spread ({2 * spread:.4f}): {'met' if ok else 'missed'}")
+    if setting == "b":
+        nat = base["natural"]
+        for name in [n for n in names if n in ADAPTIVE]:
+            finals = summary[name]["final"]
+            j_ok = all(f[base["domains"].index(j)] < 0.5 * nat[base["domains"].index(j)]
+                       for f in finals for j in JUNK)
+            beats = all(x < 0 for x in summary[name]["vs_natural"])
+            verdicts.append(f"(b) {name}: below half the natural weight on both junk components "
+                            f"in every seed: {'yes' if j_ok else 'no'}; beats natural in every "
+                            f"seed: {'yes' if beats else 'no'}")
+    if setting == "c" and "aioli" in summary:
+        s = summary["aioli"]
+        beats = all(x < 0 for x in s["vs_natural"] + s["vs_uniform"])
+        verdicts.append(f"(c) aioli beats natural and uniform on the target in every seed: "
+                        f"{'met' if beats else 'missed'}")
+        if "search" in summary and search is not None:
+            gain_search = -statistics.fmean(summary["search"]["vs_natural"])
+            gain_aioli = -statistics.fmean(s["vs_natural"])
+            frac = gain_aioli / gain_search if gain_search > 0 else float("nan")
+            extra_aioli = s["flops"] - summary["natural"]["flops"]
+            ratio = extra_aioli / search["flops"] if search["flops"] else float("nan")
+            print(f"compute: the search trained {search['runs']} proxies on "
+                  f"{search['tokens']:,} tokens ({search['flops']:.3g} FLOPs, "
+                  f"{search['seconds']:.0f} s); aioli's extra evaluations "
+                  f"{extra_aioli:.3g} FLOPs = {ratio:.4f} of the search's")
+            verdicts.append(f"(c) aioli recovers {100 * frac:.0f}% of the search's target gain "
+                            f"over natural ({gain_aioli:+.4f} of {gain_search:+.4f}) at "
+                            f"{ratio:.3f} of its compute: "
+                            f"{'met' if frac >= 0.5 and ratio <= 1 / 8 else 'missed'}")
+    shares = [summary[n]["share"] for n in names if n in ADAPTIVE]
+    if shares:
+        verdicts.append(f"callback wall-clock share (hooks + the evaluations they asked for) "
+                        f"≤ 2%: {'met' if max(shares) <= 0.02 else 'missed'} "
+                        f"(max {100 * max(shares):.1f}%)")
+    for v in verdicts:
+        print("- " + v)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60,
-                        help="sized so 18 runs fit ~12 min on a busy 2-core CPU")
-    parser.add_argument("--eval-steps", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--settings", default="a,b,c")
+    parser.add_argument("--steps", type=int, default=240,
+                        help="optimizer steps per run (the full benchmark fits 60 min on 2 "
+                             "idle cores)")
+    parser.add_argument("--eval-steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--eval-sequences", type=int, default=8,
+    parser.add_argument("--lr", type=float, default=5e-3,
+                        help="the search proxies' learning rate (the same model shape)")
+    parser.add_argument("--eval-sequences", type=int, default=4,
                         help="feedback windows per domain; as many again are held out")
     parser.add_argument("--validation-fraction", type=float, default=0.04)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--runs", default=None, help="a subset of the runs, comma-separated")
+    parser.add_argument("--target-source", default="python_docs")
+    parser.add_argument("--search-rounds", default="8,4")
+    parser.add_argument("--search-tokens", type=int, default=None,
+                        help="tokens per search proxy (default: a quarter of a run's)")
+    parser.add_argument("--shape", default=SHAPE, help="model shape (hf_mixture.models)")
+    parser.add_argument("--device", default="cpu", help="'cpu', or 'cuda' (bf16)")
+    parser.add_argument("--playground-docs", type=int, default=None,
+                        help="a seeded sample of the playground's documents (a dry run)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads per run (tiny matmuls do not profit from more)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work-dir", default="bench_callbacks")
     args = parser.parse_args(argv)
-    if args.steps % args.eval_steps:
-        parser.error("--steps must be a multiple of --eval-steps")
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = args.runs.split(",")
-    if "doremi" in runs and "uniform" not in runs:
-        parser.error("the doremi run needs the uniform run (its reference model)")
-
+    settings = args.settings.split(",")
+    if args.search_tokens is None:
+        args.search_tokens = args.steps * args.batch_size * args.seq_len // 4
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    build_store(work, args.validation_fraction)
-    print(f"store ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    from hf_mixture.formats import TokenStore
+
+    base = build_store(work, args.validation_fraction, args.playground_docs)
+    if "b" in settings:
+        build_junk_store(work, base, args.seq_len)
+    print(f"stores ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    search = None
+    if "c" in settings and (args.runs is None or "search" in args.runs):
+        search = offline_search(work, args)
+        (work / "search_mixture.json").write_text(json.dumps(search["mixture"]))
+        print(f"search: {search['runs']} proxies in {search['seconds']:.0f} s", flush=True)
     raw = vars(args)
-    # DoReMi needs its seed's uniform model: it runs in a second wave.
-    first = [(n, s, raw) for s in seeds for n in runs if n != "doremi"]
-    second = [(n, s, raw) for s in seeds for n in runs if n == "doremi"]
+    tasks = []
+    for setting in settings:
+        runs = RUNS[setting] if args.runs is None else [r for r in args.runs.split(",")
+                                                         if r in RUNS[setting]]
+        tasks += [(setting, n, s, raw) for s in seeds for n in runs]
+    first = [t for t in tasks if t[1] != "doremi"]
+    second = [t for t in tasks if t[1] == "doremi"]   # needs its seed's uniform model
     results = []
     import multiprocessing as mp
 
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        for wave in (first, second):
-            for r in pool.imap_unordered(run_one, wave):
-                results.append(r)
-                print(f"  seed {r['seed']} {r['name']:<8} mean={r['mean']:.4f} "
-                      f"worst={r['worst']:.4f} ({r['worst_domain']}) train={r['seconds']:.0f}s "
-                      f"callback={r['callback_seconds']:.2f}s", flush=True)
+    def waves():
+        if args.jobs == 1:   # in this process (also when this file is loaded by path)
+            for wave in (first, second):
+                yield from map(run_one, wave)
+            return
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            for wave in (first, second):
+                yield from pool.imap_unordered(run_one, wave)
+
+    for r in waves():
+        results.append(r)
+        print(f"  ({r['setting']}) seed {r['seed']} {r['name']:<8} mean={r['mean']:.4f}"
+              + (f" target={r['target']:.4f}" if r["target"] is not None else "")
+              + f" train={r['seconds']:.0f}s asked evals={r['asked_evals']} "
+              f"({r['asked_seconds']:.1f}s) hooks={r['callback_seconds']:.2f}s",
+              flush=True)
     wall = time.perf_counter() - t0
-    by = {(r["name"], r["seed"]): r for r in results}
-    base = by[(runs[0], seeds[0])]
-    print(f"\n## Callbacks: {len(seeds)} seeds, {platform.machine()}, torch threads={args.threads}, "
-          f"{args.jobs} parallel runs, {wall / 60:.1f} min wall")
-    print(f"{args.steps} steps x {args.batch_size} seqs x {args.seq_len} tokens; Llama "
-          f"{base['parameters'] / 1e6:.2f}M parameters (hidden {args.hidden}, 2 layers); eval "
-          f"every {args.eval_steps} steps on {args.eval_sequences} feedback windows per domain; "
-          "held-out = other windows\n")
-    print("| run | held-out mean loss (mean ± sd) | worst domain (mean ± sd) | "
-          "Δ mean vs natural per seed | Δ mean vs uniform per seed | callback s |")
-    print("|---|---|---|---|---|---|")
-    summary = {}
-    for name in runs:
-        rs = [by[(name, s)] for s in seeds if (name, s) in by]
-        means, worsts = [r["mean"] for r in rs], [r["worst"] for r in rs]
-        sd = statistics.stdev(means) if len(means) > 1 else 0.0
-        sdw = statistics.stdev(worsts) if len(worsts) > 1 else 0.0
-        dn = [by[(name, s)]["mean"] - by[("natural", s)]["mean"] for s in seeds
-              if ("natural", s) in by and (name, s) in by]
-        du = [by[(name, s)]["mean"] - by[("uniform", s)]["mean"] for s in seeds
-              if ("uniform", s) in by and (name, s) in by]
-        summary[name] = {"mean": statistics.fmean(means), "sd": sd,
-                         "worst": statistics.fmean(worsts), "worst_sd": sdw,
-                         "vs_natural": dn, "vs_uniform": du,
-                         "final_weights": [r["final"] for r in rs]}
-        print(f"| {name} | {statistics.fmean(means):.4f} ± {sd:.4f} | "
-              f"{statistics.fmean(worsts):.4f} ± {sdw:.4f} | "
-              f"{' '.join(f'{x:+.4f}' for x in dn)} | {' '.join(f'{x:+.4f}' for x in du)} | "
-              f"{statistics.fmean(r['callback_seconds'] for r in rs):.2f} |")
-    print("\nfinal weights (seed 0): " + ", ".join(base["domains"]))
-    for name in runs:
-        if (name, seeds[0]) in by:
-            print(f"  {name:<8} " + " ".join(f"{w:.3f}" for w in by[(name, seeds[0])]["final"]))
-    # The target: some adaptive rule beats both static mixtures in every seed, and none
-    # loses to natural by more than its own seed spread.
-    winners = [n for n in ADAPTIVE if n in summary and summary[n]["vs_natural"]
-               and all(a < 0 and b < 0 for a, b in zip(summary[n]["vs_natural"],
-                                                       summary[n]["vs_uniform"]))]
-    losers = [n for n in ADAPTIVE if n in summary and summary[n]["vs_natural"]
-              and statistics.fmean(summary[n]["vs_natural"]) > summary[n]["sd"]]
-    print(f"\nbeats natural and uniform in every seed: {', '.join(winners) or 'none'}; "
-          f"loses to natural by more than its seed sd: {', '.join(losers) or 'none'}")
-    plot(results, work / "callbacks_weights.png", args.steps)
-    print(f"weights picture: {work / 'callbacks_weights.png'}")
-    (work / "results.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1))
+    p = results[0]["parameters"]
+    print(f"\n## Callbacks: settings {','.join(settings)}, {len(seeds)} seeds, "
+          f"{platform.machine()}, {args.jobs} parallel runs x {args.threads} thread, "
+          f"{wall / 60:.1f} min wall")
+    print(f"{args.steps} steps x {args.batch_size} seqs x {args.seq_len} tokens; Llama {args.shape} "
+          f"({p / 1e6:.2f}M parameters), lr {args.lr} cosine; eval every {args.eval_steps} steps "
+          f"on {args.eval_sequences} feedback windows per domain; held-out = other windows")
+    summaries = {}
+    for setting in settings:
+        store = TokenStore(work / ("store_junk" if setting == "b" else "store"))
+        comps = [n for n, _, _ in _components(setting, store, args) if n not in JUNK]
+        from hf_mixture import playground
+
+        names = {s: f"cluster_{k}" for k, s in enumerate(playground.SOURCES)}
+        entropy = unigram_entropy(store, [names[c] for c in comps])
+        summaries[setting] = report(setting, results, seeds, args, entropy,
+                                    search if setting == "c" else None)
+    (work / "results.json").write_text(json.dumps(
+        {"summary": summaries, "search": search, "runs": results}, indent=1, default=str))
     return 0
 
 

@@ -16,6 +16,9 @@ one-line error and the others still run:
   callback: the first 2 steps are warm-up).
 - ``proxy_62m``: ``--proxy-steps`` steps of the search's GPU proxy (``SearchConfig.gpu()``:
   the ``62m`` preset, bf16) through the search's proxy runner (``run_proxy``); tokens/s.
+- ``callbacks_62m``: setting (a) of ``benchmarks/callbacks.py`` (the playground, scored by the
+  mean held-out loss over domains) with the ``62m`` shape: natural, uniform and Aioli over 3
+  seeds; each run's loss, its differences and the callback's wall-clock share.
 - ``embed``: MiniLM docs/s on CUDA with the project's ``SentenceEmbedder`` (the clustering
   defaults, and batches of 256) over the playground's documents.
 - ``kmeans``: faiss k-means on 200k x 384 vectors (``benchmarks/clustering.py``'s problem)
@@ -58,10 +61,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 DOCS = ROOT / "docs" / "benchmarks.md"
 MARKERS = ("<!-- gpu-suite:begin -->", "<!-- gpu-suite:end -->")
-SECTIONS = ("pretrain_1b", "proxy_62m", "embed", "kmeans", "zero")
+SECTIONS = ("pretrain_1b", "proxy_62m", "callbacks_62m", "embed", "kmeans", "zero")
 # Seconds per section on the GPU; the suite stops starting sections after BUDGET_S, so the
 # whole run (stores and environment probe included) stays within the 10 minutes asked for.
-TIME_BOX = {"pretrain_1b": 240, "proxy_62m": 100, "embed": 60, "kmeans": 60, "zero": 240}
+TIME_BOX = {"pretrain_1b": 240, "proxy_62m": 100, "callbacks_62m": 150, "embed": 60,
+            "kmeans": 60, "zero": 240}
 DRY_TIME_BOX = 90
 BUDGET_S = 540
 FORMAT = "hf_mixture.gpu_suite"
@@ -72,13 +76,19 @@ def sizes(dry_run: bool) -> dict[str, Any]:
     """How much each section does.  Model shapes are not here: they come from the recipes."""
     if dry_run:
         return {"train_steps": 6, "live_every": 2, "proxy_steps": 8, "embed_docs": 24,
-                "kmeans": (2_000, 32, 16, 10), "store_tokens": 40_000}
+                "kmeans": (2_000, 32, 16, 10), "store_tokens": 40_000,
+                "callbacks": {"steps": 20, "seeds": "0", "shape": "cpu-1m", "device": "cpu",
+                              "playground_docs": 2000, "batch_size": 4, "seq_len": 64}}
     from clustering import KMEANS_DIM, KMEANS_ITERATIONS, KMEANS_K, KMEANS_N
 
     # 40 steps of 16 x 2048 tokens: ~0.7 s each on an H100 at 40% MFU, 2 runs in the box.
+    # callbacks_62m: setting (a) of benchmarks/callbacks.py with the 62m shape, 3 seeds of
+    # natural / uniform / aioli, 600 steps of 16 x 256 tokens each (~5 s per run at 62M).
     return {"train_steps": 40, "live_every": 5, "proxy_steps": 200, "embed_docs": None,
             "kmeans": (KMEANS_N, KMEANS_DIM, KMEANS_K, KMEANS_ITERATIONS),
-            "store_tokens": 1_000_000}
+            "store_tokens": 1_000_000,
+            "callbacks": {"steps": 600, "seeds": "0,1,2", "shape": "62m", "device": "cuda",
+                          "playground_docs": None, "batch_size": 16, "seq_len": 256}}
 
 
 def tiny_shape_overrides() -> list[str]:
@@ -287,6 +297,34 @@ def section_proxy_62m(ctx: dict[str, Any]) -> dict[str, Any]:
             "train_loss": result["train_loss"], "eval_points": len(result["curve"])}
 
 
+def section_callbacks_62m(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Setting (a) of benchmarks/callbacks.py (the playground, mean held-out loss) at 62M."""
+    import importlib.util
+
+    size = ctx["sizes"]["callbacks"]
+    spec = importlib.util.spec_from_file_location("bench_callbacks",
+                                                  Path(__file__).parent / "callbacks.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    work = Path(ctx["work"]) / "callbacks"
+    argv = ["--settings", "a", "--runs", "natural,uniform,aioli", "--seeds", size["seeds"],
+            "--steps", str(size["steps"]), "--eval-steps", str(max(size["steps"] // 6, 1)),
+            "--shape", size["shape"], "--device", size["device"], "--jobs", "1",
+            "--threads", "4", "--batch-size", str(size["batch_size"]),
+            "--seq-len", str(size["seq_len"]), "--work-dir", str(work)]
+    if size["playground_docs"]:
+        argv += ["--playground-docs", str(size["playground_docs"])]
+    bench.main(argv)
+    results = json.loads((work / "results.json").read_text())
+    summary = results["summary"]["a"]
+    runs = results["runs"]
+    return {"shape": size["shape"], "num_parameters": runs[0]["parameters"],
+            "steps": size["steps"], "seeds": size["seeds"],
+            "runs": {n: {"mean_loss": v["value"], "sd": v["sd"], "vs_natural": v["vs_natural"],
+                         "vs_uniform": v["vs_uniform"], "callback_share": v["share"]}
+                     for n, v in summary.items()}}
+
+
 def section_embed(ctx: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
@@ -427,6 +465,7 @@ def section_zero(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 SECTION_FUNCTIONS = {"pretrain_1b": section_pretrain_1b, "proxy_62m": section_proxy_62m,
+                     "callbacks_62m": section_callbacks_62m,
                      "embed": section_embed, "kmeans": section_kmeans, "zero": section_zero}
 
 
@@ -706,6 +745,12 @@ def _rows(name: str, r: dict[str, Any]) -> list[tuple[str, str]]:
                           f"{r['steps']} steps of {r['batch_size']} x {r['seq_len']}, "
                           f"bf16={r['bf16']}, {r['device']}"),
                 ("proxy runner tokens/s", _num(r["tokens_per_second"]))]
+    if name == "callbacks_62m":
+        return [(f"setting (a), {r['shape']} ({_params(r['num_parameters'])} params), "
+                 f"{r['steps']} steps, seeds {r['seeds']}: {run} mean held-out loss",
+                 f"{x['mean_loss']:.4f} ± {x['sd']:.4f} (Δ natural "
+                 f"{' '.join(f'{d:+.4f}' for d in x['vs_natural'])}; callback share "
+                 f"{_pct(x['callback_share'])})") for run, x in r["runs"].items()]
     if name == "embed":
         return [(f"MiniLM docs/s, batch {r[t]['batch_size']} ({r['device']}, "
                  f"{r['max_seq_length']} tokens)", _num(r[t]["docs_per_second"], 1))

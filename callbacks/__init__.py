@@ -7,7 +7,13 @@ and changes weights only through ``LiveMixture.set_weights``:
 - :class:`DoReMiCallback` — exponentiated gradient on clipped excess loss (Xie et al., 2023):
   the paper's per-token rule against a reference model, or an eval-loss variant;
 - :class:`BanditCallback` — EXP3 online data mixing (Albalak et al., 2023);
+- :class:`AioliCallback` — LearnParams interventions estimate the groups' interactions,
+  an exponentiated-gradient step follows them (Chen et al., 2025);
 - :class:`ScheduleCallback` — stages switching at token/step boundaries.
+
+Every adaptive callback takes a ``target`` (``"mean"``, ``"worst"``, a text set, a
+callable: the forms of ``hf-mixture search --target``); which forms each rule can use
+is in docs/callbacks.md.
 
 :func:`domain_eval_datasets` builds the per-domain held-out sets whose
 ``eval_<domain>_loss`` the adaptive callbacks read.
@@ -46,6 +52,15 @@ _EXPORTS = {
     "exp3_probabilities": "bandit",
     "exp3_update": "bandit",
     "exp3_epsilon": "bandit",
+    "AioliCallback": "aioli",
+    "AioliConfig": "aioli",
+    "AioliSchedule": "aioli",
+    "aioli_schedule": "aioli",
+    "aioli_step": "aioli",
+    "interaction_matrix": "aioli",
+    "normalize_interactions": "aioli",
+    "sweep_mixture": "aioli",
+    "AdaptiveConfig": "base",
     "ScheduleCallback": "schedule",
     "ScheduleConfig": "schedule",
     "domain_eval_datasets": "eval",
@@ -65,7 +80,7 @@ def _import_all() -> Any:
 
 
 def callback_class(name: str) -> type:
-    """The callback class registered as ``name`` (``ado``, ``doremi``, ``bandit``, ``schedule``)."""
+    """The callback class registered as ``name`` (``ado``, ``aioli``, ``doremi``, ``bandit``, ``schedule``)."""
     return _import_all().registered_callback(name)
 
 

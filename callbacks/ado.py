@@ -45,7 +45,7 @@ from hf_mixture._checks import check_float, check_int
 from hf_mixture.errors import HFMixtureError
 from hf_mixture.power_law import PowerLaw, fit_power_law
 
-from .base import MixtureCallback, MixtureCallbackConfig, expected_counts, register_callback
+from .base import AdaptiveConfig, MixtureCallback, expected_counts, register_callback
 
 # -- the math (pure functions) -------------------------------------------------------------------
 # The law and its fit are shared with `hf-mixture fit-laws` (hf_mixture.power_law); ADO's bounds
@@ -97,7 +97,7 @@ def floor_weights(weights: np.ndarray, min_weight: float) -> np.ndarray:
 
 # -- config --------------------------------------------------------------------------------------
 @dataclass
-class ADOConfig(MixtureCallbackConfig):
+class ADOConfig(AdaptiveConfig):
     """Configuration of :class:`ADOCallback` (every field is also a CLI flag)."""
 
     prior: str = field(default="initial", metadata={
@@ -175,6 +175,8 @@ class ADOCallback(MixtureCallback):
     """
 
     config_class = ADOConfig
+    supported_targets = ("mean",)
+    target_note = ("ADO's preference multiplies each domain's own learning speed (the slope of its own loss curve); a single target loss says nothing about which domain's samples moved it, so only 'mean' (the rule's own sum over domains) applies; use the 'aioli' callback, which measures that by interventions.")
     name = "ado"
 
     def __init__(self, live: Any, config: ADOConfig | Mapping[str, Any] | None = None,

@@ -44,7 +44,7 @@ from hf_mixture._checks import check_float, check_int
 from hf_mixture.errors import HFMixtureError
 
 from .ado import floor_weights
-from .base import MixtureCallback, MixtureCallbackConfig, register_callback
+from .base import AdaptiveConfig, MixtureCallback, register_callback
 
 
 # -- the math (pure functions) -------------------------------------------------------------------
@@ -107,7 +107,7 @@ def exp3_update(rewards: np.ndarray, observed: np.ndarray, *, decay: float,
 
 # -- config --------------------------------------------------------------------------------------
 @dataclass
-class BanditConfig(MixtureCallbackConfig):
+class BanditConfig(AdaptiveConfig):
     """Configuration of :class:`BanditCallback` (every field is also a CLI flag)."""
 
     feedback: str = field(default="eval", metadata={
@@ -151,6 +151,8 @@ class BanditCallback(MixtureCallback):
     """
 
     config_class = BanditConfig
+    supported_targets = ("mean",)
+    target_note = ("EXP3's reward of each arm is that domain's own loss; a single target loss gives every arm the same reward, so only 'mean' applies; use the 'aioli' callback, which measures each domain's effect on the target by interventions.")
     name = "bandit"
 
     def __init__(self, live: Any, config: BanditConfig | Mapping[str, Any] | None = None,

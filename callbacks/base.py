@@ -95,6 +95,32 @@ class MixtureCallbackConfig:
         return asdict(self)
 
 
+@dataclass
+class AdaptiveConfig(MixtureCallbackConfig):
+    """What the adaptive callbacks (those that read eval losses) share: the target."""
+
+    target: str = field(default="mean", metadata={
+        "help": "What the rule optimizes, in the forms of `hf-mixture search --target`: 'mean' "
+                "(mean per-domain eval loss), 'worst' (the largest), a text file / folder / "
+                "dataset id (its loss is evaluated beside the domains as eval_target_loss) or "
+                "'module:function' (fn(model, tokenizer) -> float, called at each evaluation; "
+                "in Python also a callable). Each rule takes the forms it can use "
+                "(docs/callbacks.md)."})
+    target_tokens: int = field(default=16384, metadata={
+        "help": "Tokens of a text target kept for its eval set (documents in a seeded order)."})
+    target_text_column: str = field(default="text", metadata={
+        "help": "Column of a text target's rows that holds the text."})
+    target_split: str = field(default="train", metadata={
+        "help": "Split of a text target dataset to read."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from hf_mixture.mixture.target import target_kind
+
+        target_kind(self.target)    # one sentence for a value of no known form
+        check_int(self.target_tokens, "Config field 'target_tokens'", 2)
+
+
 def _live_of(target: Any) -> Any:
     """The LiveMixture of ``target``: a LiveMixture, or anything with a ``.live`` (dataset, loader)."""
     from hf_mixture.mixture.live import LiveMixture
@@ -182,6 +208,15 @@ class MixtureCallback(TrainerCallback):
         if config is None:
             config = {}
         if isinstance(config, Mapping):
+            config = dict(config)
+            for source in (config, overrides):   # a Python callable as the target
+                fn = source.get("target")
+                if callable(fn) and not isinstance(fn, (str, os.PathLike)):
+                    from hf_mixture.mixture.target import callable_name
+
+                    self._callable_target = fn
+                    source["target"] = callable_name(fn)
+        if isinstance(config, Mapping):
             config = dataclass_from_dict(self.config_class, {**config, **overrides},
                                          where=f"{type(self).__name__} config")
         elif isinstance(config, self.config_class):
@@ -206,6 +241,72 @@ class MixtureCallback(TrainerCallback):
         self._warned_report_to = False
         # per-domain (value sum, tokens, samples) of the training losses not yet used
         self._accumulated = np.zeros((3, len(self.domains)), dtype=np.float64)
+        self._setup_target(live)
+
+    # -- the target ------------------------------------------------------------------------------
+    #: The target forms the rule can use ('mean', 'worst', 'text', 'callable'), and why not others.
+    supported_targets: tuple[str, ...] = ("mean",)
+    target_note: str = ""
+    target_fn: Callable | None = None          # a callable target's function
+    target_rows: np.ndarray | None = None      # a text target's token rows, once tokenized
+    last_target: float | None = None           # the target's value at the last evaluation
+
+    def _setup_target(self, owner: Any) -> None:
+        from hf_mixture.mixture.target import TARGET_KEY, resolve_target_callable, target_kind
+
+        target = getattr(self.config, "target", None)
+        self.target_kind = "mean" if target is None else target_kind(target)
+        if self.target_kind not in self.supported_targets:
+            raise HFMixtureError(f"{type(self).__name__} cannot optimize the target {target!r} "
+                                 f"(a {self.target_kind} target): {self.target_note}")
+        if TARGET_KEY in self.domains and self.target_kind == "text":
+            raise HFMixtureError(f"A mixture component is named {TARGET_KEY!r}, which is the "
+                                 "name of the target's eval set; rename the component.")
+        if self.target_kind == "callable":
+            self.target_fn = self._callable_target or resolve_target_callable(target)
+        elif self.target_kind == "text" and getattr(owner, "store_path", None) is not None:
+            self.prepare_target(owner.store_path, seq_len=int(owner.seq_len))
+
+    _callable_target: Callable | None = None
+
+    def prepare_target(self, store: Any, *, seq_len: int) -> np.ndarray:
+        """Tokenize a text target with ``store``'s tokenizer into ``seq_len`` rows (once).
+
+        Done by itself when the callback is given a ``MixtureDataset``; a target that
+        is missing, empty or does not tokenize is one sentence, before training starts.
+        """
+        from hf_mixture.mixture.target import tokenize_target
+
+        if self.target_rows is None:
+            if isinstance(store, (str, os.PathLike)):
+                from hf_mixture.formats.token_store import TokenStore
+
+                store = TokenStore(store)
+            self.target_rows = tokenize_target(
+                self.config.target, store, seq_len=seq_len, max_tokens=self.config.target_tokens,
+                text_column=self.config.target_text_column, split=self.config.target_split)
+        return self.target_rows
+
+    def target_eval_dataset(self) -> Any:
+        """A text target's rows as a ``datasets.Dataset`` (``input_ids``, ``labels``)."""
+        import datasets
+
+        if self.target_rows is None:
+            raise HFMixtureError(f"{type(self).__name__}: the text target {self.config.target!r} "
+                                 "is not tokenized yet; create the callback with the "
+                                 "MixtureDataset (or call prepare_target(store, seq_len=...)).")
+        rows = self.target_rows.tolist()
+        features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int64")),
+                                      "labels": datasets.Sequence(datasets.Value("int64"))})
+        return datasets.Dataset.from_dict({"input_ids": rows, "labels": rows}, features=features)
+
+    def target_value(self, losses: np.ndarray) -> float | None:
+        """The target at the evaluation whose per-domain ``losses`` these are (lower is better)."""
+        if self.target_kind == "mean":
+            return float(np.mean(losses))
+        if self.target_kind == "worst":
+            return float(np.max(losses))
+        return self.last_target
 
     # -- the rule ----------------------------------------------------------------------------
     def compute_weights(self, losses: np.ndarray, *, step: int, samples: int
@@ -230,8 +331,12 @@ class MixtureCallback(TrainerCallback):
 
     def _update(self, losses: np.ndarray, *, step: int, samples: int) -> None:
         """Record ``losses`` in :attr:`eval_history`; run the rule from ``start_step`` on."""
-        self.eval_history.append({"step": int(step), "samples": int(samples),
-                                  "losses": [float(x) for x in losses]})
+        entry = {"step": int(step), "samples": int(samples), "losses": [float(x) for x in losses]}
+        target = self.target_value(np.asarray(losses, dtype=np.float64)) \
+            if self.target_kind != "mean" else None
+        if target is not None:
+            entry["target"] = float(target)
+        self.eval_history.append(entry)
         if step < self.config.start_step:
             return
         new = self.compute_weights(losses, step=int(step), samples=int(samples))
@@ -337,7 +442,9 @@ class MixtureCallback(TrainerCallback):
             self.last_update_step = None if step is None else int(step)
             history = state["eval_history"]
             self.eval_history = [{"step": int(e["step"]), "samples": int(e["samples"]),
-                                  "losses": [float(x) for x in e["losses"]]} for e in history]
+                                  "losses": [float(x) for x in e["losses"]],
+                                  **({"target": float(e["target"])} if "target" in e else {})}
+                                 for e in history]
             weights = np.asarray([float(x) for x in state["weights"]], dtype=np.float64)
             accumulated = np.asarray(state.get("accumulated", np.zeros((3, len(self.domains)))),
                                      dtype=np.float64)
@@ -393,7 +500,30 @@ class MixtureCallback(TrainerCallback):
                    if type(cb).__name__ == "DefaultFlowCallback"), 0)
         handler.callbacks.insert(at, self)
         self._attached = True
+        if self.target_kind == "text":
+            self._add_target_eval_set(trainer)
         return trainer
+
+    def _add_target_eval_set(self, trainer: Any) -> None:
+        """Put a text target's eval set beside the per-domain ones (``eval_target_loss``)."""
+        from hf_mixture.mixture.target import TARGET_KEY
+
+        evals = getattr(trainer, "eval_dataset", None)
+        if not isinstance(evals, Mapping):
+            raise HFMixtureError(f"{type(self).__name__} with the text target "
+                                 f"{self.config.target!r} needs the Trainer's eval_dataset to be "
+                                 "the dict of per-domain sets (domain_eval_datasets).")
+        mine = self.target_eval_dataset()
+        if TARGET_KEY in evals:
+            theirs = evals[TARGET_KEY]
+            if list(theirs["input_ids"]) != list(mine["input_ids"]):
+                raise HFMixtureError(f"The Trainer already evaluates another target as "
+                                     f"{TARGET_KEY!r}; one run has one target (this callback's "
+                                     f"is {self.config.target!r}).")
+            return
+        evals = dict(evals)
+        evals[TARGET_KEY] = mine
+        trainer.eval_dataset = evals
 
     @property
     def weights(self) -> dict[str, float]:
@@ -419,7 +549,27 @@ class MixtureCallback(TrainerCallback):
                 # left out of the mean: any such batch makes the domain's loss unusable.
                 if metrics.get(f"{prefix}_{d}_nonfinite_batches"):
                     found[d] = float("nan")
+        if self.target_kind == "text":
+            from hf_mixture.mixture.target import TARGET_KEY
+
+            key = f"{prefix}_{TARGET_KEY}_loss"
+            if key in metrics:
+                try:
+                    found[TARGET_KEY] = float(metrics[key])
+                except (TypeError, ValueError):
+                    found[TARGET_KEY] = float("nan")
+                if metrics.get(f"{prefix}_{TARGET_KEY}_nonfinite_batches"):
+                    found[TARGET_KEY] = float("nan")
         return found
+
+    @property
+    def _wanted(self) -> list[str]:
+        """The eval sets an evaluation must report: every domain (and a text target's)."""
+        if self.target_kind == "text":
+            from hf_mixture.mixture.target import TARGET_KEY
+
+            return [*self.domains, TARGET_KEY]
+        return list(self.domains)
 
     def _flush(self, args: Any, state: Any) -> None:
         """Run the rule on the collected losses (or warn and keep the weights)."""
@@ -427,8 +577,9 @@ class MixtureCallback(TrainerCallback):
             return
         pending, step = self._pending, self._pending_step
         self._pending, self._pending_step = {}, None
-        missing = [d for d in self.domains if d not in pending]
-        bad = [d for d in self.domains if d in pending and not math.isfinite(pending[d])]
+        wanted = self._wanted
+        missing = [d for d in wanted if d not in pending]
+        bad = [d for d in wanted if d in pending and not math.isfinite(pending[d])]
         if missing or bad:
             self.skipped += 1
             what = []
@@ -441,6 +592,10 @@ class MixtureCallback(TrainerCallback):
                        type(self).__name__, step, "; ".join(what))
             return
         losses = np.asarray([pending[d] for d in self.domains], dtype=np.float64)
+        if self.target_kind == "text":
+            from hf_mixture.mixture.target import TARGET_KEY
+
+            self.last_target = float(pending[TARGET_KEY])
         self._update(losses, step=int(step), samples=samples_seen(args, state))
 
     def apply(self, weights: np.ndarray | Mapping[str, float], *, step: int, reason: str
@@ -531,8 +686,28 @@ class MixtureCallback(TrainerCallback):
             self._flush(args, state)
         self._pending.update(found)
         self._pending_step = int(state.global_step)
-        if all(d in self._pending for d in self.domains):
+        if all(d in self._pending for d in self._wanted):
+            if self.target_kind == "callable":
+                self.last_target = self._call_target(kwargs.get("model"),
+                                                     kwargs.get("processing_class"))
             self._flush(args, state)
+
+    def _call_target(self, model: Any, tokenizer: Any) -> float:
+        """A callable target's value, called on every rank (ZeRO-3 forwards are collective);
+        rank 0's value is the one every rank keeps."""
+        if model is None:
+            raise HFMixtureError(f"{type(self).__name__}: the callable target needs the model, "
+                                 "which this evaluation did not pass.")
+        was_training = getattr(model, "training", False)
+        model.eval()
+        try:
+            value = float(self.target_fn(model, tokenizer))
+        finally:
+            if was_training:
+                model.train()
+        if not math.isfinite(value):
+            raise HFMixtureError(f"The target callable returned {value!r}, not a finite number.")
+        return float(broadcast_rank0(np.array([value]))[0])
 
     @timed
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -590,6 +765,18 @@ def all_reduce_sum(array: np.ndarray) -> np.ndarray:
     tensor = torch.as_tensor(np.asarray(array, dtype=np.float64), device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.cpu().numpy().astype(np.float64)
+
+
+def broadcast_rank0(array: np.ndarray) -> np.ndarray:
+    """Rank 0's ``array`` on every rank (``array`` itself without torch.distributed)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return np.asarray(array, dtype=np.float64)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return np.asarray(array, dtype=np.float64)
+    mine = np.asarray(array, dtype=np.float64)
+    return all_reduce_sum(mine if dist.get_rank() == 0 else np.zeros_like(mine))
 
 
 def safe_name(name: str) -> str:

@@ -50,8 +50,8 @@ from hf_mixture._checks import as_number, check_float, check_int
 from hf_mixture.errors import HFMixtureError
 
 from .base import (
+    AdaptiveConfig,
     MixtureCallback,
-    MixtureCallbackConfig,
     logger,
     register_callback,
     timed,
@@ -234,7 +234,7 @@ def read_reference_losses(source: Mapping[str, float] | str | os.PathLike, domai
 
 # -- config --------------------------------------------------------------------------------------
 @dataclass
-class DoReMiConfig(MixtureCallbackConfig):
+class DoReMiConfig(AdaptiveConfig):
     """Configuration of :class:`DoReMiCallback` (every field is also a CLI flag)."""
 
     reference_model: str | None = field(default=None, metadata={
@@ -279,6 +279,8 @@ class DoReMiCallback(MixtureCallback):
     """
 
     config_class = DoReMiConfig
+    supported_targets = ("mean",)
+    target_note = ("DoReMi's step needs each domain's excess loss over a reference, per domain; a single target loss has no per-domain excess, so only 'mean' applies; use the 'aioli' callback, which measures each domain's effect on the target by interventions.")
     name = "doremi"
 
     def __init__(self, live: Any, reference_losses: Mapping[str, float] | str | os.PathLike

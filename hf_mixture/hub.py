@@ -481,6 +481,11 @@ def render_model_card(repo_id: str, *, num_parameters: int | None = None,
             ppl = metrics.get(f"eval_{m.group(1)}_perplexity")
             domain_metrics.append({"domain": _cell(m.group(1)), "loss": f"{loss:.4f}",
                                    "perplexity": "-" if ppl is None else f"{ppl:.2f}"})
+    target_metric = None
+    if metrics.get("eval_target_loss") is not None:
+        ppl = metrics.get("eval_target_perplexity")
+        target_metric = {"loss": f"{metrics['eval_target_loss']:.4f}",
+                         "perplexity": "-" if ppl is None else f"{ppl:.2f}"}
     card_data = ModelCardData(
         license=license, library_name="transformers", pipeline_tag="text-generation",
         tags=["hf-mixture", "pretraining"], datasets=[mixture_repo] if mixture_repo else None,
@@ -494,7 +499,7 @@ def render_model_card(repo_id: str, *, num_parameters: int | None = None,
         mixture_repo=mixture_repo,
         mixture_fingerprint=mixture.fingerprint if mixture is not None else "not recorded",
         weights=weights, changes=max(0, len(weights_history) - 1),
-        domain_metrics=domain_metrics, recipe_name=recipe_name,
+        domain_metrics=domain_metrics, target_metric=target_metric, recipe_name=recipe_name,
         recipe=(recipe_text or "# recipe not recorded").rstrip(), steps=steps or "an unrecorded number of",
         versions=dict(versions or library_versions()),
     )

@@ -158,7 +158,14 @@ def train(cfg: TrainConfig, *, extra_callbacks: Sequence[Callable[[Any], Any]] =
     trainer = trainer_cls(model=model, args=args, train_dataset=train_data,
                           eval_dataset=eval_data or None, callbacks=[throughput])
     trainer.throughput = throughput
-    for callback in build_callbacks(cfg.callbacks, train_data.live, where=where):
+    # The dataset, not only its live weights: a text target is tokenized with the store's
+    # tokenizer when its callback is created (before training), and attach() adds its eval set.
+    callbacks = build_callbacks(cfg.callbacks, train_data, where=where)
+    if callbacks and not eval_data and any(getattr(c, "target_kind", "mean") != "mean"
+                                           for c in callbacks):
+        raise HFMixtureError(f"{where}: a callback has a target but data.eval_sequences is 0, "
+                             "so nothing would be evaluated; set data.eval_sequences.")
+    for callback in callbacks:
         callback.attach(trainer)
     for make in extra_callbacks:
         trainer.add_callback(make(train_data.live))
@@ -180,6 +187,7 @@ def train(cfg: TrainConfig, *, extra_callbacks: Sequence[Callable[[Any], Any]] =
             loss = metrics.get(f"eval_{name}_loss")
             if loss is not None and math.isfinite(loss):
                 metrics[f"eval_{name}_perplexity"] = float(math.exp(min(loss, 50.0)))
+        metrics.update(_target_metrics(callbacks, metrics, eval_data, trainer, store))
     trainer.save_model(args.output_dir)   # every rank: DeepSpeed ZeRO-3 gathers the weights
     history = [c.to_dict() for c in train_data.live.history]
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # unwrap accelerate's
@@ -199,6 +207,39 @@ def train(cfg: TrainConfig, *, extra_callbacks: Sequence[Callable[[Any], Any]] =
         result.pushed = push_trained_model(cfg, result, mixture)
     trainer.accelerator.wait_for_everyone()
     return result
+
+
+def _target_metrics(callbacks: Sequence[Any], metrics: Mapping[str, float], eval_data: Any,
+                    trainer: Any, store: Any) -> dict[str, float]:
+    """``eval_target_loss`` (and its perplexity) of the first adaptive callback's target.
+
+    A text target was evaluated by the Trainer (its eval set is ``target``); ``mean`` and
+    ``worst`` come from the per-domain losses; a callable is called once more on the model.
+    """
+    adaptive = [c for c in callbacks if hasattr(c, "target_kind")]
+    if not adaptive:
+        return {}
+    cb = adaptive[0]
+    out: dict[str, float] = {}
+    if cb.target_kind == "text":
+        value = metrics.get("eval_target_loss")
+    elif cb.target_kind == "callable":
+        from .mixture.target import store_tokenizer
+
+        try:
+            tok = store_tokenizer(store, None)
+        except HFMixtureError:
+            tok = None
+        value = cb._call_target(trainer.model, tok)
+    else:
+        losses = [metrics.get(f"eval_{name}_loss") for name in eval_data if name != "target"]
+        losses = [v for v in losses if v is not None]
+        value = (max(losses) if cb.target_kind == "worst" else sum(losses) / len(losses)) \
+            if losses else None
+    if value is not None and math.isfinite(value):
+        out["eval_target_loss"] = float(value)
+        out["eval_target_perplexity"] = float(math.exp(min(value, 50.0)))
+    return out
 
 
 def _write_run_files(cfg: TrainConfig, result: TrainResult, mixture: Any, store: Any) -> None:

@@ -379,7 +379,7 @@ def test_registry_by_name():
 def test_registry_reads_each_class_name_and_refuses_a_duplicate():
     from hf_mixture.callbacks import MixtureCallback, callback_names, register_callback
 
-    assert callback_names() == ["ado", "bandit", "doremi", "schedule"]
+    assert callback_names() == ["ado", "aioli", "bandit", "doremi", "schedule"]
     for name in callback_names():
         assert callback_class(name).name == name
 

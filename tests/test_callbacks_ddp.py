@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve()
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("callback", ["ado", "bandit", "bandit-train"])
+@pytest.mark.parametrize("callback", ["ado", "aioli", "bandit", "bandit-train"])
 def test_two_ranks_get_identical_weights(tmp_path, callback):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -48,7 +48,12 @@ def _worker(out: Path, callback: str) -> None:
     import numpy as np
     import torch
     import torch.distributed as dist
-    from hf_mixture.callbacks import ADOCallback, BanditCallback, domain_eval_datasets
+    from hf_mixture.callbacks import (
+        ADOCallback,
+        AioliCallback,
+        BanditCallback,
+        domain_eval_datasets,
+    )
     from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
     from hf_mixture.formats.token_store import TokenStore, TokenStoreWriter
@@ -90,6 +95,8 @@ def _worker(out: Path, callback: str) -> None:
     trainer = Recording(model=model, args=args, train_dataset=data, eval_dataset=evals)
     if callback == "ado":
         cb = ADOCallback(data.live, min_points=3, fit_from_step=0)
+    elif callback == "aioli":   # one round: 3 interventions, evaluations it asks for
+        cb = AioliCallback(data.live, rounds=1, sweeps=1, lp_steps=1, lp_fraction=0.5)
     elif callback == "bandit-train":
         cb = BanditCallback(data.live, feedback="train", lr=50.0)   # visible moves in 8 steps
     else:

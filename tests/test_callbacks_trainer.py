@@ -16,6 +16,7 @@ import torch
 from _trainer_helpers import Recording, StopAt
 from hf_mixture.callbacks import (
     ADOCallback,
+    AioliCallback,
     BanditCallback,
     DoReMiCallback,
     ScheduleCallback,
@@ -210,3 +211,41 @@ def test_nan_in_one_domains_eval_batch_is_caught(store, tmp_path, caplog):
     assert metrics[-1]["eval_pairs_nonfinite_batches"] == 1
     assert cb.skipped == 1 and cb.updates == 0
     assert "non-finite eval loss for 'pairs'" in caplog.text
+
+
+def _aioli(d):
+    # two rounds of 3 one-step interventions in 12 steps (lp_fraction 0.5 makes them fit)
+    return AioliCallback(d, rounds=2, sweeps=1, lp_steps=1, lp_fraction=0.5, eta=1.0)
+
+
+def test_aioli_in_trainer_intervenes_then_steps(store, tmp_path):
+    trainer, data, cb = run(store, tmp_path / "aioli", _aioli)
+    trainer.train()
+    s = cb.schedule
+    assert (s.rounds, s.round_steps, s.interventions) == (2, 6, 3)
+    # the evaluations it asked for (1-4, 7-10) and the Trainer's own (every 3 steps)
+    assert [e["step"] for e in cb.eval_history] == [1, 2, 3, 4, 6, 7, 8, 9, 10, 12]
+    reasons = [c.reason for c in data.live.history]
+    assert sum("LearnParams" in r for r in reasons) == 6
+    assert [r for r in reasons if r.endswith(("round 0", "round 1"))] == [
+        "aioli: step 4: round 0", "aioli: step 10: round 1"]
+    assert len(cb.matrices) == 2 and np.asarray(cb.matrices[0]["A"]).shape == (3, 3)
+    # noise cannot be learned: training on it lowers no loss, so it loses weight
+    assert data.live.weights["noise"] < 1 / 3
+    assert cb.seconds < 0.5
+
+
+def test_aioli_resume_mid_learn_params_is_identical(store, tmp_path):
+    full, full_data, full_cb = run(store, tmp_path / "full", _aioli, save_steps=4)
+    full.train()
+    part, _, _ = run(store, tmp_path / "part", _aioli, save_steps=4, stop_at=8)
+    part.train()
+    assert json.loads((tmp_path / "part" / "checkpoint-8" / "hf_mixture_aioli.json").read_text()
+                      )["rule"]["expect"] == [1, 2]       # saved inside round 1's LearnParams
+    resumed, data, cb = run(store, tmp_path / "resumed", _aioli, save_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-8"))
+    for a, b in zip(part.seen + resumed.seen, full.seen):
+        assert torch.equal(a, b)
+    assert [c.to_dict() for c in data.live.history] == \
+        [c.to_dict() for c in full_data.live.history]
+    assert cb.state_dict()["rule"] == full_cb.state_dict()["rule"]

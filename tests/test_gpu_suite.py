@@ -74,6 +74,10 @@ def test_dry_run_records_every_section(dry):
     proxy = s["proxy_62m"]["results"]
     assert proxy["model"] == "cpu-1m" and proxy["steps"] == report["sizes"]["proxy_steps"]
     assert _finite_positive(proxy["tokens_per_second"]) and proxy["eval_points"] >= 1
+    cb = s["callbacks_62m"]["results"]
+    assert cb["shape"] == "cpu-1m" and list(cb["runs"]) == ["natural", "uniform", "aioli"]
+    assert all(math.isfinite(x["mean_loss"]) for x in cb["runs"].values())
+    assert cb["runs"]["aioli"]["callback_share"] > 0 and len(cb["runs"]["aioli"]["vs_natural"]) == 1
     embed = s["embed"]["results"]
     assert embed["docs"] == report["sizes"]["embed_docs"]
     assert all(_finite_positive(embed[t]["docs_per_second"]) for t in ("default", "batch_256"))

@@ -8,7 +8,8 @@ they never run.  The layers (docs: "Who may import whom" in the design brief):
                executors (datatrove executors), models (the model shapes)
     formats    formats, playground                      (import the ground only)
     clustering clustering                               (formats; nothing of mixtures)
-    mixture    mixture                                  (formats; no callbacks, search, Hub)
+    mixture    mixture                                  (formats; no callbacks, search, Hub);
+               mixture.target: the target of a search and of the callbacks, read by both
     callbacks  callbacks                                (the mixture's live state)
     top        search, train, train_cli, hub, cli, climb, plotting, __main__
 """

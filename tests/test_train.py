@@ -83,6 +83,36 @@ def test_tiny_recipe_end_to_end(store, tmp_path):
     assert "4 optimizer steps" in card and "name: bandit" in card
 
 
+def test_aioli_with_a_text_target_from_a_recipe(store, tmp_path, tiny_texts):
+    from hf_mixture.hub import push_model_to_hub
+
+    target = tmp_path / "my_target.jsonl"
+    source = min({s for s, _ in tiny_texts})
+    target.write_text("\n".join(json.dumps({"text": t}) for s, t in tiny_texts if s == source))
+    cfg = _config(store, tmp_path / "run", "training.max_steps=8", "training.save_steps=8",
+                  "training.eval_steps=8",
+                  f"callbacks=[{{name: aioli, target: {target}, rounds: 1, sweeps: 1, "
+                  "lp_steps: 1, lp_fraction: 0.5}]")
+    result = train(cfg)
+    out = Path(result.output_dir)
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert 0 < saved["eval_target_loss"] < 10 and saved["eval_target_perplexity"] > 1
+    reasons = [c["reason"] for c in result.weights_history]
+    assert sum("LearnParams" in r for r in reasons) == 3 and reasons[-1] == "aioli: step 4: round 0"
+    state = json.loads((out / "checkpoint-8" / "hf_mixture_aioli.json").read_text())
+    assert all("target" in e for e in state["eval_history"])   # the target's row was measured
+    repo = Path(push_model_to_hub(out, "me/tiny", local_dir=tmp_path / "card"))
+    assert "Target loss (`eval_target_loss`" in (repo / "README.md").read_text()
+    assert f"{saved['eval_target_loss']:.4f}" in (repo / "README.md").read_text()
+
+    (tmp_path / "empty.jsonl").write_text("")
+    bad = _config(store, tmp_path / "bad", "training.max_steps=8",
+                  f"callbacks=[{{name: aioli, target: {tmp_path / 'empty.jsonl'}}}]")
+    with pytest.raises(HFMixtureError, match="callbacks\\[0\\]: Target .*empty.jsonl"):
+        train(bad)
+    assert not (tmp_path / "bad" / "checkpoint-1").exists()
+
+
 def test_resume_continues_the_same_samples_and_weights(store, tmp_path):
     """Stop after step 3, resume: the sampler state, mixture weights and model equal an
     uninterrupted run's at step 6."""

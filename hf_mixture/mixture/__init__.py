@@ -30,6 +30,11 @@ _EXPORTS = {
     "MixtureDataset": "dataset",
     "MixtureDataLoader": "dataset",
     "MixtureIterableDataset": "streaming",
+    # what a search or a callback optimizes (one target module for both)
+    "TargetSpec": "target",
+    "prepare_target": "target",
+    "tokenize_target": "target",
+    "target_kind": "target",
     # transformers.Trainer
     "MixtureTrainer": "trainer",
     "MixtureTrainerMixin": "trainer",
@@ -51,10 +56,14 @@ __all__ = [
     "PackedStreams",
     "ResolvedComponent",
     "Stage",
+    "TargetSpec",
     "WeightChange",
     "choose_components",
     "counter_uniform",
     "normalize_weights",
+    "prepare_target",
+    "target_kind",
+    "tokenize_target",
 ]
 
 

@@ -92,6 +92,7 @@ class MixtureDataset(Dataset):
                       "stage_samples": [b.sample for b in self.live.stages]})
         self.component_names = list(self.live.names)
         self.seq_len = int(seq_len)
+        self.store_path = str(store.path)  # the callbacks tokenize a text target with its tokenizer
 
     # Workers get the token-copying half only: the state stays in the main process.
     def __getstate__(self) -> dict[str, Any]:
