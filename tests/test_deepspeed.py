@@ -114,7 +114,9 @@ def _scenarios(tmp_path: Path, store: Path, stage: int) -> list[dict]:
 
     if "aioli" in callback_names():
         runs.append({"name": "aioli", "overrides": [
-            *base, f"training.output_dir={out / 'aioli'}", "callbacks=[{name: aioli}]"]})
+            *base, f"training.output_dir={out / 'aioli'}",
+            # 12 steps: one LearnParams of 1 sweep x 3 groups x 1 step, then the EG update
+            "callbacks=[{name: aioli, sweeps: 1, lp_steps: 1, eta: 1.0}]"]})
     if stage == 2:
         eight = [*base, "training.optim=adamw_8bit", "callbacks=[]"]
         runs += [
