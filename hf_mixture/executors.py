@@ -327,6 +327,31 @@ def submit_stages(config: ExecutorConfig, stages: list[Stage], work_dir: Path,
     return jobs
 
 
+def submit_locked(config: ExecutorConfig, stages: list[Stage], work_dir: Path,
+                  lock: Path) -> list[str]:
+    """:func:`submit_stages` with the output ``lock`` handed to the chain; its job ids.
+
+    The lock passes to the jobs (their ids recorded in it) and the chain's last stage
+    releases it; when submitting fails, or nothing needed submitting, it is released here.
+    """
+    import uuid
+
+    from ._io import hand_over_lock, release_lock
+
+    token = uuid.uuid4().hex
+    hand_over_lock(lock, token)
+    try:
+        jobs = submit_stages(config, stages, work_dir, release=(lock, token))
+    except BaseException:
+        release_lock(lock, token)
+        raise
+    if jobs:
+        hand_over_lock(lock, token, jobs)
+    else:
+        release_lock(lock, token)
+    return jobs
+
+
 def _run(cmd: list[str], timeout: float = 30):
     import subprocess
 

@@ -50,7 +50,14 @@ import numpy as np
 
 from .._io import atomic_write_json, short_hash
 from ..errors import HFMixtureError
-from ..executors import ExecutorConfig, Stage, check_executor, run_stages, submit_stages
+from ..executors import (
+    ExecutorConfig,
+    Stage,
+    check_executor,
+    run_stages,
+    submit_locked,
+    submit_stages,
+)
 from .config import ClusterConfig
 from .reader import CorpusReader, plan_input
 from .report import REPORT
@@ -462,24 +469,10 @@ def _check_counted(work: Path, config: ClusterConfig, name: str) -> None:
 
 def _submit(executor: ExecutorConfig, stages: list[Stage], work: Path, lock: Path | None) -> None:
     """Submit the chain; the output lock passes to its jobs and the last stage releases it."""
-    import uuid
-
-    from .._io import hand_over_lock, release_lock
-
     if lock is None:
         submit_stages(executor, stages, work)
-        return
-    token = uuid.uuid4().hex
-    hand_over_lock(lock, token)
-    try:
-        jobs = submit_stages(executor, stages, work, release=(lock, token))
-    except BaseException:
-        release_lock(lock, token)
-        raise
-    if jobs:
-        hand_over_lock(lock, token, jobs)
     else:
-        release_lock(lock, token)
+        submit_locked(executor, stages, work, lock)
 
 
 def _peak_memory() -> str:

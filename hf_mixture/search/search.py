@@ -557,10 +557,8 @@ def _run_search(store: Any, target: Any, output_dir: str | os.PathLike,
                 config: SearchConfig | None, executor, lock: Path, *,
                 progress: bool = True) -> SearchResult:
     import dataclasses as dc
-    import uuid
 
-    from .._io import hand_over_lock, release_lock
-    from ..executors import check_executor, run_stages, submit_stages
+    from ..executors import check_executor, run_stages, submit_locked
 
     check_executor(executor)  # a bad partition, env command or Ray address: before any work
     ctx = _setup(store, target, output_dir, config)
@@ -579,18 +577,10 @@ def _run_search(store: Any, target: Any, output_dir: str | os.PathLike,
     output_dir = ctx.output_dir
     if executor.executor == "slurm":
         stages = _stages(ctx, executor, None, finish=True)
-        token = uuid.uuid4().hex
-        hand_over_lock(lock, token)
-        try:
-            jobs = submit_stages(executor, stages, output_dir, release=(lock, token))
-        except BaseException:
-            release_lock(lock, token)
-            raise
+        jobs = submit_locked(executor, stages, output_dir, lock)
         if jobs:
-            hand_over_lock(lock, token, jobs)
             return _queued(output_dir, jobs, submitted=True)
-        release_lock(lock, token)  # every stage had finished: the result is on disk
-        return _finish(ctx)
+        return _finish(ctx)  # every stage had finished: the result is on disk
     stages = _stages(ctx, executor, target_fn, finish=False)
     from .._progress import quiet_deepspeed_detection, stage_progress
 
