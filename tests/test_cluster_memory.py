@@ -14,7 +14,8 @@ from hf_mixture.clustering import stages
 
 
 def test_global_sample_equals_sorting_everything(tmp_path):
-    """Two passes, one file open at a time == the m smallest (key, row, id) over all tasks."""
+    """Two passes, one file open at a time == the m smallest (key, text, embedding) over all
+    tasks, in that order (content first: never the rows' places in the input)."""
     rng = np.random.default_rng(3)
     (tmp_path / "sample").mkdir()
     everything = []
@@ -31,7 +32,7 @@ def test_global_sample_equals_sorting_everything(tmp_path):
         everything += list(zip(keys.tolist(), rows.tolist(), table["_id"].to_pylist(),
                                table["text"].to_pylist(), [e.tobytes() for e in emb]))
     for m in (1, 17, 60, len(everything), len(everything) + 5):
-        want = sorted(sorted(everything)[:m], key=lambda r: (r[1], r[2]))
+        want = sorted(everything, key=lambda r: (r[0], r[3], r[4]))[:m]
         texts, emb, rows = stages._global_sample(tmp_path, 7, m)
         assert texts == [r[3] for r in want]
         assert rows.tolist() == [r[1] for r in want]
@@ -76,3 +77,34 @@ def test_assign_description_sample_is_the_smallest_keys_per_cluster(tmp_path, mo
     assert got.num_rows == len(want)
     assert sorted(p.name for p in (work / "assign").iterdir()) == [
         "00000.npz", "00000.sample.parquet"]  # the spill file is gone
+
+
+def test_describe_samples_do_not_follow_the_order_of_the_tasks(tmp_path, monkeypatch):
+    """Equal keys (copies of a text; here also unequal rows) at the heaps' bound: the rows kept
+    are the smallest (key, text, quality, features) whichever task's file comes first."""
+    monkeypatch.setattr(stages, "DESCRIBE_PER_CLUSTER", 3)
+    rng = np.random.default_rng(1)
+    names = ["cluster", "_key", "text", "quality", "feat"]
+    tasks = []
+    for t in range(2):
+        n = 12
+        tasks.append(pa.table({
+            "cluster": pa.array(rng.integers(0, 2, n), pa.int32()),
+            "_key": pa.array(rng.integers(0, 3, n), pa.int64()),
+            "text": [f"text {t}-{i}" for i in range(n)],
+            "quality": rng.random(n),
+            "feat": pa.array([rng.standard_normal(2).astype(np.float32).tobytes()
+                              for _ in range(n)], pa.binary())}).select(names))
+    got = []
+    for order in (tasks, tasks[::-1]):
+        (tmp_path / "assign").mkdir(exist_ok=True)
+        for t, table in enumerate(order):
+            pq.write_table(table, tmp_path / "assign" / f"{t:05d}.sample.parquet",
+                           row_group_size=5)
+        cluster, texts, quality, feat = stages._reduce_describe_samples(tmp_path, 2, 2, 2)
+        got.append((cluster.tolist(), texts, quality.tolist(), feat.tobytes()))
+    assert got[0] == got[1]
+    everything = sorted(zip(*(pa.concat_tables(tasks)[c].to_pylist() for c in names)),
+                        key=lambda r: r)
+    want = [r for c in (0, 1) for r in [r for r in everything if r[0] == c][:3]]
+    assert got[0][1] == [r[2] for r in want]

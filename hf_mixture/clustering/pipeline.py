@@ -108,6 +108,28 @@ def normalized_text(doc) -> str:
     return _SPACE.sub(" ", doc.text).strip().lower()
 
 
+def dedup_priority(doc) -> int:
+    """Which of exact duplicates stays (datatrove keeps the highest priority): a hash, in
+    1..65535, of the document's own content -- its text and every other input column --
+    never of where it sits in the input, so the copy kept does not depend on the input
+    files' names or order.  Copies whose priorities agree (identical rows, or 1 in 65535)
+    are left to datatrove's order, which follows the tasks' shards (themselves in content
+    order, see :func:`.reader.plan_input`).
+
+    >>> from datatrove.data import Document
+    >>> a = Document(text="A  b", id="0:1", metadata={"src": "x", "_row": 1})
+    >>> dedup_priority(a) == dedup_priority(Document(text="A  b", id="5:7",
+    ...                                              metadata={"src": "x", "_row": 9}))
+    True
+    """
+    import hashlib
+
+    meta = {k: v for k, v in doc.metadata.items() if k not in ("_row", "_key")}
+    h = hashlib.blake2b(doc.text.encode("utf-8", "surrogatepass"), digest_size=8)
+    h.update(b"\0" + json.dumps(meta, sort_keys=True, default=repr).encode())
+    return 1 + int.from_bytes(h.digest(), "little") % 65535
+
+
 class _Given:
     """An embedder factory that returns an embedder object the caller built."""
 
@@ -194,7 +216,7 @@ def _dedup_stages(config: ClusterConfig, reader: CorpusReader, work: Path, tasks
             ExactFindDedups,
         )
 
-        cfg = ExactDedupConfig(content_getter=normalized_text)
+        cfg = ExactDedupConfig(content_getter=normalized_text, document_priority=dedup_priority)
         sigs, dups = work / "dedup" / "signatures", work / "dedup" / "duplicates"
         return [Stage("dedup-signatures", [reader, ExactDedupSignature(str(sigs), cfg)], tasks),
                 Stage("dedup-find", [ExactFindDedups(str(sigs), str(dups), cfg)], 1)], \
@@ -356,7 +378,9 @@ def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: Exe
         embedder_id = getattr(embedder, "fingerprint", None) or type(embedder).__name__
     custom = [type(o).__name__ for o in (lexical, clusterer, pruner, merger, describer) if o]
     key = short_hash({
-        "input": plan.fingerprint, "tasks": tasks, "embedder": embedder_id, "custom": custom,
+        # "order": what keys and orders documents; a work folder of another scheme is not resumed
+        "order": "content", "input": plan.fingerprint, "tasks": tasks, "embedder": embedder_id,
+        "custom": custom,
         "scorer": getattr(getattr(pruner, "scorer", None), "__name__", None),
         "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY},
     })

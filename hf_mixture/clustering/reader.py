@@ -4,9 +4,11 @@
 jsonl / csv / txt file or folder, a Hub-style folder with README ``configs:``, or a
 Hub dataset id read through ``HfFileSystem``) into a list of files and *shards*: a
 parquet file is cut into row ranges of at most ``shard_rows`` rows along its row groups
-(read from the footers only); any other file is one shard.  Tasks take shards
-round-robin (``shards[rank::tasks]``), so the split into tasks depends on the input
-alone, never on how many workers run them.
+(read from the footers only); any other file is one shard.  Shards are listed in an
+order of the files' *content* (:func:`content_id`), never of their names or of the order
+they were given in, and tasks take them round-robin (``shards[rank::tasks]``): so the split
+into tasks depends on the input's bytes alone -- not on how many workers run them, nor on
+what the files are called.
 
 :class:`CorpusReader` is the datatrove reader step: it reads one row batch at a time,
 checks the text column, cuts documents longer than ``max_doc_chars`` into pieces (or
@@ -45,6 +47,8 @@ FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "cs
            ".txt": "text"}
 BATCH_ROWS = 1000
 LONG_DOCS = ("chunk", "truncate")
+# content_id reads this many bytes at each end of a local file (a parquet footer: at the end)
+CONTENT_ID_BYTES = 1 << 16
 # Before the first stage, an input of at most this many bytes (local files) is read whole
 # (every text checked, documents counted: a second or two against the minutes its
 # embedding takes); a larger one has the first PREFLIGHT_ROWS rows of each file checked.
@@ -64,7 +68,12 @@ class InputFile:
 
 @dataclass
 class InputPlan:
-    """The input as files and shards ``(file index, first row, end row)``; JSON-able."""
+    """The input as files and shards ``(file index, first row, end row)``; JSON-able.
+
+    ``files`` are in the order they were given (``_row``, the row in the whole input,
+    counts along it); ``shards`` are in content order (:func:`content_id`), the order the
+    tasks take them in.
+    """
 
     name: str
     files: list[InputFile]
@@ -169,6 +178,23 @@ def _hub_files(repo_id: str, config_name: str | None, split: str) -> list[InputF
     return out
 
 
+def content_id(f: InputFile) -> str:
+    """What orders the input's files for the tasks: a hash of a local file's size and its
+    first and last ``CONTENT_ID_BYTES`` (a parquet file's footer -- every row group's sizes
+    and statistics -- lies in the last), or a Hub file's size and blob id (a hash of all its
+    bytes).  Two reads per file, whatever its size; a renamed or reordered file keeps its id.
+    """
+    if "://" in f.path:
+        return hashlib.blake2b(f"{f.size}\0{f.version}".encode(), digest_size=16).hexdigest()
+    h = hashlib.blake2b(str(f.size).encode() + b"\0", digest_size=16)
+    with open(f.path, "rb") as fh:
+        h.update(fh.read(CONTENT_ID_BYTES))
+        if f.size > CONTENT_ID_BYTES:
+            fh.seek(max(CONTENT_ID_BYTES, f.size - CONTENT_ID_BYTES))
+            h.update(fh.read(CONTENT_ID_BYTES))
+    return h.hexdigest()
+
+
 def plan_input(given: Any, *, text_column: str = "text", config_name: str | None = None,
                split: str = "train", shard_rows: int = 4096) -> InputPlan:
     """Files and shards of the input; parquet footers are the only bytes read."""
@@ -216,6 +242,11 @@ def plan_input(given: Any, *, text_column: str = "text", config_name: str | None
             row += n
     if not shards:
         raise HFMixtureError(f"INPUT '{given}' is empty: it has no documents to cluster.")
+    # Content order, so that the tasks (and every file a task writes) are the same however
+    # the files are named or listed; the file index breaks ties only between files whose
+    # ids agree (the same size and the same bytes at both ends).
+    ids = [content_id(f) for f in files]
+    shards.sort(key=lambda s: (ids[s[0]], s[0], s[1]))
     schema_b64 = None
     if schema is not None:
         schema_b64 = base64.b64encode(schema.remove_metadata().serialize().to_pybytes()).decode()
@@ -390,13 +421,20 @@ def split_long(text: str, max_chars: int, mode: str) -> list[str]:
     return pieces
 
 
-def doc_key(doc_id: str, seed: int) -> int:
-    """A seeded 63-bit pseudo-random key of a document id: the order of every sample.
+def doc_key(text: str, seed: int) -> int:
+    """A seeded 63-bit pseudo-random key of a document's text: the order of every sample.
 
-    Samples are "the m smallest keys", so they are the same whatever the split into tasks.
+    Samples are "the m smallest keys", so they are the same whatever the split into tasks
+    and whatever the input files are called or the order they come in: the key is the
+    text's alone (copies of a text share it; ties are broken by the text, then by the
+    rest of the sampled row's content).
+
+    >>> doc_key("a text", 0) == doc_key("a text", 0) != doc_key("a text", 1)
+    True
     """
-    h = hashlib.blake2b(f"{seed}\0{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") >> 1
+    h = hashlib.blake2b(f"{seed}\0".encode(), digest_size=8)
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(h.digest(), "little") >> 1
 
 
 class CorpusReader(BaseReader):
@@ -404,7 +442,9 @@ class CorpusReader(BaseReader):
 
     Document ids are ``<file>:<row>`` (``#<piece>`` for the pieces of a long document);
     metadata holds every other input column plus ``_row`` (the row in the whole input) and
-    ``_key`` (:func:`doc_key`).  Empty texts are dropped and counted (stat ``empty``).
+    ``_key`` (:func:`doc_key` of the document's, or piece's, text).  Ids and ``_row``
+    follow the files' order; nothing that decides the result reads them.  Empty texts are
+    dropped and counted (stat ``empty``).
     """
 
     name = "hf_mixture corpus"
@@ -463,7 +503,7 @@ class CorpusReader(BaseReader):
                     doc_id = base if len(pieces) == 1 else f"{base}#{p}"
                     meta = dict(rec)
                     meta["_row"] = grow
-                    meta["_key"] = doc_key(doc_id, self.seed)
+                    meta["_key"] = doc_key(piece, self.seed)
                     self.stat_update("documents")
                     yield Document(text=piece, id=doc_id, metadata=meta)
         if counter is not None:

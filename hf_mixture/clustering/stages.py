@@ -75,6 +75,25 @@ def _batched(data, n: int):
         yield batch
 
 
+class _Reversed:
+    """A value that sorts the other way, so a heap of ``(-key, _Reversed(content))`` -- the
+    task samples, the describe samples -- keeps the smallest ``(key, content)``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return other.value < self.value
+
+    def __gt__(self, other: _Reversed) -> bool:
+        return self.value < other.value
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Reversed) and self.value == other.value
+
+
 # ----------------------------------------------------------------------------- prepare
 class QualityScorer(PipelineStep):
     """Score each document; record the scores as metadata (nothing is dropped here).
@@ -133,8 +152,9 @@ class FeatureWriter(PipelineStep):
 
     ``embedder_factory`` builds the embedder inside the worker (a loaded model is never
     shipped between processes); ``sample_size``: the task keeps the documents with the
-    smallest ``_key`` (:func:`.reader.doc_key`), so the global sample -- the smallest keys
-    over all tasks -- does not depend on how the input was split.
+    smallest ``(_key, text, embedding)`` (:func:`.reader.doc_key`: a hash of the text), so
+    the global sample -- the smallest over all tasks -- does not depend on how the input was
+    split, named or ordered.
     """
 
     type = "hf_mixture"
@@ -159,8 +179,11 @@ class FeatureWriter(PipelineStep):
         work = Path(self.work_dir)
         for sub in ("docs", "emb", "sample"):
             (work / sub).mkdir(parents=True, exist_ok=True)
-        # (-key, id, embedding bytes, text, row): bytes, not a list of Python floats (10x smaller)
-        heap: list[tuple[int, str, bytes, str, int]] = []
+        # (-key, reversed (text, embedding bytes, row, id)): the heap's top is the largest
+        # (key, content), and the task keeps the smallest in _global_sample's order (bytes,
+        # not a list of Python floats: 10x smaller).  Content first: equal keys are copies of
+        # one text, and which copy stays must not depend on where it sits in the input.
+        heap: list[tuple[int, _Reversed]] = []
         writer = None
         n = dim = 0
         with compute_threads(self.threads) as _, \
@@ -187,8 +210,8 @@ class FeatureWriter(PipelineStep):
                     writer = pq.ParquetWriter(docs_tmp, schema)
                 writer.write_table(table.cast(writer.schema))
                 for d, e in zip(batch, emb):
-                    item = (-d.metadata["_key"], d.id, e.tobytes(), d.text[:SAMPLE_CHARS],
-                            d.metadata["_row"])
+                    item = (-d.metadata["_key"], _Reversed((d.text[:SAMPLE_CHARS], e.tobytes(),
+                                                            d.metadata["_row"], d.id)))
                     if len(heap) < self.sample_size:
                         heapq.heappush(heap, item)
                     elif item > heap[0]:
@@ -202,12 +225,13 @@ class FeatureWriter(PipelineStep):
                 writer.close()
             counter.close()
         atomic_write_json(work / "emb" / f"{rank:05d}.json", {"rows": n, "dim": dim})
-        heap.sort(key=lambda x: -x[0])  # ascending key
-        sample = pa.table({"_key": pa.array([-h[0] for h in heap], pa.int64()),
-                           "_id": [h[1] for h in heap],
-                           "emb": pa.array([h[2] for h in heap], pa.binary()),
-                           "text": [h[3] for h in heap],
-                           "_row": pa.array([h[4] for h in heap], pa.int64())})
+        rows = sorted((-key, *rest.value) for key, rest in heap)  # ascending key, content
+        del heap
+        sample = pa.table({"_key": pa.array([r[0] for r in rows], pa.int64()),
+                           "_id": [r[4] for r in rows],
+                           "emb": pa.array([r[2] for r in rows], pa.binary()),
+                           "text": [r[1] for r in rows],
+                           "_row": pa.array([r[3] for r in rows], pa.int64())})
         with atomic_path(work / "sample" / f"{rank:05d}.parquet") as tmp:
             # small row groups: the centroid stage merges every task's file at once, and a
             # parquet reader holds a whole decoded row group per open file
@@ -290,13 +314,22 @@ class FitCentroids(PipelineStep):
             "lexical": lexical.fingerprint if lexical is not None else None})
 
 
+def _sample_order(r: tuple) -> tuple:
+    """``(key, text, embedding, row, id)`` of a ``(key, row, id, text, emb)`` sample row:
+    content first, so neither the choice nor the order depends on the input's file names
+    or order; row and id only order exact copies of one document."""
+    return r[0], r[3], r[4], r[1], r[2]
+
+
 def _global_sample(work: Path, tasks: int, m: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The ``m`` documents with the smallest keys over every task's sample, in input order.
+    """The ``m`` documents with the smallest keys over every task's sample, in key order.
 
     Two passes, one task's file open at a time, so memory holds the result and one batch --
     however many tasks there are: the first reads only the keys and keeps the ``m``
     smallest (the threshold key), the second copies the rows below it (ties at the
-    threshold by ``(row, id)``).
+    threshold by text, then embedding).  k-means trains on the rows in key order (its seeded
+    initialization depends on the order): an order of the content, not of the input files.
+    Returns the texts, the embeddings and each row's ``_row`` (its row in the input).
     """
     import pyarrow.parquet as pq
 
@@ -327,10 +360,9 @@ def _global_sample(work: Path, tasks: int, m: int) -> tuple[list[str], np.ndarra
             for i in np.flatnonzero(hit):
                 row = tuple(c[i] for c in cols)
                 (ties if threshold is not None and row[0] == threshold else chosen).append(row)
-    ties.sort(key=lambda r: (r[1], r[2]))
+    ties.sort(key=_sample_order)
     chosen.extend(ties[:ties_wanted])
-    # trained on in input order (k-means' seeded initialization depends on the order)
-    chosen.sort(key=lambda r: (r[1], r[2]))
+    chosen.sort(key=_sample_order)
     texts = [r[3] for r in chosen]
     emb = np.frombuffer(b"".join(r[4] for r in chosen), dtype=np.float32).reshape(len(chosen), -1)
     return texts, emb, np.array([r[1] for r in chosen], dtype=np.int64)
@@ -498,7 +530,9 @@ class _DescribeSpill:
 def _reduce_describe_samples(work: Path, tasks: int, k: int, dim: int):
     """Per k-means cluster, the ``DESCRIBE_PER_CLUSTER`` smallest-key sampled documents over
     every task -- read a batch at a time, so memory holds ``k x DESCRIBE_PER_CLUSTER`` rows,
-    however many tasks sampled them."""
+    however many tasks sampled them.  Whole rows are compared (key, then text, quality and
+    features), so equal keys do not leave the choice to the order the tasks come in; the
+    rows come back sorted by (cluster, key, text, ...)."""
     import pyarrow.parquet as pq
 
     heaps: list[list[tuple]] = [[] for _ in range(k)]
@@ -509,12 +543,13 @@ def _reduce_describe_samples(work: Path, tasks: int, k: int, dim: int):
                                                           "feat")]
             for c, key, text, q, feat in zip(*cols):
                 h = heaps[c]
+                # the heap's top is its largest key; among equal keys, its largest content
+                item = (-key, _Reversed((text, q, feat)))
                 if len(h) < DESCRIBE_PER_CLUSTER:
-                    heapq.heappush(h, (-key, text, q, feat))
-                elif -key > h[0][0]:
-                    heapq.heapreplace(h, (-key, text, q, feat))
-    rows = sorted((c, -item[0], item[1], item[2], item[3]) for c, h in enumerate(heaps)
-                  for item in h)
+                    heapq.heappush(h, item)
+                elif item > h[0]:
+                    heapq.heapreplace(h, item)
+    rows = sorted((c, -item[0], *item[1].value) for c, h in enumerate(heaps) for item in h)
     cluster = np.array([r[0] for r in rows], dtype=np.int64)
     feat = np.frombuffer(b"".join(r[4] for r in rows), dtype=np.float32).reshape(len(rows), dim)
     return cluster, [r[2] for r in rows], np.array([r[3] for r in rows], dtype=np.float64), feat
