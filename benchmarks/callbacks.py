@@ -47,6 +47,27 @@ RUNS = {"a": ("natural", "uniform", "aioli", "ado", "doremi", "bandit"),
 ADAPTIVE = ("aioli", "ado", "doremi", "bandit")
 JUNK = ("shuffled", "duplicated")
 SHAPE = "cpu-1m"
+# Aioli's fields, the paper's scaled to a 240-step run: one sweep (k m = 7 interventions fit
+# delta = 0.128 of a 55-step round only with k = 1), so 4 rounds instead of the paper's 20, and
+# eta = 1 x 20 / 4 = 5 (the paper's 7-group eta times its rounds, spread over ours); LearnParams
+# from the end of the warm-up (step 24): before it the drops are the warm-up's, not the data's.
+# Chosen on seed 100, which no reported run uses.
+AIOLI = "sweeps=1,eta=5.0,start_step=24"
+
+
+def parse_fields(text: str) -> dict:
+    """``"a=1,b=0.5"`` -> ``{"a": 1, "b": 0.5}`` (ints, floats, else strings)."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, _, value = item.partition("=")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        out[key.strip()] = value
+    return out
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -127,15 +148,39 @@ def target_files(work: Path, source: str) -> tuple[Path, Path]:
 
 
 def eval_sets(store, mixture, args):
-    """Per-domain (feedback, held-out) windows: one seeded sample, split in two disjoint parts."""
+    """Per-domain (feedback, held-out) windows: one seeded sample, split in two disjoint parts.
+
+    The feedback windows are what the rules read (small: every evaluation a rule asks for
+    costs them); the held-out windows only score the run, once, at the end (many: the
+    score's noise shrinks as 1/sqrt of them).  A domain with fewer windows keeps its first
+    ``eval_sequences`` for feedback and scores on the rest.
+    """
     from hf_mixture.callbacks import domain_eval_datasets
 
-    n = args.eval_sequences
-    every = domain_eval_datasets(store, mixture, seq_len=args.seq_len, max_sequences=2 * n,
+    n, h = args.eval_sequences, args.heldout_sequences
+    every = domain_eval_datasets(store, mixture, seq_len=args.seq_len, max_sequences=n + h,
                                  seed=0)
-    feedback = {d: ds.select(range(min(n, len(ds) // 2))) for d, ds in every.items()}
-    heldout = {d: ds.select(range(min(n, len(ds) // 2), len(ds))) for d, ds in every.items()}
+    for d, ds in every.items():
+        if len(ds) <= n:
+            raise SystemExit(f"domain {d!r} has {len(ds)} validation windows of "
+                             f"{args.seq_len} tokens, too few for {n} feedback windows and a "
+                             "held-out rest; raise --validation-fraction")
+    feedback = {d: ds.select(range(n)) for d, ds in every.items()}
+    heldout = {d: ds.select(range(n, len(ds))) for d, ds in every.items()}
     return feedback, heldout
+
+
+def mean_loss_of(eval_sets: dict):
+    """A callable target ``fn(model, tokenizer)``: the mean loss over the domains' windows
+    (each domain has as many windows of one length, so the token mean is the domain mean)."""
+    import torch
+
+    x = torch.tensor([row for ds in eval_sets.values() for row in ds["input_ids"]])
+
+    def fn(model, tokenizer=None) -> float:
+        with torch.no_grad():
+            return float(model(input_ids=x.to(model.device), labels=x.to(model.device)).loss)
+    return fn
 
 
 def rows_dataset(rows):
@@ -182,11 +227,13 @@ def run_one(task: tuple[str, str, int, dict]) -> dict:
     natural = {n: float(t) for n, _, t in comps}
     uniform = {n: 1.0 for n, _, _ in comps}
     if name == "search":
-        start = json.loads((work / "search_mixture.json").read_text())
+        start = json.loads(search_file(work, args).read_text())["mixture"]
     elif name in ("natural", "uniform"):
         start = natural if name == "natural" else uniform
-    else:   # the adaptive rules: from natural in (b) (junk included) and for ADO (its prior)
-        start = natural if setting == "b" or name == "ado" else uniform
+    else:   # the adaptive rules: uniform in (a) (stratified: the paper's unrestricted start);
+        # natural in (b) (junk included) and (c) (the restricted setting: adapt a given
+        # mixture), and for ADO everywhere (its prior)
+        start = uniform if setting == "a" and name != "ado" else natural
     mixture = Mixture([Component(n, q, weight=start[n]) for n, q, _ in comps], seed=seed)
     feedback, heldout = eval_sets(store, mixture, args)
     data = MixtureDataset(store, mixture, seq_len=args.seq_len)
@@ -235,20 +282,24 @@ def run_one(task: tuple[str, str, int, dict]) -> dict:
     if setting == "c":
         _, heldout_file = target_files(work, args.target_source)
         target_rows = tokenize_target(heldout_file, store, seq_len=args.seq_len,
-                                      max_tokens=args.eval_sequences * args.seq_len)
+                                      max_tokens=args.heldout_sequences * args.seq_len)
     if name == "aioli":
-        # The paper's 7-group values: 2 sweeps, eta 1 (its 2-group runs: 4 sweeps, eta 0.2).
-        kw = {"sweeps": 2, "eta": 1.0}
+        kw = dict(args.aioli)
+        if setting == "b":
+            # The score's own objective: the mean loss over the real domains' feedback windows
+            # (the junk components are trained on, never a goal); Aioli's A gains its row.
+            kw.update(target=mean_loss_of({d: ds for d, ds in feedback.items()
+                                           if d not in JUNK}))
         if setting == "c":
             kw.update(target=str(target_files(work, args.target_source)[0]),
-                      target_tokens=args.eval_sequences * args.seq_len)
+                      target_tokens=args.target_sequences * args.seq_len)
         callback = AioliCallback(data, **kw)
     elif name == "ado":
         # The reference ignores its first 500 of many thousand steps; here the first eval.
         callback = ADOCallback(data, fit_from_step=args.eval_steps, min_points=3)
     elif name == "doremi":
         callback = DoReMiCallback(data,
-                                  reference_model=str(work / f"uniform_{setting}_{seed}"))
+                                  reference_model=str(uniform_model(work, args, setting, seed)))
     elif name == "bandit":
         callback = BanditCallback(data)
     if callback is not None:
@@ -258,7 +309,7 @@ def run_one(task: tuple[str, str, int, dict]) -> dict:
     seconds = time.perf_counter() - t0
     trainer.counting = False
     if name == "uniform":
-        trainer.save_model(str(work / f"uniform_{setting}_{seed}"))
+        trainer.save_model(str(uniform_model(work, args, setting, seed)))
     scored = dict(heldout)
     if target_rows is not None:
         scored["heldout_target"] = rows_dataset(target_rows)
@@ -294,12 +345,12 @@ def offline_search(work: Path, args) -> dict:
     store = TokenStore(work / "store")
     sources = list(playground.SOURCES)
     excluded = f"cluster_{sources.index(args.target_source)}"
-    out = work / "search"
+    out = work / f"search_{run_key(args, 'search')}"
     config = SearchConfig(rounds=[int(x) for x in args.search_rounds.split(",")],
                           exclude=[excluded], proxy_model=args.shape,
                           proxy_tokens=args.search_tokens, proxy_seq_len=args.seq_len,
                           proxy_batch_size=args.batch_size, proxy_learning_rate=args.lr,
-                          workers=args.jobs, target_max_tokens=args.eval_sequences * args.seq_len,
+                          workers=args.jobs, target_max_tokens=args.target_sequences * args.seq_len,
                           candidates=20_000, final_top_k=20)
     t0 = time.perf_counter()
     feedback_file, _ = target_files(work, args.target_source)
@@ -315,7 +366,58 @@ def offline_search(work: Path, args) -> dict:
             "tokens": trained, "flops": 6 * n * trained}
 
 
+# -- finished runs ---------------------------------------------------------------------------------
+# The options that do not change what a run computes (the others name its result file).
+NOT_IN_KEY = ("settings", "seeds", "runs", "jobs", "threads", "work_dir", "aioli", "search_rounds",
+              "search_tokens")
+
+
+def run_key(args, name: str) -> str:
+    """A short hash of everything that determines run ``name``'s result (its rule's fields too)."""
+    import hashlib
+
+    raw = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_KEY}
+    if name == "aioli":
+        raw["aioli"] = sorted(args.aioli.items())
+    if name == "search":
+        raw["search"] = (args.search_rounds, args.search_tokens)
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def result_file(work: Path, args, setting: str, name: str, seed: int) -> Path:
+    return work / "results" / f"{setting}-{name}-{seed}-{run_key(args, name)}.json"
+
+
+def atomic_write_json(path: Path, payload) -> None:
+    from hf_mixture._io import atomic_write_json as write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, payload)
+
+
+def search_file(work: Path, args) -> Path:
+    """The offline search's mixture and compute (setting c), once per configuration."""
+    return work / "results" / f"search-{run_key(args, 'search')}.json"
+
+
+def uniform_model(work: Path, args, setting: str, seed: int) -> Path:
+    """The seed's uniform run, saved: DoReMi's reference model."""
+    return work / f"uniform_{setting}_{seed}_{run_key(args, 'uniform')}"
+
+
+def _print_run(r: dict, note: str = "") -> None:
+    print(f"  ({r['setting']}) seed {r['seed']} {r['name']:<8} mean={r['mean']:.4f}"
+          + (f" target={r['target']:.4f}" if r["target"] is not None else "")
+          + f" train={r['seconds']:.0f}s asked evals={r['asked_evals']} "
+          f"({r['asked_seconds']:.1f}s) hooks={r['callback_seconds']:.2f}s {note}", flush=True)
+
+
 # -- the report ----------------------------------------------------------------------------------
+def _every(deltas, seeds, below=0.0) -> bool:
+    """Every seed has its paired difference, and each is below ``below``."""
+    return len(deltas) == len(seeds) and all(x < below for x in deltas)
+
+
 def _sd(xs):
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
@@ -359,8 +461,9 @@ def report(setting, results, seeds, args, entropy, search=None) -> dict:
     verdicts = []
     if setting == "a" and "aioli" in summary:
         s = summary["aioli"]
-        spread = max(summary["natural"]["sd"], summary["uniform"]["sd"], s["sd"])
-        ok = all(x < -2 * spread for x in s["vs_natural"] + s["vs_uniform"])
+        spread = max([s["sd"]] + [summary[n]["sd"] for n in ("natural", "uniform") if n in summary])
+        ok = _every(s["vs_natural"], seeds, -2 * spread) and _every(s["vs_uniform"], seeds,
+                                                                    -2 * spread)
         verdicts.append(f"(a) aioli beats natural and uniform in every seed by > 2 x the seed "
                         f"spread ({2 * spread:.4f}): {'met' if ok else 'missed'}")
     if setting == "b":
@@ -369,16 +472,16 @@ def report(setting, results, seeds, args, entropy, search=None) -> dict:
             finals = summary[name]["final"]
             j_ok = all(f[base["domains"].index(j)] < 0.5 * nat[base["domains"].index(j)]
                        for f in finals for j in JUNK)
-            beats = all(x < 0 for x in summary[name]["vs_natural"])
+            beats = _every(summary[name]["vs_natural"], seeds)
             verdicts.append(f"(b) {name}: below half the natural weight on both junk components "
                             f"in every seed: {'yes' if j_ok else 'no'}; beats natural in every "
                             f"seed: {'yes' if beats else 'no'}")
     if setting == "c" and "aioli" in summary:
         s = summary["aioli"]
-        beats = all(x < 0 for x in s["vs_natural"] + s["vs_uniform"])
+        beats = _every(s["vs_natural"], seeds) and _every(s["vs_uniform"], seeds)
         verdicts.append(f"(c) aioli beats natural and uniform on the target in every seed: "
                         f"{'met' if beats else 'missed'}")
-        if "search" in summary and search is not None:
+        if "search" in summary and "natural" in summary and search is not None:
             gain_search = -statistics.fmean(summary["search"]["vs_natural"])
             gain_aioli = -statistics.fmean(s["vs_natural"])
             frac = gain_aioli / gain_search if gain_search > 0 else float("nan")
@@ -402,6 +505,50 @@ def report(setting, results, seeds, args, entropy, search=None) -> dict:
     return summary
 
 
+def plot(setting: str, results: list[dict], seeds: list[int], steps: int, path: Path
+         ) -> Path | None:
+    """Each run's score per seed (left), and each adaptive rule's weights over steps, first seed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    key = "target" if setting == "c" else "mean"
+    names = [n for n in RUNS[setting] if any(r["name"] == n for r in results
+                                             if r["setting"] == setting)]
+    rules = [n for n in names if n in ADAPTIVE]
+    fig, axes = plt.subplots(1, 1 + len(rules), figsize=(4 + 3.2 * len(rules), 3.6),
+                             squeeze=False)
+    ax = axes[0][0]
+    for i, name in enumerate(names):
+        ys = [r[key] for r in results if r["setting"] == setting and r["name"] == name]
+        ax.plot([i] * len(ys), ys, "o", alpha=0.6)
+        ax.plot([i - 0.25, i + 0.25], [np.mean(ys)] * 2, "k-")
+    ax.set_xticks(range(len(names)), names, rotation=45)
+    ax.set_ylabel("held-out target loss" if setting == "c" else "held-out mean loss")
+    ax.set_title(f"setting ({setting}), {len(seeds)} seeds")
+    for ax, name in zip(axes[0][1:], rules):
+        run = next((r for r in results if r["setting"] == setting and r["name"] == name
+                    and r["seed"] == seeds[0]), None)
+        if run is None or not run["history"]:
+            continue
+        x = np.repeat([h[0] for h in run["history"]] + [steps], 2)[1:-1]
+        w = np.array([h[1] for h in run["history"]])
+        ax.stackplot(x, np.repeat(w, 2, axis=0).T, labels=run["domains"])
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}, seed {seeds[0]}")
+        ax.set_xlabel("optimizer step")
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small",
+                       frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="a,b,c")
@@ -413,8 +560,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-3,
                         help="the search proxies' learning rate (the same model shape)")
-    parser.add_argument("--eval-sequences", type=int, default=4,
-                        help="feedback windows per domain; as many again are held out")
+    parser.add_argument("--eval-sequences", type=int, default=2,
+                        help="feedback windows per domain: what the rules read at each "
+                             "evaluation")
+    parser.add_argument("--heldout-sequences", type=int, default=32,
+                        help="held-out windows per domain (and of the target) that score the "
+                             "runs, other than the feedback windows")
+    parser.add_argument("--target-sequences", type=int, default=4,
+                        help="(c): windows of the target text the rules and the search are told")
+    parser.add_argument("--aioli", default=AIOLI,
+                        help="AioliConfig fields of the aioli runs, 'key=value,...'")
     parser.add_argument("--validation-fraction", type=float, default=0.04)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--runs", default=None, help="a subset of the runs, comma-separated")
@@ -430,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work-dir", default="bench_callbacks")
     args = parser.parse_args(argv)
+    args.aioli = parse_fields(args.aioli)
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = args.settings.split(",")
     if args.search_tokens is None:
@@ -445,8 +601,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stores ready in {time.perf_counter() - t0:.0f} s", flush=True)
     search = None
     if "c" in settings and (args.runs is None or "search" in args.runs):
-        search = offline_search(work, args)
-        (work / "search_mixture.json").write_text(json.dumps(search["mixture"]))
+        if search_file(work, args).is_file():
+            search = json.loads(search_file(work, args).read_text())
+        else:
+            search = offline_search(work, args)
+            atomic_write_json(search_file(work, args), search)
         print(f"search: {search['runs']} proxies in {search['seconds']:.0f} s", flush=True)
     raw = vars(args)
     tasks = []
@@ -454,9 +613,16 @@ def main(argv: list[str] | None = None) -> int:
         runs = RUNS[setting] if args.runs is None else [r for r in args.runs.split(",")
                                                          if r in RUNS[setting]]
         tasks += [(setting, n, s, raw) for s in seeds for n in runs]
-    first = [t for t in tasks if t[1] != "doremi"]
-    second = [t for t in tasks if t[1] == "doremi"]   # needs its seed's uniform model
-    results = []
+    results, todo = [], []
+    for task in tasks:          # a finished run of the same configuration is read back
+        done = result_file(work, args, task[0], task[1], task[2])
+        if done.is_file():
+            results.append(json.loads(done.read_text()))
+            _print_run(results[-1], "(finished before)")
+        else:
+            todo.append(task)
+    first = [t for t in todo if t[1] != "doremi"]
+    second = [t for t in todo if t[1] == "doremi"]   # needs its seed's uniform model
     import multiprocessing as mp
 
     def waves():
@@ -470,11 +636,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for r in waves():
         results.append(r)
-        print(f"  ({r['setting']}) seed {r['seed']} {r['name']:<8} mean={r['mean']:.4f}"
-              + (f" target={r['target']:.4f}" if r["target"] is not None else "")
-              + f" train={r['seconds']:.0f}s asked evals={r['asked_evals']} "
-              f"({r['asked_seconds']:.1f}s) hooks={r['callback_seconds']:.2f}s",
-              flush=True)
+        atomic_write_json(result_file(work, args, r["setting"], r["name"], r["seed"]), r)
+        _print_run(r)
     wall = time.perf_counter() - t0
     p = results[0]["parameters"]
     print(f"\n## Callbacks: settings {','.join(settings)}, {len(seeds)} seeds, "
@@ -493,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         entropy = unigram_entropy(store, [names[c] for c in comps])
         summaries[setting] = report(setting, results, seeds, args, entropy,
                                     search if setting == "c" else None)
+        png = plot(setting, results, seeds, args.steps, work / f"callbacks_{setting}.png")
+        if png is not None:
+            print(f"picture: {png}")
     (work / "results.json").write_text(json.dumps(
         {"summary": summaries, "search": search, "runs": results}, indent=1, default=str))
     return 0

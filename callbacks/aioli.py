@@ -14,7 +14,7 @@ of the paper)::
                 beta[:, j] += L - (eval losses);  L <- eval losses
             beta /= k
             A^t = beta Q^{-1}                         # Q: the rows q_j (beta = A Q)
-        normalize A^t: subtract min(A^t, 0), divide by its sum
+        normalize A^t: subtract min(A^t, 0), divide by the sum of the rows c reads
         p^t_j ∝ p^{t-1}_j exp(eta * sum_i c_i A^t_ij)    # c: the target's rows
         train on p^t for the rest of the round
 
@@ -95,16 +95,27 @@ def interaction_matrix(beta: np.ndarray, one_hot_factor: float) -> np.ndarray:
     return np.linalg.solve(q.T, beta.T).T
 
 
-def normalize_interactions(a: np.ndarray) -> np.ndarray:
-    """``A`` shifted so its smallest entry is at least 0, divided by its sum (0 stays 0).
+def normalize_interactions(a: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``A`` shifted so its smallest entry is at least 0, divided by the sum of the rows the
+    step reads (``rows``: the target's weights per row; ``None``: every row, the paper's
+    normalization).  0 stays 0.
+
+    With the mean target (every row) the column gains ``rows @ A`` then sum to 1, as in the
+    paper; dividing by the rows read keeps that for a target of one row (``"worst"``, a text
+    or callable target), so ``eta`` means the same step size for every target.
 
     >>> normalize_interactions(np.array([[1.0, -1.0], [0.0, 2.0]])).tolist()
     [[0.3333333333333333, 0.0], [0.16666666666666666, 0.5]]
+    >>> normalize_interactions(np.array([[1.0, -1.0], [0.0, 2.0]]), np.array([0.0, 1.0])).tolist()
+    [[0.5, 0.0], [0.25, 0.75]]
     """
     a = np.asarray(a, dtype=np.float64)
     low = min(float(a.min()), 0.0)
     shifted = a - low
-    total = float(shifted.sum())
+    if rows is None:
+        total = float(shifted.sum())
+    else:
+        total = float(np.asarray(rows, dtype=np.float64) @ shifted.sum(axis=1))
     return shifted / total if total > 0 else np.zeros_like(a)
 
 
@@ -210,8 +221,8 @@ class AioliConfig(AdaptiveConfig):
                 "EMA of A (weight of the old estimate) and p^t from p^0 (the released runs: "
                 "0.1)."})
     normalize: bool = field(default=True, metadata={
-        "help": "Normalize A before the step (shift its minimum to 0, divide by its sum), as "
-                "the paper's runs do."})
+        "help": "Normalize A before the step (shift its minimum to 0, divide by the sum of "
+                "the rows the target reads: all of them for 'mean', as the paper's runs do)."})
     seed: int = field(default=0, metadata={
         "help": "Seed of the order of the groups in each sweep (the same on every rank)."})
 
@@ -357,9 +368,9 @@ class AioliCallback(MixtureCallback):
 
     def _finish(self, step: int, t: int) -> None:
         a = interaction_matrix(self.beta / self.config.sweeps, self.config.one_hot_factor)
-        if self.config.normalize:
-            a = normalize_interactions(a)
         rows = self._rows(np.asarray(self.previous))
+        if self.config.normalize:
+            a = normalize_interactions(a, rows)
         self.matrices.append({"step": int(step), "A": a.tolist()})
         if self.config.ema > 0:
             g = self.config.ema

@@ -121,6 +121,16 @@ def test_learn_params_recovers_the_law_and_moves_off_junk():
         [0, 0, 1, 1, 2, 2]
 
 
+def test_the_step_size_is_the_same_for_every_target():
+    # The paper's normalization makes the mean target's column gains sum to 1; dividing by the
+    # rows the target reads keeps that for a one-row target (worst, text, callable).
+    a = np.random.default_rng(3).normal(size=(4, 3))
+    for rows in (np.ones(4), np.array([0.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0])):
+        gains = rows @ normalize_interactions(a, rows)
+        assert gains.sum() == pytest.approx(1.0) and (gains >= 0).all()
+    assert np.allclose(normalize_interactions(a, np.ones(4)), normalize_interactions(a))
+
+
 def test_targets_choose_the_rows():
     a = np.array([[0.010, 0.0], [0.0, 0.002], [0.0, 0.009]])   # row 2: the target
     for target, winner in [("mean", "a"), ("worst", "b")]:
