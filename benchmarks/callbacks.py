@@ -337,6 +337,7 @@ def run_one(task: tuple[str, str, int, dict]) -> dict:
 def offline_search(work: Path, args) -> dict:
     """The offline search toward the target (setting c), once; its mixture and compute."""
     from hf_mixture import playground
+    from hf_mixture.executors import ExecutorConfig
     from hf_mixture.formats import TokenStore
     from hf_mixture.models import build_model, count_parameters, model_fields
     from hf_mixture.search import SearchConfig
@@ -350,11 +351,12 @@ def offline_search(work: Path, args) -> dict:
                           exclude=[excluded], proxy_model=args.shape,
                           proxy_tokens=args.search_tokens, proxy_seq_len=args.seq_len,
                           proxy_batch_size=args.batch_size, proxy_learning_rate=args.lr,
-                          workers=args.jobs, target_max_tokens=args.target_sequences * args.seq_len,
+                          target_max_tokens=args.target_sequences * args.seq_len,
                           candidates=20_000, final_top_k=20)
     t0 = time.perf_counter()
     feedback_file, _ = target_files(work, args.target_source)
-    result = run_search(store, str(feedback_file), out, config, progress=False)
+    result = run_search(store, str(feedback_file), out, config,
+                        executor=ExecutorConfig(workers=args.jobs), progress=False)
     seconds = time.perf_counter() - t0
     names = {f"cluster_{k}": s for k, s in enumerate(sources)}
     mixture = {names.get(n, n): float(w) for n, w in result.mixture.weights().items()}
@@ -541,8 +543,9 @@ def plot(setting: str, results: list[dict], seeds: list[int], steps: int, path: 
         ax.set_ylim(0, 1)
         ax.set_title(f"{name}, seed {seeds[0]}")
         ax.set_xlabel("optimizer step")
-    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small",
-                       frameon=False)
+    if rules:
+        axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small",
+                           frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
