@@ -47,12 +47,35 @@ RUNS = {"a": ("natural", "uniform", "aioli", "ado", "doremi", "bandit"),
 ADAPTIVE = ("aioli", "ado", "doremi", "bandit")
 JUNK = ("shuffled", "duplicated")
 SHAPE = "cpu-1m"
-# Aioli's fields, the paper's scaled to a 240-step run: one sweep (k m = 7 interventions fit
-# delta = 0.128 of a 55-step round only with k = 1), so 4 rounds instead of the paper's 20, and
-# eta = 1 x 20 / 4 = 5 (the paper's 7-group eta times its rounds, spread over ours); LearnParams
-# from the end of the warm-up (step 24): before it the drops are the warm-up's, not the data's.
-# Chosen on seed 100, which no reported run uses.
-AIOLI = "sweeps=1,eta=5.0,start_step=24"
+# The paper's eta for 7 groups (AioliConfig's default, 0.2, is its 2-group runs'); its rounds
+# and LearnParams fraction are AioliConfig's defaults.  scaled_aioli fits them to a run.
+PAPER_ETA_7_GROUPS = 1.0
+
+
+def warmup_steps(steps: int) -> int:
+    """The runs' linear warm-up (a tenth of the steps)."""
+    return max(1, steps // 10)
+
+
+def scaled_aioli(steps: int) -> dict:
+    """Aioli's fields for a run of ``steps``: the paper's, scaled to its length.
+
+    One sweep (k m = 7 interventions fit delta of a round only in rounds of >= 55 steps, so a
+    240-step run holds 4 rounds with k = 1, 2 with the paper's k = 2); eta times the paper's
+    rounds over ours (the same total step, 20 x 1, spread over fewer rounds); LearnParams from
+    the end of the warm-up (before it the loss drops are the warm-up's, not the data's).  At
+    240 steps: sweeps 1, eta 5, start 24 -- chosen on seed 100, which no reported run uses.
+    """
+    from hf_mixture.callbacks import AioliConfig
+    from hf_mixture.callbacks.aioli import aioli_schedule
+
+    from hf_mixture import playground
+
+    paper, start = AioliConfig(), warmup_steps(steps)
+    rounds = aioli_schedule(max_steps=steps, start=start, rounds=paper.rounds,
+                            groups=len(playground.SOURCES), sweeps=1,
+                            lp_fraction=paper.lp_fraction, lp_steps=0).rounds
+    return {"sweeps": 1, "eta": PAPER_ETA_7_GROUPS * paper.rounds / rounds, "start_step": start}
 
 
 def parse_fields(text: str) -> dict:
@@ -242,7 +265,7 @@ def run_one(task: tuple[str, str, int, dict]) -> dict:
     training = TrainingArguments(
         output_dir=str(work / f"run_{setting}_{name}_{seed}"), max_steps=args.steps,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=32,
-        learning_rate=args.lr, warmup_steps=max(1, args.steps // 10), lr_scheduler_type="cosine",
+        learning_rate=args.lr, warmup_steps=warmup_steps(args.steps), lr_scheduler_type="cosine",
         eval_strategy="steps", eval_steps=args.eval_steps, logging_steps=args.eval_steps,
         save_strategy="no", report_to="none", use_cpu=args.device == "cpu",
         bf16=args.device != "cpu", seed=seed, disable_tqdm=True, log_level="error")
@@ -571,8 +594,9 @@ def main(argv: list[str] | None = None) -> int:
                              "runs, other than the feedback windows")
     parser.add_argument("--target-sequences", type=int, default=4,
                         help="(c): windows of the target text the rules and the search are told")
-    parser.add_argument("--aioli", default=AIOLI,
-                        help="AioliConfig fields of the aioli runs, 'key=value,...'")
+    parser.add_argument("--aioli", default=None,
+                        help="AioliConfig fields of the aioli runs, 'key=value,...' (default: "
+                             "the paper's scaled to --steps, see scaled_aioli)")
     parser.add_argument("--validation-fraction", type=float, default=0.04)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--runs", default=None, help="a subset of the runs, comma-separated")
@@ -588,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work-dir", default="bench_callbacks")
     args = parser.parse_args(argv)
-    args.aioli = parse_fields(args.aioli)
+    args.aioli = parse_fields(args.aioli) if args.aioli else scaled_aioli(args.steps)
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = args.settings.split(",")
     if args.search_tokens is None:
