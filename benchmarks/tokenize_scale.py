@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -62,42 +61,16 @@ def make_climblab_component(root: Path, n_docs: int, docs_per_file: int, seed: i
 def run_measured(cmd: list[str], env: dict[str, str], interval: float = 0.1
                  ) -> tuple[float, int, int]:
     """``(seconds, peak RSS of the process tree in bytes, return code)`` of ``cmd``."""
-    import psutil
+    from peak_memory import PeakMemory
 
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.Error:
-            return
-        while not stop.is_set():
-            total = 0
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                procs = []
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, total)
-            time.sleep(interval)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    _, err = proc.communicate()
-    stop.set()
-    thread.join()
+    with PeakMemory(proc.pid, interval=interval) as mem:
+        _, err = proc.communicate()
     if proc.returncode:
         sys.stderr.write(err[-4000:])
-    return time.perf_counter() - start, peak, proc.returncode
+    return time.perf_counter() - start, mem.peak, proc.returncode
 
 
 def main() -> None:

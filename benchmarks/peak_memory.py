@@ -1,0 +1,100 @@
+"""Peak resident memory of a process tree, sampled in a thread: the one sampler of the benchmarks.
+
+``python benchmarks/x.py`` puts this folder first on ``sys.path``, so each benchmark imports
+it as ``from peak_memory import PeakMemory``.
+
+    with PeakMemory() as mem:                  # this process and every process it started
+        ...
+    with PeakMemory(proc.pid) as mem:          # a child and its descendants (not this process)
+        proc.communicate()
+    with PeakMemory(slurm_jobs=True) as mem:   # ... plus the processes of the Slurm jobs
+        ...
+    mem.peak                                   # bytes: the largest sum seen
+
+The sum counts each process once.  With ``slurm_jobs`` it also counts the processes that
+run the jobs of a Slurm on this machine -- the descendants of every ``slurmstepd`` (the
+batch script, ``srun``, the task) -- which are not descendants of the submitting process;
+the Slurm daemons themselves (``slurmstepd``, ``slurmd``, ``slurmctld``, ``munged``) are
+never counted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+SLURM_DAEMONS = frozenset({"slurmstepd", "slurmd", "slurmctld", "slurmdbd", "munged"})
+
+
+def slurm_job_processes() -> list:
+    """The processes of the Slurm jobs running on this machine: every ``slurmstepd``'s
+    descendants, less the Slurm daemons."""
+    import psutil
+
+    found = {}
+    for step in psutil.process_iter(["name"]):
+        if step.info["name"] != "slurmstepd":
+            continue
+        try:
+            for p in step.children(recursive=True):
+                found[p.pid] = p
+        except psutil.Error:
+            pass
+    return list(found.values())
+
+
+class PeakMemory:
+    """Largest RSS sum over ``root`` (default: this process) and all its descendants, plus
+    the Slurm jobs' processes when ``slurm_jobs``, sampled every ``interval`` seconds."""
+
+    def __init__(self, root: int | None = None, *, slurm_jobs: bool = False,
+                 interval: float = 0.1):
+        self.root = os.getpid() if root is None else root
+        self.slurm_jobs = slurm_jobs
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._root = None  # psutil.Process, made once (so a reused pid is not followed)
+
+    def sample(self) -> int:
+        """The RSS sum now (bytes); also raises :attr:`peak`."""
+        import psutil
+
+        procs = {}
+        try:
+            if self._root is None:
+                self._root = psutil.Process(self.root)
+            procs[self._root.pid] = self._root
+            for p in self._root.children(recursive=True):
+                procs[p.pid] = p
+        except psutil.Error:
+            pass  # the root has exited: only the Slurm jobs are left to count
+        if self.slurm_jobs:
+            for p in slurm_job_processes():
+                procs.setdefault(p.pid, p)
+        total = 0
+        for p in procs.values():
+            try:
+                if p.pid != self.root and p.name() in SLURM_DAEMONS:
+                    continue  # a daemon started from here (e.g. by scripts/local_slurm.sh)
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
