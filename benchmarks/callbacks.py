@@ -516,10 +516,16 @@ def report(setting, results, seeds, args, entropy, search=None) -> dict:
                   f"{search['tokens']:,} tokens ({search['flops']:.3g} FLOPs, "
                   f"{search['seconds']:.0f} s); aioli's extra evaluations "
                   f"{extra_aioli:.3g} FLOPs = {ratio:.4f} of the search's")
-            verdicts.append(f"(c) aioli recovers {100 * frac:.0f}% of the search's target gain "
-                            f"over natural ({gain_aioli:+.4f} of {gain_search:+.4f}) at "
-                            f"{ratio:.3f} of its compute: "
-                            f"{'met' if frac >= 0.5 and ratio <= 1 / 8 else 'missed'}")
+            if gain_search > 0:
+                verdicts.append(f"(c) aioli recovers {100 * frac:.0f}% of the search's target "
+                                f"gain over natural ({gain_aioli:+.4f} of {gain_search:+.4f}) "
+                                f"at {ratio:.3f} of its compute: "
+                                f"{'met' if frac >= 0.5 and ratio <= 1 / 8 else 'missed'}")
+            else:
+                verdicts.append(f"(c) the search's mixture does not beat natural on the target "
+                                f"(mean gain {gain_search:+.4f}), so no share of its gain can be "
+                                f"recovered; aioli's gain {gain_aioli:+.4f}, at {ratio:.3f} of "
+                                f"the search's compute: missed")
     shares = [summary[n]["share"] for n in names if n in ADAPTIVE]
     if shares:
         verdicts.append(f"callback wall-clock share (hooks + the evaluations they asked for) "
