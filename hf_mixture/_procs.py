@@ -22,7 +22,9 @@ call (where)               what the kernel does
 ``reaped_on_exit()``       around code that starts processes which start their own (a local Ray
 (in the parent)            instance: its raylet starts workers and agents): they inherit a
                            marker in their environment, and a watchdog holding a pipe from this
-                           process kills every process with the marker once the pipe reads EOF.
+                           process kills every process with the marker, and every descendant of
+                           one (remembered while alive: Ray's agents overwrite their environment
+                           and outlive their parent), once the pipe reads EOF.
 =========================  ======================================================================
 
 The parent-death signal fires when the *thread* that forked the child exits, so a process
@@ -233,16 +235,63 @@ def _marked(token: str) -> list[int]:
     return found
 
 
+def _process_table() -> dict[int, tuple[int, int]]:
+    """``pid -> (parent pid, start time)`` of every process (Linux ``/proc``)."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            table[int(name)] = (int(fields[1]), int(fields[19]))
+        except (OSError, ValueError, IndexError):
+            pass
+    return table
+
+
+def _tracked(token: str, known: dict[int, int]) -> dict[int, int]:
+    """``pid -> start time`` of the processes to reap: those with the marker, those seen
+    before (the same process: the same start time), and every descendant of either.
+
+    The marker alone is not enough: a process may overwrite its environment in place --
+    ``setproctitle`` does, and Ray's agents and workers rename themselves with it -- after
+    which ``/proc/<pid>/environ`` no longer shows it; and an orphan's parent is init, so it
+    must have been seen while its parent was alive.  The watchdog looks twice a second.
+    """
+    table = _process_table()
+    me = os.getpid()
+    roots = [p for p in _marked(token) if p in table]
+    roots += [p for p, start in known.items() if p in table and table[p][1] == start]
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, int] = {}
+    while roots:
+        pid = roots.pop()
+        if pid in found or pid == me:
+            continue
+        found[pid] = table[pid][1]
+        roots.extend(children.get(pid, ()))
+    return found
+
+
 def _reap() -> None:  # pragma: no cover - the watchdog process
+    import select
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     token = sys.argv[1]
-    while sys.stdin.buffer.read(65536):
-        pass
-    for _ in range(10):  # a process may start another while it is being killed
-        pids = _marked(token)
-        if not pids:
+    fd = sys.stdin.fileno()
+    known: dict[int, int] = {}
+    while True:  # until the owner's pipe reads EOF, remember what it started
+        if select.select([fd], [], [], 0.5)[0] and not os.read(fd, 65536):
             break
-        for pid in pids:
+        known = _tracked(token, known)
+    for _ in range(10):  # a process may start another while it is being killed
+        known = _tracked(token, known)
+        if not known:
+            break
+        for pid in known:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
