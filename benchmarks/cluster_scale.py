@@ -263,7 +263,8 @@ def run(corpus: Path, work: Path, executor: str, workers: int, seed: int, shard_
     return {"executor": executor, "docs": docs, "seconds": round(seconds, 1),
             "docs_per_s": round(docs / seconds, 1),
             "embedding_free_docs_per_s": round(docs / free_s, 1) if free_s else None,
-            "peak_mb": round(mem.peak / 2**20), "tasks": tasks,
+            "peak_mb": round(mem.peak / 2**20), "peak_pss_mb": round(mem.peak_pss / 2**20),
+            "tasks": tasks,
             "timings": {k: round(v, 1) for k, v in timings.items()}}
 
 
@@ -308,7 +309,8 @@ def main() -> None:
                     print(f"{scale:>3}x {n:>9,} docs ({size_mb:.0f} MB parquet), {executor:<5} "
                           f"{w} worker(s): {r['seconds']:>7.1f} s, {r['docs_per_s']:>7.1f} docs/s, "
                           f"embedding-free stages {r['embedding_free_docs_per_s']} docs/s, peak "
-                          f"{r['peak_mb']} MB ({counted}), {r['tasks']} tasks", flush=True)
+                          f"{r['peak_mb']} MB RSS / {r['peak_pss_mb']} MB PSS ({counted}), "
+                          f"{r['tasks']} tasks", flush=True)
             shutil.rmtree(root / f"s{scale}", ignore_errors=True)
             corpus.unlink()
     summary = summarize(rows, args.scales, executors)
@@ -326,12 +328,16 @@ def summarize(rows: dict, scales: list[int], executors: list[str]) -> dict:
     first, last = scales[0], scales[-1]
     for executor in executors:
         a, b = rows[key(first, executor)], rows[key(last, executor)]
+        mine = [r for r in rows.values() if r["executor"] == executor]
         figures = {"memory_ratio_last_vs_first": round(b["peak_mb"] / a["peak_mb"], 2),
-                   "peak_mb_max": max(r["peak_mb"] for r in rows.values()
-                                      if r["executor"] == executor)}
+                   "peak_mb_max": max(r["peak_mb"] for r in mine),
+                   "pss_ratio_last_vs_first": round(b["peak_pss_mb"] / a["peak_pss_mb"], 2),
+                   "peak_pss_mb_max": max(r["peak_pss_mb"] for r in mine)}
         line = (f"{executor}: peak memory {last}x / {first}x: "
-                f"{figures['memory_ratio_last_vs_first']} (target <= 1.3), max "
-                f"{figures['peak_mb_max']} MB (target < 3072)")
+                f"{figures['memory_ratio_last_vs_first']} RSS, "
+                f"{figures['pss_ratio_last_vs_first']} PSS (target <= 1.3), max "
+                f"{figures['peak_mb_max']} MB RSS, {figures['peak_pss_mb_max']} MB PSS "
+                "(target < 3072)")
         if executor == "local":
             one = rows.get(key(first, "local", 1))
             figures["workers_speedup_embedding_free"] = round(

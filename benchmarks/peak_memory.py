@@ -9,9 +9,14 @@ it as ``from peak_memory import PeakMemory``.
         proc.communicate()
     with PeakMemory(slurm_jobs=True) as mem:   # ... plus the processes of the Slurm jobs
         ...
-    mem.peak                                   # bytes: the largest sum seen
+    mem.peak                                   # bytes: the largest sum of RSS seen
+    mem.peak_pss                               # bytes: the largest sum of PSS seen (Linux)
 
-The sum counts each process once.  With ``slurm_jobs`` it also counts the processes that
+The sum counts each process once.  RSS counts a page shared by several processes (forked
+workers share their parent's libraries and heap until written) once in each of them, so the
+RSS sum overstates what the processes hold together; PSS splits each shared page between its
+sharers, so the PSS sum is the memory they take from the machine (``/proc/<pid>/smaps_rollup``;
+where it cannot be read, RSS stands in).  With ``slurm_jobs`` it also counts the processes that
 run the jobs of a Slurm on this machine -- the descendants of every ``slurmstepd`` (the
 batch script, ``srun``, the task) -- which are not descendants of the submitting process;
 the Slurm daemons themselves (``slurmstepd``, ``slurmd``, ``slurmctld``, ``munged``) are
@@ -53,6 +58,7 @@ class PeakMemory:
         self.slurm_jobs = slurm_jobs
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._root = None  # psutil.Process, made once (so a reused pid is not followed)
@@ -73,15 +79,21 @@ class PeakMemory:
         if self.slurm_jobs:
             for p in slurm_job_processes():
                 procs.setdefault(p.pid, p)
-        total = 0
+        total = pss = 0
         for p in procs.values():
             try:
                 if p.pid != self.root and p.name() in SLURM_DAEMONS:
                     continue  # a daemon started from here (e.g. by scripts/local_slurm.sh)
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
+                total += rss
+                try:
+                    pss += p.memory_full_info().pss
+                except (psutil.Error, AttributeError):
+                    pss += rss
             except psutil.Error:
                 pass
         self.peak = max(self.peak, total)
+        self.peak_pss = max(self.peak_pss, pss)
         return total
 
     def _run(self) -> None:
