@@ -84,25 +84,6 @@ def make_corpus(path: Path, n_docs: int, seed: int = 0) -> None:
     writer.close()
 
 
-def _free_port_pair() -> int:
-    """A port p such that p and p + 1 are free (slurmctld, slurmd)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise SystemExit("no two consecutive free ports for slurmctld and slurmd")
-
-
 class Slurm:
     """The Slurm the rows run on: ``SLURM_CONF``'s when it answers, else one started here
     by scripts/local_slurm.sh and stopped on exit.  Jobs submitted through :meth:`track`
@@ -129,7 +110,7 @@ class Slurm:
                 raise SystemExit("--executor slurm: no Slurm answers (SLURM_CONF) and starting "
                                  "one (scripts/local_slurm.sh) needs root")
             self.started = Path(tempfile.mkdtemp(prefix="cluster-scale-slurm-"))
-            env = dict(os.environ, SLURM_PORT=str(_free_port_pair()))
+            env = dict(os.environ, SLURM_PORT="free")
             t = time.perf_counter()
             done = subprocess.run(["bash", str(SLURM_SCRIPT), "start", str(self.started)],
                                   env=env, capture_output=True, text=True, check=False,

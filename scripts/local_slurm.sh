@@ -8,8 +8,8 @@
 # start installs Debian's slurm-wlm and munge when they are missing (apt-get), writes a munge
 # key and a slurm.conf under DIR, starts munged, slurmctld and slurmd, and waits until the one
 # node (`hostname -s`, CPUs = nproc, one default partition "local") is idle.  Nothing outside
-# DIR is written besides the packages.  Ports: SLURM_PORT (slurmctld, default 6817) and
-# SLURM_PORT + 1 (slurmd).
+# DIR is written besides the packages.  Ports: SLURM_PORT (slurmctld, default 6817; "free":
+# the first of two consecutive ports free on 127.0.0.1, picked here) and SLURM_PORT + 1 (slurmd).
 set -euo pipefail
 
 cmd=${1:-}
@@ -22,6 +22,27 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 conf="$dir/slurm.conf"
 port=${SLURM_PORT:-6817}
+if [[ "$cmd" == start && "$port" == free ]]; then
+  port=$(python3 - <<'PY'
+import socket
+for _ in range(50):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+    if p >= 65535:
+        continue
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p + 1))
+    except OSError:
+        continue
+    print(p)
+    break
+else:
+    raise SystemExit("no two consecutive free ports on 127.0.0.1 for slurmctld and slurmd")
+PY
+)
+fi
 
 stop() {
   # slurmd, then slurmctld, then munged: each by its pid file, each waited for
