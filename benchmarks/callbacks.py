@@ -675,7 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     p = results[0]["parameters"]
     print(f"\n## Callbacks: settings {','.join(settings)}, {len(seeds)} seeds, "
           f"{platform.machine()}, {args.jobs} parallel runs x {args.threads} thread, "
-          f"{wall / 60:.1f} min wall")
+          f"{wall / 60:.1f} min wall"
+          + (f" ({len(tasks) - len(todo)} of {len(tasks)} runs read back from "
+             f"{work / 'results'})" if len(todo) < len(tasks) else ""))
     print(f"{args.steps} steps x {args.batch_size} seqs x {args.seq_len} tokens; Llama {args.shape} "
           f"({p / 1e6:.2f}M parameters), lr {args.lr} cosine; eval every {args.eval_steps} steps "
           f"on {args.eval_sequences} feedback windows per domain; held-out = other windows")
