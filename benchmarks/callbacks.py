@@ -41,6 +41,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from hf_mixture._io import atomic_write_json  # makes the parent folder too
+
 RUNS = {"a": ("natural", "uniform", "aioli", "ado", "doremi", "bandit"),
         "b": ("natural", "uniform", "aioli", "ado", "doremi", "bandit"),
         "c": ("natural", "uniform", "aioli", "search")}
@@ -411,13 +413,6 @@ def run_key(args, name: str) -> str:
 
 def result_file(work: Path, args, setting: str, name: str, seed: int) -> Path:
     return work / "results" / f"{setting}-{name}-{seed}-{run_key(args, name)}.json"
-
-
-def atomic_write_json(path: Path, payload) -> None:
-    from hf_mixture._io import atomic_write_json as write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write(path, payload)
 
 
 def search_file(work: Path, args) -> Path:
