@@ -80,6 +80,17 @@ def scaled_aioli(steps: int) -> dict:
     return {"sweeps": 1, "eta": PAPER_ETA_7_GROUPS * paper.rounds / rounds, "start_step": start}
 
 
+def positive_int(text: str) -> int:
+    """An option that must be a whole number >= 1 (argparse names the option on error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def parse_fields(text: str) -> dict:
     """``"a=1,b=0.5"`` -> ``{"a": 1, "b": 0.5}`` (ints, floats, else strings)."""
     out = {}
@@ -579,21 +590,21 @@ def plot(setting: str, results: list[dict], seeds: list[int], steps: int, path: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="a,b,c")
-    parser.add_argument("--steps", type=int, default=240,
+    parser.add_argument("--steps", type=positive_int, default=240,
                         help="optimizer steps per run (the full benchmark fits 60 min on 2 "
                              "idle cores)")
-    parser.add_argument("--eval-steps", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--eval-steps", type=positive_int, default=40)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--seq-len", type=positive_int, default=128)
     parser.add_argument("--lr", type=float, default=5e-3,
                         help="the search proxies' learning rate (the same model shape)")
-    parser.add_argument("--eval-sequences", type=int, default=2,
+    parser.add_argument("--eval-sequences", type=positive_int, default=2,
                         help="feedback windows per domain: what the rules read at each "
                              "evaluation")
-    parser.add_argument("--heldout-sequences", type=int, default=32,
+    parser.add_argument("--heldout-sequences", type=positive_int, default=32,
                         help="held-out windows per domain (and of the target) that score the "
                              "runs, other than the feedback windows")
-    parser.add_argument("--target-sequences", type=int, default=4,
+    parser.add_argument("--target-sequences", type=positive_int, default=4,
                         help="(c): windows of the target text the rules and the search are told")
     parser.add_argument("--aioli", default=None,
                         help="AioliConfig fields of the aioli runs, 'key=value,...' (default: "
@@ -603,14 +614,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=None, help="a subset of the runs, comma-separated")
     parser.add_argument("--target-source", default="python_docs")
     parser.add_argument("--search-rounds", default="8,4")
-    parser.add_argument("--search-tokens", type=int, default=None,
+    parser.add_argument("--search-tokens", type=positive_int, default=None,
                         help="tokens per search proxy (default: a quarter of a run's)")
     parser.add_argument("--shape", default=SHAPE, help="model shape (hf_mixture.models)")
     parser.add_argument("--device", default="cpu", help="'cpu', or 'cuda' (bf16)")
-    parser.add_argument("--playground-docs", type=int, default=None,
+    parser.add_argument("--playground-docs", type=positive_int, default=None,
                         help="a seeded sample of the playground's documents (a dry run)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (processes)")
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--work-dir", default="bench_callbacks")
     args = parser.parse_args(argv)
     args.aioli = parse_fields(args.aioli) if args.aioli else scaled_aioli(args.steps)
