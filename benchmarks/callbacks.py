@@ -411,7 +411,10 @@ NOT_IN_KEY = ("settings", "seeds", "runs", "jobs", "threads", "work_dir", "aioli
 
 
 def run_key(args, name: str) -> str:
-    """A short hash of everything that determines run ``name``'s result (its rule's fields too)."""
+    """A short hash of the options that determine run ``name``'s result (its rule's fields too).
+
+    Options only, not code: after changing a rule or this file, use a fresh ``--work-dir``
+    (or delete its ``results/``), or the runs finished before are read back."""
     import hashlib
 
     raw = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IN_KEY}
