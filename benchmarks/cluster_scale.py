@@ -240,11 +240,23 @@ def run(corpus: Path, work: Path, executor: str, workers: int, seed: int, shard_
         # submitting, jobs waiting for the scheduler between stages, Slurm's job start and end
         timings["outside_stages"] = seconds - sum(timings.values())
         timings["total"] = seconds
+    # the stage the PSS peak fell in (stages run one after another; their timings in order)
+    # (the setup before the first stage, total less the stages, is counted before them)
+    stages = {k: v for k, v in timings.items() if k not in ("total", "outside_stages")}
+    peak_stage, end = None, seconds - sum(stages.values())
+    for stage, secs in stages.items():
+        end += secs
+        if mem.peak_pss_at <= end:
+            peak_stage = stage
+            break
     free_s = sum(timings.get(s, 0.0) for s in EMBEDDING_FREE)
     return {"executor": executor, "docs": docs, "seconds": round(seconds, 1),
             "docs_per_s": round(docs / seconds, 1),
             "embedding_free_docs_per_s": round(docs / free_s, 1) if free_s else None,
             "peak_mb": round(mem.peak / 2**20), "peak_pss_mb": round(mem.peak_pss / 2**20),
+            "peak_pss_stage": peak_stage,
+            "peak_pss_by_process_mb": [(label, round(b / 2**20))
+                                       for label, b in mem.peak_pss_detail],
             "tasks": tasks,
             "timings": {k: round(v, 1) for k, v in timings.items()}}
 
@@ -261,6 +273,8 @@ def main() -> None:
                     "after), slurm (2 tasks at a time), or both, side by side.")
     ap.add_argument("--slurm-partition", default=None,
                     help="Partition of an existing Slurm (default: its default partition).")
+    ap.add_argument("--show-processes", type=int, default=0, metavar="N",
+                    help="Print the N largest processes (PSS) at each run's PSS peak.")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     args = ap.parse_args()
     executors = [e for e in EXECUTORS if e in args.executor]
@@ -292,6 +306,10 @@ def main() -> None:
                           f"embedding-free stages {r['embedding_free_docs_per_s']} docs/s, peak "
                           f"{r['peak_mb']} MB RSS / {r['peak_pss_mb']} MB PSS ({counted}), "
                           f"{r['tasks']} tasks", flush=True)
+                    if args.show_processes:
+                        print(f"      at the PSS peak (stage {r['peak_pss_stage']}):", flush=True)
+                    for label, mb in r["peak_pss_by_process_mb"][:args.show_processes]:
+                        print(f"      {mb:>6} MB PSS  {label}", flush=True)
             shutil.rmtree(root / f"s{scale}", ignore_errors=True)
             corpus.unlink()
     summary = summarize(rows, args.scales, executors)

@@ -11,6 +11,8 @@ it as ``from peak_memory import PeakMemory``.
         ...
     mem.peak                                   # bytes: the largest sum of RSS seen
     mem.peak_pss                               # bytes: the largest sum of PSS seen (Linux)
+    mem.peak_pss_detail                        # [(process, PSS bytes)] at that moment
+    mem.peak_pss_at                            # when: seconds after entering
 
 The sum counts each process once.  RSS counts a page shared by several processes (forked
 workers share their parent's libraries and heap until written) once in each of them, so the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 SLURM_DAEMONS = frozenset({"slurmstepd", "slurmd", "slurmctld", "slurmdbd", "munged"})
 
@@ -48,6 +51,14 @@ def slurm_job_processes() -> list:
     return list(found.values())
 
 
+def _label(proc) -> str:
+    """A process's name and the start of its command line, to tell the processes apart."""
+    try:
+        return f"{proc.pid} {' '.join(proc.cmdline())[:80] or proc.name()}"
+    except Exception:  # noqa: BLE001 - a process that exited or hides its command line
+        return str(proc.pid)
+
+
 class PeakMemory:
     """Largest RSS sum over ``root`` (default: this process) and all its descendants, plus
     the Slurm jobs' processes when ``slurm_jobs``, sampled every ``interval`` seconds."""
@@ -59,6 +70,9 @@ class PeakMemory:
         self.interval = interval
         self.peak = 0
         self.peak_pss = 0
+        self.peak_pss_detail: list[tuple[str, int]] = []  # (process, PSS bytes) at peak_pss
+        self.peak_pss_at = 0.0  # seconds from __enter__ to the sample of peak_pss
+        self._started = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._root = None  # psutil.Process, made once (so a reused pid is not followed)
@@ -80,6 +94,7 @@ class PeakMemory:
             for p in slurm_job_processes():
                 procs.setdefault(p.pid, p)
         total = pss = 0
+        detail = []
         for p in procs.values():
             try:
                 if p.pid != self.root and p.name() in SLURM_DAEMONS:
@@ -87,13 +102,19 @@ class PeakMemory:
                 rss = p.memory_info().rss
                 total += rss
                 try:
-                    pss += p.memory_full_info().pss
+                    one = p.memory_full_info().pss
                 except (psutil.Error, AttributeError):
-                    pss += rss
+                    one = rss
+                label = _label(p)
+                pss += one
+                detail.append((label, one))
             except psutil.Error:
                 pass
         self.peak = max(self.peak, total)
-        self.peak_pss = max(self.peak_pss, pss)
+        if pss > self.peak_pss:
+            self.peak_pss = pss
+            self.peak_pss_detail = sorted(detail, key=lambda d: -d[1])
+            self.peak_pss_at = time.monotonic() - self._started
         return total
 
     def _run(self) -> None:
@@ -102,6 +123,7 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self):
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self

@@ -108,3 +108,27 @@ def test_describe_samples_do_not_follow_the_order_of_the_tasks(tmp_path, monkeyp
                         key=lambda r: r)
     want = [r for c in (0, 1) for r in [r for r in everything if r[0] == c][:3]]
     assert got[0][1] == [r[2] for r in want]
+
+
+def test_task_tokenizer_is_loaded_once_per_process(tmp_path, tiny_tokenizer_path):
+    """The write and tokenize stages' tasks share one tokenizer per worker (a fresh load per
+    task grew a worker by ~7 MB a task); a changed tokenizer.json is loaded anew."""
+    import os
+    import shutil
+
+    from hf_mixture.formats.tokenizers import task_tokenizer
+
+    folder = tmp_path / "tok"
+    shutil.copytree(tiny_tokenizer_path, folder)
+    first = task_tokenizer(str(folder))
+    assert task_tokenizer(str(folder)) is first
+    assert first.backend_tokenizer.encode("hello world").ids
+    spec = folder / "tokenizer.json"
+    st = spec.stat()
+    os.utime(spec, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = task_tokenizer(str(folder))
+    assert again is not first
+    assert again.backend_tokenizer.encode("hello world").ids == \
+        first.backend_tokenizer.encode("hello world").ids
+    given = first  # an object is used as it is
+    assert task_tokenizer(given) is given

@@ -696,7 +696,7 @@ class WriteClusters(PipelineStep):
         import pyarrow.parquet as pq
 
         from ..formats.clustered import cluster_config_name
-        from ..formats.tokenizers import encode_texts, load_tokenizer
+        from ..formats.tokenizers import encode_texts, task_tokenizer
         from .reader import InputPlan
 
         work = Path(self.work_dir)
@@ -705,7 +705,7 @@ class WriteClusters(PipelineStep):
         with np.load(work / "assign" / f"{rank:05d}.npz", allow_pickle=False) as z:
             labels = lookup[z["labels"]]
         schema = InputPlan("", [], [], self.text_column, self.schema_b64).schema
-        tok = load_tokenizer(self.tokenizer) if self.tokenizer else None
+        tok = task_tokenizer(self.tokenizer) if self.tokenizer else None
         backend = tok.backend_tokenizer if tok is not None else None
         out = work / "out"
         writers: dict[int, Any] = {}

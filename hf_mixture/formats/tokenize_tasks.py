@@ -45,13 +45,13 @@ class TokenizeClusters(PipelineStep):
 
         from .clustered import ClusteredCorpus
         from .convert import _convert_cluster, _TextEncoder
-        from .tokenizers import load_tokenizer
+        from .tokenizers import task_tokenizer
 
         o = self.options
         corpus = ClusteredCorpus(o["input"], revision=o["revision"], filesystem=o["filesystem"],
                                  clusters=self.cluster_ids,
                                  max_files_per_cluster=o["max_files_per_cluster"])
-        tok = load_tokenizer(o["tokenizer"]) if o["tokenizer"] is not None else None
+        tok = task_tokenizer(o["tokenizer"]) if o["tokenizer"] is not None else None
         encoder = None if o["from_tokens"] else _TextEncoder(tok, None)
         parts = Path(self.work_dir) / "parts"
         counter = task_counter(self.work_dir, "tokenize", rank)
