@@ -20,6 +20,7 @@ Three measurements, each against its peer in the same run:
     python benchmarks/clustering.py --work-dir /tmp/cl        # keeps (and reuses) the cache
     python benchmarks/clustering.py --skip-quality --kmeans-n 20000   # smoke run
     python benchmarks/clustering.py --corpus other.parquet --label-column source --skip-speed
+    python benchmarks/clustering.py --corpus playground runs/corpora/*.parquet --skip-speed
 
 The last line is ``key=value ...`` for scripts.
 """
@@ -43,6 +44,8 @@ KMEANS_N, KMEANS_DIM, KMEANS_K, KMEANS_ITERATIONS = 200_000, 384, 256, 20
 
 
 def quality(work: Path, seed: int, corpus: str | None, label_column: str) -> dict[str, float]:
+    """NMI and purity of the default and of embeddings alone on one corpus, and each stage's
+    docs/s (``corpus`` None: the playground)."""
     import datasets
     import numpy as np
 
@@ -65,6 +68,7 @@ def quality(work: Path, seed: int, corpus: str | None, label_column: str) -> dic
             work / f"clusters{tag}",
             final_clusters=num_labels,
             work_dir=str(work / "work"),
+            progress=False,
             seed=seed,
             overwrite=True,
             **options,
@@ -81,6 +85,9 @@ def quality(work: Path, seed: int, corpus: str | None, label_column: str) -> dic
             + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
             + ")"
         )
+        stages = {k: v for k, v in result.timings.items() if k != "total" and v > 0}
+        print(" " * 31 + "docs/s per stage: " + ", ".join(
+            f"{k} {result.num_docs / v:,.0f}" for k, v in stages.items()))
         out[f"nmi{tag}"] = scores["nmi"]
         out[f"purity{tag}"] = scores["purity"]
         out[f"pipeline_s{tag}"] = round(seconds, 1)
@@ -182,7 +189,10 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true", help="Quality measurements only.")
     parser.add_argument(
         "--corpus",
-        help="Parquet file to measure quality on instead of the playground (needs --label-column).",
+        nargs="+",
+        default=["playground"],
+        help="Corpora to measure quality on: 'playground' or parquet files with --label-column "
+        "(benchmarks/corpora.py builds some); each is reported apart.",
     )
     parser.add_argument(
         "--label-column",
@@ -203,7 +213,13 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="hf_mixture-clustering-"))
     try:
         if not args.skip_quality:
-            results.update(quality(work, args.seed, args.corpus, args.label_column))
+            for corpus in args.corpus:
+                name = "playground" if corpus == "playground" else Path(corpus).stem
+                print(f"## {name}")
+                got = quality(work / name, args.seed, None if corpus == "playground" else corpus,
+                              args.label_column)
+                results.update({k if len(args.corpus) == 1 else f"{name}_{k}": v
+                                for k, v in got.items()})
         if not args.skip_speed:
             results.update(embedding_speed(args.embed_docs, args.seed, args.embed_rounds))
             results.update(

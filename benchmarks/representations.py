@@ -1,0 +1,152 @@
+"""Which representation and merge separate what users call different domains: a study.
+
+For each labelled corpus (the playground, or parquet files with a ``source`` column such as
+``benchmarks/corpora.py`` writes), the documents are embedded once with the pipeline's MiniLM
+(cached in ``--work-dir``), and then every variant below is clustered with the pipeline's own
+pieces -- :class:`LexicalFeaturizer`, :func:`combine_views`, :class:`KMeansClusterer`
+(k = the pipeline's default rule) and :class:`CentroidMerger` (final clusters = the number of
+sources) -- and scored by NMI and purity against the sources.  ``ceiling`` is the best any merge
+of that variant's k-means clusters could do (each cluster given its majority source): when it is
+low, the representation is what fails, not the merge.
+
+Variants: the lexical view's weight (0 = embeddings only, CLIMB's representation) and
+dimensions, and the merge's linkage.  No pruning and no deduplication: the representation alone.
+
+    python benchmarks/representations.py --work-dir runs/repr
+    python benchmarks/representations.py --work-dir runs/repr --corpus playground runs/corpora/code.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+DIMS = (64, 128)
+LINKAGES = ("ward", "average", "complete")
+
+
+def load(corpus: str, label_column: str):
+    import datasets
+
+    from hf_mixture import playground
+
+    data = playground.load() if corpus == "playground" else datasets.load_dataset(
+        "parquet", data_files=corpus, split="train")
+    return list(data["text"]), list(data[label_column])
+
+
+def embeddings(texts: list[str], work: Path):
+    """MiniLM embeddings as the pipeline computes them, cached by the texts' content."""
+    import numpy as np
+
+    from hf_mixture.clustering import SentenceEmbedder
+    from hf_mixture.clustering.embed import compute_threads
+
+    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
+    path = work / f"emb-{digest}.npy"
+    if path.is_file():
+        return np.load(path)
+    start = time.perf_counter()
+    with compute_threads():
+        emb = SentenceEmbedder().embed(texts)
+    print(f"  embedded {len(texts)} documents in {time.perf_counter() - start:.0f} s")
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, emb)
+    os.replace(tmp, path)
+    return emb
+
+
+def ceiling(labels, truth) -> dict[str, float]:
+    """Scores of the best merge of ``labels``: each cluster becomes its majority source."""
+    import numpy as np
+
+    from hf_mixture.clustering import clustering_scores
+
+    truth = np.asarray(truth)
+    best = np.empty(len(labels), dtype=object)
+    for c in np.unique(labels):
+        values, counts = np.unique(truth[labels == c], return_counts=True)
+        best[labels == c] = values[np.argmax(counts)]
+    return clustering_scores(best.astype(str), truth)
+
+
+def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
+    import numpy as np
+
+    from hf_mixture.clustering import (
+        CentroidMerger,
+        ClusterConfig,
+        KMeansClusterer,
+        clustering_scores,
+    )
+    from hf_mixture.clustering.lexical import LexicalFeaturizer, combine_views
+
+    texts, truth = load(corpus, label_column)
+    truth = np.asarray(truth)
+    sources = len(set(truth.tolist()))
+    emb = embeddings(texts, work)
+    k = ClusterConfig().resolved_num_clusters(len(texts))
+    rows = []
+    lexical_views = {}
+    for dims in DIMS:
+        lex = LexicalFeaturizer(dims, seed=seed)
+        lex.fit(texts)
+        lexical_views[dims] = lex.transform(texts)
+    for weight, dims in itertools.product(WEIGHTS, DIMS):
+        if weight == 0 and dims != DIMS[0]:
+            continue  # the lexical view's size does not matter without it
+        x = combine_views(emb, lexical_views[dims], weight)
+        labels, centroids = KMeansClusterer(k, seed=seed).fit(x)
+        sizes = np.bincount(labels, minlength=k)
+        alive = np.flatnonzero(sizes)
+        top = ceiling(labels, truth)
+        for linkage in LINKAGES:
+            merged = CentroidMerger(final_clusters=sources, linkage=linkage).merge(
+                centroids[alive], sizes[alive])
+            lookup = np.full(k, -1)
+            lookup[alive] = merged
+            s = clustering_scores(lookup[labels], truth)
+            rows.append({"corpus": Path(corpus).stem, "weight": weight, "dims": dims,
+                         "linkage": linkage, "nmi": s["nmi"], "purity": s["purity"],
+                         "ceiling_nmi": top["nmi"], "k": k, "sources": sources})
+            print(f"  lexical weight {weight:<3} dims {dims:<4} {linkage:<9} NMI "
+                  f"{s['nmi']:.3f} purity {s['purity']:.3f}   (ceiling of its k-means "
+                  f"clusters: NMI {top['nmi']:.3f})", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work-dir", type=Path, required=True, help="Embedding cache.")
+    ap.add_argument("--corpus", nargs="+", default=["playground"])
+    ap.add_argument("--label-column", default="source")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    everything = []
+    for corpus in args.corpus:
+        texts_name = "playground" if corpus == "playground" else Path(corpus).stem
+        print(f"## {texts_name}", flush=True)
+        everything += study(corpus, args.label_column, args.work_dir, args.seed)
+    # the variant with the best worst corpus: what a default must do
+    import collections
+
+    by = collections.defaultdict(list)
+    for r in everything:
+        by[(r["weight"], r["dims"], r["linkage"])].append(r["nmi"])
+    ranked = sorted(by.items(), key=lambda kv: -min(kv[1]))
+    print("## variants by their worst corpus NMI")
+    for (w, d, link), nmis in ranked[:8]:
+        print(f"  weight {w:<3} dims {d:<4} {link:<9} worst {min(nmis):.3f} mean "
+              f"{sum(nmis) / len(nmis):.3f}")
+
+
+if __name__ == "__main__":
+    main()
