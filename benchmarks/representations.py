@@ -10,7 +10,7 @@ of that variant's k-means clusters could do (each cluster given its majority sou
 low, the representation is what fails, not the merge.
 
 Variants: the lexical view's weight (0 = embeddings only, CLIMB's representation) and
-dimensions, and the merge's linkage.  No pruning and no deduplication: the representation alone.
+dimensions, the language view's weight (:class:`LanguageView`), and the merge's linkage.  No pruning and no deduplication: the representation alone.
 
     python benchmarks/representations.py --work-dir runs/repr
     python benchmarks/representations.py --work-dir runs/repr --corpus playground runs/corpora/code.parquet
@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 DIMS = (64, 128)
 LINKAGES = ("ward", "average", "complete")
+LANGUAGE_WEIGHTS = (0.0, 0.5, 1.0)  # the language view (tried with ward only)
 
 
 def load(corpus: str, label_column: str):
@@ -87,6 +88,7 @@ def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
         KMeansClusterer,
         clustering_scores,
     )
+    from hf_mixture.clustering.language import LanguageView
     from hf_mixture.clustering.lexical import LexicalFeaturizer, combine_views
 
     texts, truth = load(corpus, label_column)
@@ -100,24 +102,26 @@ def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
         lex = LexicalFeaturizer(dims, seed=seed)
         lex.fit(texts)
         lexical_views[dims] = lex.transform(texts)
-    for weight, dims in itertools.product(WEIGHTS, DIMS):
+    language = LanguageView().transform(texts)
+    for weight, dims, lang_w in itertools.product(WEIGHTS, DIMS, LANGUAGE_WEIGHTS):
         if weight == 0 and dims != DIMS[0]:
             continue  # the lexical view's size does not matter without it
-        x = combine_views(emb, lexical_views[dims], weight)
+        x = combine_views(emb, lexical_views[dims], weight, language, lang_w)
         labels, centroids = KMeansClusterer(k, seed=seed).fit(x)
         sizes = np.bincount(labels, minlength=k)
         alive = np.flatnonzero(sizes)
         top = ceiling(labels, truth)
-        for linkage in LINKAGES:
+        for linkage in LINKAGES if lang_w == 0 else ("ward",):
             merged = CentroidMerger(final_clusters=sources, linkage=linkage).merge(
                 centroids[alive], sizes[alive])
             lookup = np.full(k, -1)
             lookup[alive] = merged
             s = clustering_scores(lookup[labels], truth)
             rows.append({"corpus": Path(corpus).stem, "weight": weight, "dims": dims,
-                         "linkage": linkage, "nmi": s["nmi"], "purity": s["purity"],
+                         "language": lang_w, "linkage": linkage, "nmi": s["nmi"], "purity": s["purity"],
                          "ceiling_nmi": top["nmi"], "k": k, "sources": sources})
-            print(f"  lexical weight {weight:<3} dims {dims:<4} {linkage:<9} NMI "
+            print(f"  lexical weight {weight:<3} dims {dims:<4} language {lang_w:<3} "
+                  f"{linkage:<9} NMI "
                   f"{s['nmi']:.3f} purity {s['purity']:.3f}   (ceiling of its k-means "
                   f"clusters: NMI {top['nmi']:.3f})", flush=True)
     return rows
@@ -140,11 +144,12 @@ def main() -> None:
 
     by = collections.defaultdict(list)
     for r in everything:
-        by[(r["weight"], r["dims"], r["linkage"])].append(r["nmi"])
+        by[(r["weight"], r["dims"], r["language"], r["linkage"])].append(r["nmi"])
     ranked = sorted(by.items(), key=lambda kv: -min(kv[1]))
     print("## variants by their worst corpus NMI")
-    for (w, d, link), nmis in ranked[:8]:
-        print(f"  weight {w:<3} dims {d:<4} {link:<9} worst {min(nmis):.3f} mean "
+    for (w, d, lang_w, link), nmis in ranked[:8]:
+        print(f"  weight {w:<3} dims {d:<4} language {lang_w:<3} {link:<9} worst "
+              f"{min(nmis):.3f} mean "
               f"{sum(nmis) / len(nmis):.3f}")
 
 

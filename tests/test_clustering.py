@@ -617,3 +617,82 @@ def test_cli_happy_path_with_defaults(tmp_path, capsys):
     # default k = round(sqrt(60)) = 8, merged to 3
     assert manifest["clustering"]["num_clusters"] == 8 and len(manifest["clusters"]) == 3
     assert (tmp_path / "out.work").is_dir()  # the stages' files and completion markers
+
+
+# the same few sentences of a manual in three languages
+_MANUAL = {
+    "en": ["The program copies each file to the target directory.",
+           "If the file already exists, it is overwritten without asking.",
+           "Use the option to keep the original modification times.",
+           "The command returns zero when every file was copied.",
+           "Errors are written to standard error and the copy goes on."],
+    "de": ["Das Programm kopiert jede Datei in das Zielverzeichnis.",
+           "Wenn die Datei schon existiert, wird sie ohne Nachfrage überschrieben.",
+           "Mit dieser Option bleiben die ursprünglichen Änderungszeiten erhalten.",
+           "Der Befehl gibt null zurück, wenn jede Datei kopiert wurde.",
+           "Fehler werden auf die Standardfehlerausgabe geschrieben und das Kopieren geht weiter."],
+    "fr": ["Le programme copie chaque fichier dans le répertoire cible.",
+           "Si le fichier existe déjà, il est écrasé sans demander.",
+           "Utilisez cette option pour garder les dates de modification d'origine.",
+           "La commande renvoie zéro quand chaque fichier a été copié.",
+           "Les erreurs sont écrites sur la sortie d'erreur et la copie continue."],
+}
+
+
+def _manual_in_three_languages(n: int = 20, seed: int = 0) -> datasets.Dataset:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        order = rng.sample(range(5), 3)  # the same sentences in every language
+        for lang, sentences in _MANUAL.items():
+            rows.append({"text": " ".join(sentences[j] for j in order), "source": lang})
+    rng.shuffle(rows)
+    return datasets.Dataset.from_list(rows)
+
+
+class TranslationInvariantEmbedder:
+    """What a multilingual sentence encoder does to a translated manual: a document's vector
+    says which sentences it holds, whatever their language (so translations coincide)."""
+
+    dim = 8
+    fingerprint = {"model": "translation-invariant-test-embedder"}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.full((len(texts), self.dim), 1e-3, dtype=np.float32)
+        for i, text in enumerate(texts):
+            for sentences in _MANUAL.values():
+                for j, sentence in enumerate(sentences):
+                    out[i, j] += sentence in text
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_language_view_separates_one_manual_in_three_languages(tmp_path, tiny_tokenizer_path):
+    from hf_mixture.clustering.language import LanguageView
+    from hf_mixture.clustering.lexical import combine_views
+
+    data = _manual_in_three_languages()
+    truth = np.array(data["source"])
+    view = LanguageView().transform(data["text"])
+    assert np.allclose(np.linalg.norm(view, axis=1), 1, atol=1e-5)
+    langs = np.array(LanguageView().languages)[view.argmax(axis=1)]
+    assert (langs == truth).all()
+    three = combine_views(np.eye(60, 4, dtype=np.float32), np.eye(60, 2, dtype=np.float32), 1.0,
+                          view, 2.0)
+    assert three.shape == (60, 4 + 2 + view.shape[1])
+    assert np.allclose(np.linalg.norm(three[:2], axis=1), 1, atol=1e-5)
+
+    options = {"num_clusters": 6, "final_clusters": 3, "shard_rows": 50, "lexical_weight": 0.0,
+               "quality_flags": False, "prune_threshold": 0.0}
+    scores = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"w{weight}"
+        result = cluster_corpus(data, out, embedder=TranslationInvariantEmbedder(),
+                                executor=ONE_WORKER,
+                                progress=False, tokenizer=str(tiny_tokenizer_path),
+                                language_weight=weight, **options)
+        scores[weight] = clustering_scores(result.labels, truth[result.kept_rows])["nmi"]
+    assert scores[1.0] > 0.95, scores
+    assert scores[1.0] > scores[0.0] + 0.2, scores  # the language view is what separates them
+    report = (tmp_path / "w1.0" / "report.md").read_text()
+    assert "Language view: py3langid" in report
+    assert "Language view: off" in (tmp_path / "w0.0" / "report.md").read_text()

@@ -128,6 +128,13 @@ class ClusterConfig:
     lexical_dims: int = field(
         default=64, metadata=_help("Dimensions of the lexical view (SVD components).")
     )
+    language_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "Weight of the language view (an offline language identifier's probabilities, "
+            "py3langid) concatenated to the others; 0 = no language view."
+        ),
+    )
     # --- k-means
     num_clusters: int | None = field(
         default=None,
@@ -251,14 +258,12 @@ class ClusterConfig:
             raise HFMixtureError(
                 f"ClusterConfig field 'merge_threshold' must be a positive number, got {self.merge_threshold!r}."
             )
-        if not (
-            isinstance(self.lexical_weight, (int, float))
-            and math.isfinite(self.lexical_weight)
-            and self.lexical_weight >= 0
-        ):
-            raise HFMixtureError(
-                f"ClusterConfig field 'lexical_weight' must be a number >= 0, got {self.lexical_weight!r}."
-            )
+        for name in ("lexical_weight", "language_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= 0):
+                raise HFMixtureError(
+                    f"ClusterConfig field '{name}' must be a number >= 0, got {value!r}.")
         if not 0.0 <= self.prune_threshold <= 1.0:
             raise HFMixtureError(
                 f"ClusterConfig field 'prune_threshold' must be in [0, 1], got {self.prune_threshold!r}."

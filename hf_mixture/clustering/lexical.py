@@ -156,13 +156,19 @@ class LexicalFeaturizer:
         return out
 
 
-def combine_views(embeddings: np.ndarray, lexical: np.ndarray | None, weight: float) -> np.ndarray:
-    """``[e, w * l] / sqrt(1 + w^2)``: unit rows when both views are unit rows.
+def combine_views(embeddings: np.ndarray, lexical: np.ndarray | None, weight: float,
+                  language: np.ndarray | None = None, language_weight: float = 0.0) -> np.ndarray:
+    """``[e, w * l, v * g] / sqrt(1 + w^2 + v^2)``: unit rows when every view has unit rows
+    (``l`` the lexical view with weight ``w``, ``g`` the language view with weight ``v``).
 
     >>> combine_views(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), 1.0).astype(float).round(3).tolist()
     [[0.707, 0.0, 0.0, 0.707]]
     """
-    if lexical is None or weight == 0:
-        return np.ascontiguousarray(embeddings, dtype=np.float32)
-    out = np.concatenate([embeddings, weight * lexical], axis=1) / np.sqrt(1.0 + weight**2)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    parts, norm = [np.asarray(embeddings, dtype=np.float32)], 1.0
+    for view, w in ((lexical, weight), (language, language_weight)):
+        if view is not None and w != 0:
+            parts.append(w * np.asarray(view, dtype=np.float32))
+            norm += w**2
+    if len(parts) == 1:
+        return np.ascontiguousarray(parts[0], dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(parts, axis=1) / np.sqrt(norm), dtype=np.float32)

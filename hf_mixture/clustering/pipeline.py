@@ -331,6 +331,10 @@ def _check_before_work(plan, config: ClusterConfig, embedder, tokenizer, cluster
         from .kmeans import resolve_backend
 
         resolve_backend(config.kmeans_backend)  # faiss asked for but not installed
+    if config.language_weight > 0:
+        from .._imports import require
+
+        require("py3langid", "language", "The language view (language_weight > 0)")
     if bound is None:
         return
     if config.num_clusters is not None and config.num_clusters > bound:

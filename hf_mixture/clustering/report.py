@@ -66,7 +66,8 @@ def collect_summary(work: Path, tasks: int, base: dict[str, Any]) -> dict[str, A
             "docs_per_s": round(embedded / seconds, 1) if seconds > 0 else None,
             "timings": {k: round(v, 2) for k, v in timings.items()},
             "num_clusters": model["k"], "kmeans_backend": model["backend"],
-            "kmeans_sample": model["sample"], "lexical": model["lexical"]}
+            "kmeans_sample": model["sample"], "lexical": model["lexical"],
+            "language": model.get("language")}
 
 
 # ----------------------------------------------------------------------------- report
@@ -90,6 +91,9 @@ def render_report(facts: dict[int, dict[str, Any]], summary: dict[str, Any],
         (f"- Lexical view: {summary['lexical']['method']} ({summary['lexical']['dims']} dims), "
          f"weight {cfg['lexical_weight']} beside the embedding." if summary.get("lexical")
          else "- Lexical view: off (embeddings only)."),
+        (f"- Language view: {summary['language']['method']} {summary['language']['version']} "
+         f"language probabilities, weight {cfg['language_weight']}."
+         if summary.get("language") else "- Language view: off."),
         (f"- k-means: k = {summary['num_clusters']} ({summary['kmeans_backend']}, seed "
          f"{cfg['seed']}), centroids trained on a {summary['kmeans_sample']}-document sample, "
          "every document assigned."),

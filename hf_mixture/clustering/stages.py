@@ -249,11 +249,19 @@ def task_embeddings(work: Path, rank: int) -> np.ndarray:
                      shape=(meta["rows"], meta["dim"]))
 
 
-def _features(emb: np.ndarray, texts: list[str], lexical, weight: float) -> np.ndarray:
+def _features(emb: np.ndarray, texts: list[str], lexical, config) -> np.ndarray:
+    """The rows k-means sees: the embedding, the lexical view and the language view, each
+    with its weight from ``config`` (:func:`~hf_mixture.clustering.lexical.combine_views`)."""
     from .lexical import combine_views
 
     lex = lexical.transform_fitted(texts) if lexical is not None else None
-    return combine_views(np.asarray(emb, dtype=np.float32), lex, weight)
+    language = None
+    if config.language_weight > 0:
+        from .language import LanguageView
+
+        language = LanguageView().transform(texts)
+    return combine_views(np.asarray(emb, dtype=np.float32), lex, config.lexical_weight,
+                         language, config.language_weight)
 
 
 # ----------------------------------------------------------------------------- centroids
@@ -299,8 +307,7 @@ class FitCentroids(PipelineStep):
                 lexical = self.lexical or LexicalFeaturizer(s.lexical_dims, seed=s.seed)
                 lexical.fit(texts)
                 lexical.save(model / "lexical.npz")
-            x = np.concatenate([_features(emb[lo: lo + 8192], texts[lo: lo + 8192], lexical,
-                                          s.lexical_weight)
+            x = np.concatenate([_features(emb[lo: lo + 8192], texts[lo: lo + 8192], lexical, s)
                                 for lo in range(0, len(texts), 8192)])
             del emb
             clusterer = self.clusterer or KMeansClusterer(
@@ -311,7 +318,16 @@ class FitCentroids(PipelineStep):
         atomic_write_json(model / "model.json", {
             "num_docs": num_docs, "k": int(k), "sample": len(x), "backend": clusterer.backend,
             "used_gpu": bool(clusterer.used_gpu), "dim": int(x.shape[1]),
-            "lexical": lexical.fingerprint if lexical is not None else None})
+            "lexical": lexical.fingerprint if lexical is not None else None,
+            "language": _language_fingerprint(s)})
+
+
+def _language_fingerprint(config) -> dict | None:
+    if config.language_weight <= 0:
+        return None
+    from .language import LanguageView
+
+    return LanguageView().fingerprint
 
 
 def _sample_order(r: tuple) -> tuple:
@@ -436,7 +452,7 @@ class AssignClusters(PipelineStep):
                     keys = batch.column("_key").to_numpy()
                     q = batch.column("quality").to_numpy()
                     hi = lo + len(texts)
-                    x = _features(emb[lo:hi], texts, lexical, s.lexical_weight)
+                    x = _features(emb[lo:hi], texts, lexical, s)
                     lab = nearest(x, centroids, model["backend"]).astype(np.int32)
                     labels[lo:hi] = lab
                     np.add.at(count, lab, 1)
