@@ -655,7 +655,10 @@ class TranslationInvariantEmbedder:
     says which sentences it holds, whatever their language (so translations coincide)."""
 
     dim = 8
-    fingerprint = {"model": "translation-invariant-test-embedder"}
+
+    @property
+    def fingerprint(self) -> dict:
+        return {"model": "translation-invariant-test-embedder"}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.full((len(texts), self.dim), 1e-3, dtype=np.float32)
