@@ -24,8 +24,12 @@ rest of its time (submitting, the scheduler starting each stage's jobs).
     python benchmarks/cluster_scale.py                      # 62.5k, 250k and 1M documents
     python benchmarks/cluster_scale.py --base 5000 --scales 1 4
     python benchmarks/cluster_scale.py --scales 1 4 --executor local slurm
+    python benchmarks/cluster_scale.py --base 15625 --scales 1 16 --show-processes 6
 
-Targets (TARGETS.md): the 16x run within 1.3x the 1x run's peak memory and under 3 GB;
+``--show-processes N`` prints, for each run, the stage its PSS peak fell in and the N largest
+processes at that moment (PSS): which process grows when the corpus does.
+
+Targets: the 16x run within 1.3x the 1x run's peak memory and under 3 GB;
 2 workers >= 1.7x one worker's docs/s on the embedding-free stages.
 """
 
