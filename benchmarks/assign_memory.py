@@ -9,7 +9,7 @@ so what grows is what scales with k: the per-cluster description sample, the sum
     python benchmarks/assign_memory.py                       # 40,000 documents, k = 250, 1000
     python benchmarks/assign_memory.py --docs 20000 --ks 100 400 1600
 
-Target (TARGETS.md, clustering at scale): memory flat as the corpus -- and so k = sqrt(N) --
+Target (clustering at scale): memory flat as the corpus -- and so k = sqrt(N) --
 grows.
 """
 

@@ -9,10 +9,10 @@ playground's packages.
 machine    man pages (groff source), Debian changelog entries, C headers, Perl modules,
            Python modules, Python package descriptions (``METADATA``/``PKG-INFO``)
 languages  one manual in several languages: the man pages translated into German, French,
-           Swedish and Dutch, and the English pages of the same commands
+           Swedish and Dutch, and the English pages of the same commands (rendered by groff)
 code       several programming languages' sources: Python, C, Perl, JavaScript, shell
 manuals    two documentation sets of one ecosystem: GNU Texinfo manuals (``info``) and the
-           man pages of the same GNU packages
+           man pages of the same GNU packages (rendered by groff)
 untuned    never tuned on (report it apart): Debian copyright files, ``/etc`` configuration
            files, Perl's POD manual, package README files
 ========== ==============================================================================
@@ -58,6 +58,20 @@ def _read(path: str, limit: int = 400_000) -> str:
     if b"\0" in raw:
         return ""
     return raw.decode("utf-8", errors="replace")
+
+
+def _render_man(path: str) -> str:
+    """A man page as a reader sees it (``groff -mandoc -Tutf8``, plain), '' without groff."""
+    import shutil
+    import subprocess
+
+    if shutil.which("groff") is None:
+        return ""
+    raw = gzip.open(path).read() if path.endswith(".gz") else open(path, "rb").read()
+    done = subprocess.run(["groff", "-k", "-mandoc", "-Tutf8", "-P-c", "-P-b", "-P-u",
+                           "-rLL=100n"], input=raw, capture_output=True, timeout=60,
+                          env=dict(os.environ, GROFF_NO_SGR="1"), check=False)
+    return done.stdout.decode("utf-8", errors="replace") if done.returncode == 0 else ""
 
 
 def _files(patterns: list[str], *, exclude: str | None = None) -> list[str]:
@@ -109,12 +123,13 @@ def _man_pages(lang: str | None, names: set[str] | None = None) -> list[str]:
     return files
 
 
-def _source(name: str, files: list[str], split, rng, docs: int, per_file: int) -> list[str]:
+def _source(name: str, files: list[str], split, rng, docs: int, per_file: int,
+            read=_read) -> list[str]:
     """Up to ``docs`` documents of one source: files in a seeded order, ``per_file`` each."""
     order = rng.permutation(len(files)) if files else []
     out: list[str] = []
     for i in order:
-        text = _read(files[i])
+        text = read(files[i])
         if not text.strip():
             continue
         pieces = split(text)
@@ -126,6 +141,8 @@ def _source(name: str, files: list[str], split, rng, docs: int, per_file: int) -
     return out[:docs]
 
 
+# corpora whose man pages are read rendered (groff), as the text a reader sees
+RENDERED = ("languages", "manuals")
 # corpora whose sources are a few long files: documents a file may give
 PER_FILE = {"manuals": 200}
 
@@ -199,7 +216,11 @@ def build(corpus: str, output: Path, docs: int, per_file: int, doc_chars: int,
     per_file = max(per_file, PER_FILE.get(corpus, 0))
     texts, labels, counts = [], [], {}
     for name, (files, split) in sources(corpus, doc_chars).items():
-        got = _source(name, files, split, rng, docs, per_file)
+        # a user's translated manual is text: the pages rendered, not their groff source
+        # (whose English preambles and macros every translation shares)
+        read = _render_man if corpus in RENDERED and "/man/" in (files[0] if files else "") \
+            else _read
+        got = _source(name, files, split, rng, docs, per_file, read)
         if len(got) < MIN_DOCS:
             print(f"{corpus}: source {name!r} left out: {len(got)} documents on this system "
                   f"(fewer than {MIN_DOCS})")
