@@ -57,7 +57,8 @@ def make_work(work: Path, n: int, k: int, seed: int = 0) -> None:
 CHILD = """
 import sys, types
 from hf_mixture.clustering.stages import AssignClusters
-cfg = types.SimpleNamespace(num_threads=1, lexical_weight=0.0, quality_flags=False)
+cfg = types.SimpleNamespace(num_threads=1, lexical_weight=0.0, language_weight=0.0,
+                            quality_flags=False)
 AssignClusters(sys.argv[1], cfg).run(rank=0)
 """
 

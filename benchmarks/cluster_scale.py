@@ -244,15 +244,19 @@ def run(corpus: Path, work: Path, executor: str, workers: int, seed: int, shard_
         # submitting, jobs waiting for the scheduler between stages, Slurm's job start and end
         timings["outside_stages"] = seconds - sum(timings.values())
         timings["total"] = seconds
-    # the stage the PSS peak fell in (stages run one after another; their timings in order)
-    # (the setup before the first stage, total less the stages, is counted before them)
-    stages = {k: v for k, v in timings.items() if k not in ("total", "outside_stages")}
-    peak_stage, end = None, seconds - sum(stages.values())
-    for stage, secs in stages.items():
-        end += secs
-        if mem.peak_pss_at <= end:
-            peak_stage = stage
-            break
+    # the stage the PSS peak fell in: local runs its stages one after another and times them
+    # in order (the time outside them, mostly the setup, counted before the first: approximate
+    # at the edges); a Slurm chain's spans come from its logs, with the scheduler's gaps
+    # between them, so no stage is named there
+    peak_stage = None
+    if result is not None:
+        stages = {k: v for k, v in timings.items() if k != "total"}
+        end = seconds - sum(stages.values())
+        for stage, secs in stages.items():
+            end += secs
+            if mem.peak_pss_at <= end:
+                peak_stage = stage
+                break
     free_s = sum(timings.get(s, 0.0) for s in EMBEDDING_FREE)
     return {"executor": executor, "docs": docs, "seconds": round(seconds, 1),
             "docs_per_s": round(docs / seconds, 1),

@@ -19,7 +19,8 @@ untuned    never tuned on (report it apart): Debian copyright files, ``/etc`` co
 
 A document is a run of whole paragraphs of one file, cut to about ``--doc-chars``
 characters; at most ``--docs-per-source`` documents per source, drawn with ``--seed``, and at
-most ``--per-file`` from one file (so one long file cannot stand for its source).  Sources
+most ``--per-file`` from one file (so one long file cannot stand for its source; the manuals,
+a few long files, may give 200 each).  Sources
 with fewer than 50 documents on this system are left out, with a line saying so.
 
     python benchmarks/corpora.py --output runs/corpora            # all five
@@ -61,16 +62,21 @@ def _read(path: str, limit: int = 400_000) -> str:
 
 
 def _render_man(path: str) -> str:
-    """A man page as a reader sees it (``groff -mandoc -Tutf8``, plain), '' without groff."""
+    """A man page as a reader sees it (``groff -mandoc -Tutf8``, plain); '' without groff, or
+    for a page that cannot be read or rendered (it is skipped like an empty file)."""
     import shutil
     import subprocess
 
     if shutil.which("groff") is None:
         return ""
-    raw = gzip.open(path).read() if path.endswith(".gz") else open(path, "rb").read()
-    done = subprocess.run(["groff", "-k", "-mandoc", "-Tutf8", "-P-c", "-P-b", "-P-u",
-                           "-rLL=100n"], input=raw, capture_output=True, timeout=60,
-                          env=dict(os.environ, GROFF_NO_SGR="1"), check=False)
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as fh:
+            raw = fh.read()
+        done = subprocess.run(["groff", "-k", "-mandoc", "-Tutf8", "-P-c", "-P-b", "-P-u",
+                               "-rLL=100n"], input=raw, capture_output=True, timeout=60,
+                              env=dict(os.environ, GROFF_NO_SGR="1"), check=False)
+    except (OSError, EOFError, subprocess.TimeoutExpired):
+        return ""
     return done.stdout.decode("utf-8", errors="replace") if done.returncode == 0 else ""
 
 
@@ -158,7 +164,7 @@ def sources(corpus: str, doc_chars: int) -> dict[str, tuple[list[str], object]]:
                                   lambda t: _changelog_entries(t, doc_chars)),
             "c headers": (_files(["/usr/include/**/*.h"]), chunk),
             "perl modules": (_files(["/usr/share/perl*/**/*.pm",
-                                     "/usr/lib/x86_64-linux-gnu/perl*/**/*.pm"]), chunk),
+                                     "/usr/lib/*-linux-gnu/perl*/**/*.pm"]), chunk),
             "python modules": (_files([py]), chunk),
             "python package descriptions": (_files(
                 ["/usr/lib/python3/dist-packages/*.dist-info/METADATA",

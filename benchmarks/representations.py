@@ -5,9 +5,9 @@ For each labelled corpus (the playground, or parquet files with a ``source`` col
 (cached in ``--work-dir``), and then every variant below is clustered with the pipeline's own
 pieces -- :class:`LexicalFeaturizer`, :func:`combine_views`, :class:`KMeansClusterer`
 (k = the pipeline's default rule) and :class:`CentroidMerger` (final clusters = the number of
-sources) -- and scored by NMI and purity against the sources.  ``ceiling`` is the best any merge
-of that variant's k-means clusters could do (each cluster given its majority source): when it is
-low, the representation is what fails, not the merge.
+sources) -- and scored by NMI and purity against the sources, beside a majority-vote merge of
+that variant's k-means clusters (each given its majority source: the best purity any merge can
+reach; its NMI is a guide, not a bound): when it is low, the representation fails, not the merge.
 
 Variants: the lexical view's weight (0 = embeddings only, CLIMB's representation) and
 dimensions, the language view's weight (:class:`LanguageView`), and the merge's linkage.  No pruning and no deduplication: the representation alone.
@@ -65,8 +65,9 @@ def embeddings(texts: list[str], work: Path):
     return emb
 
 
-def ceiling(labels, truth) -> dict[str, float]:
-    """Scores of the best merge of ``labels``: each cluster becomes its majority source."""
+def majority_vote(labels, truth) -> dict[str, float]:
+    """Scores of the majority-vote merge of ``labels``: each cluster becomes its majority source
+    (the best purity any merge reaches; not an upper bound on NMI)."""
     import numpy as np
 
     from hf_mixture.clustering import clustering_scores
@@ -99,9 +100,7 @@ def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
     rows = []
     lexical_views = {}
     for dims in DIMS:
-        lex = LexicalFeaturizer(dims, seed=seed)
-        lex.fit(texts)
-        lexical_views[dims] = lex.transform(texts)
+        lexical_views[dims] = LexicalFeaturizer(dims, seed=seed).transform(texts)  # fits too
     language = LanguageView().transform(texts)
     for weight, dims, lang_w in itertools.product(WEIGHTS, DIMS, LANGUAGE_WEIGHTS):
         if weight == 0 and dims != DIMS[0]:
@@ -110,7 +109,7 @@ def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
         labels, centroids = KMeansClusterer(k, seed=seed).fit(x)
         sizes = np.bincount(labels, minlength=k)
         alive = np.flatnonzero(sizes)
-        top = ceiling(labels, truth)
+        top = majority_vote(labels, truth)
         for linkage in LINKAGES if lang_w == 0 else ("ward",):
             merged = CentroidMerger(final_clusters=sources, linkage=linkage).merge(
                 centroids[alive], sizes[alive])
@@ -119,10 +118,10 @@ def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
             s = clustering_scores(lookup[labels], truth)
             rows.append({"corpus": Path(corpus).stem, "weight": weight, "dims": dims,
                          "language": lang_w, "linkage": linkage, "nmi": s["nmi"], "purity": s["purity"],
-                         "ceiling_nmi": top["nmi"], "k": k, "sources": sources})
+                         "majority_vote_nmi": top["nmi"], "k": k, "sources": sources})
             print(f"  lexical weight {weight:<3} dims {dims:<4} language {lang_w:<3} "
                   f"{linkage:<9} NMI "
-                  f"{s['nmi']:.3f} purity {s['purity']:.3f}   (ceiling of its k-means "
+                  f"{s['nmi']:.3f} purity {s['purity']:.3f}   (majority-vote merge of its k-means "
                   f"clusters: NMI {top['nmi']:.3f})", flush=True)
     return rows
 

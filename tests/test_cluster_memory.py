@@ -60,7 +60,8 @@ def test_assign_description_sample_is_the_smallest_keys_per_cluster(tmp_path, mo
     centroids = rng.standard_normal((k, dim)).astype(np.float32)
     np.save(work / "model" / "centroids.npy", centroids)
     (work / "model" / "model.json").write_text(json.dumps({"backend": "sklearn"}))
-    cfg = types.SimpleNamespace(num_threads=1, lexical_weight=0.0, quality_flags=False)
+    cfg = types.SimpleNamespace(num_threads=1, lexical_weight=0.0, language_weight=0.0,
+                                quality_flags=False)
     stages.AssignClusters(str(work), cfg).run(rank=0)
 
     with np.load(work / "assign" / "00000.npz") as z:

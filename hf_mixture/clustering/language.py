@@ -3,13 +3,14 @@
 Sentence embeddings from an English model, and character n-grams reduced to a few dimensions,
 both place the same manual page in German and in French close together: the topic and the
 layout are the same.  A language identifier tells them apart at once.  The view is the
-identifier's probability over its languages (``py3langid``: langid.py's naive Bayes model on
-byte n-grams, 97 languages, shipped inside the package as numpy arrays -- no download and no
+identifier's probability over its labels (``py3langid`` 0.4: langid.py's naive Bayes model on
+byte n-grams, 140 labels, shipped inside the package as numpy arrays -- no download and no
 pickle), each row L2-normalized, concatenated to the other views with ``language_weight``
 (:func:`hf_mixture.clustering.lexical.combine_views`).
 
-Source code is mostly called English (every identifier does): the view leaves code to the
-lexical view.  Stateless: nothing is fitted, so every task computes it alike.
+Source code gets a natural language's label (mostly English, sometimes a look-alike): the view
+leaves code to the lexical view.  Nothing is fitted, so every task computes it alike; the model
+is loaded once per process.
 
 >>> v = LanguageView()
 >>> x = v.transform(["Der Hund schläft im Garten und die Katze auch.",
@@ -20,43 +21,69 @@ lexical view.  Stateless: nothing is fitted, so every task computes it alike.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .._imports import require
+from ..errors import HFMixtureError
+
+# the py3langid releases whose model format and API this view reads (0.4: npz model,
+# ``nb_classes``; 0.5 changes both)
+SUPPORTED = ((0, 4), (0, 5))
+
+
+def check_language_view() -> str:
+    """The installed py3langid's version, or one sentence saying why the view cannot run."""
+    from importlib.metadata import version
+
+    require("py3langid", "language", "The language view (language_weight > 0)")
+    found = version("py3langid")
+    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    if not SUPPORTED[0] <= parts < SUPPORTED[1]:
+        raise HFMixtureError(
+            f"The language view (language_weight > 0) reads py3langid 0.4's model, but "
+            f"py3langid {found} is installed: run `pip install 'py3langid>=0.4,<0.5'`.")
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _identifier():
+    check_language_view()
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def language_fingerprint(weight: float) -> dict | None:
+    """What the view depends on (``None`` when it is off): in the work folder's key and in
+    ``model.json``, so a resumed run never mixes views of two identifier versions."""
+    if weight <= 0:
+        return None
+    return LanguageView().fingerprint
 
 
 class LanguageView:
-    """``transform(texts) -> (N, languages)`` float32 rows of unit length.
+    """``transform(texts) -> (N, labels)`` float32 rows of unit length.
 
     ``max_chars``: characters read per document (the language shows in the first lines).
     """
 
     def __init__(self, max_chars: int = 2000):
         self.max_chars = int(max_chars)
-        self._identifier = None
-
-    def _model(self):
-        if self._identifier is None:
-            require("py3langid", "language", "The language view (language_weight > 0)")
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-            self._identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        return self._identifier
 
     @property
     def languages(self) -> list[str]:
-        """The view's columns: the identifier's languages, sorted (one column per label)."""
-        return sorted(set(self._model().nb_classes))
+        """The view's columns: the identifier's labels, sorted (one column per label)."""
+        return sorted(set(_identifier().nb_classes))
 
     @property
     def fingerprint(self) -> dict:
-        from importlib.metadata import version
-
-        return {"method": "py3langid", "version": version("py3langid"),
+        return {"method": "py3langid", "version": check_language_view(),
                 "max_chars": self.max_chars}
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        model = self._model()
+        model = _identifier()
         column = {lang: j for j, lang in enumerate(self.languages)}
         out = np.zeros((len(texts), len(column)), dtype=np.float32)
         for i, text in enumerate(texts):
@@ -64,6 +91,3 @@ class LanguageView:
                 out[i, column[lang]] = p
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms > 0, norms, 1.0)
-
-    def __getstate__(self):  # pickled into datatrove tasks: the model is loaded where used
-        return {"max_chars": self.max_chars, "_identifier": None}

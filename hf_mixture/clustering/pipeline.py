@@ -332,9 +332,9 @@ def _check_before_work(plan, config: ClusterConfig, embedder, tokenizer, cluster
 
         resolve_backend(config.kmeans_backend)  # faiss asked for but not installed
     if config.language_weight > 0:
-        from .._imports import require
+        from .language import check_language_view
 
-        require("py3langid", "language", "The language view (language_weight > 0)")
+        check_language_view()
     if bound is None:
         return
     if config.num_clusters is not None and config.num_clusters > bound:
@@ -381,12 +381,17 @@ def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: Exe
         factory = _Given(embedder)
         embedder_id = getattr(embedder, "fingerprint", None) or type(embedder).__name__
     custom = [type(o).__name__ for o in (lexical, clusterer, pruner, merger, describer) if o]
+    from .language import language_fingerprint
+
     key = short_hash({
         # "order": what keys and orders documents; a work folder of another scheme is not resumed
         "order": "content", "input": plan.fingerprint, "tasks": tasks, "embedder": embedder_id,
         "custom": custom,
         "scorer": getattr(getattr(pruner, "scorer", None), "__name__", None),
-        "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY},
+        "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY
+                   and not (k == "language_weight" and v == 0)},  # off: the key as before
+        **({"language": language_fingerprint(config.language_weight)}
+           if config.language_weight > 0 else {}),
     })
     tokenizer = config.tokenizer
     if tokenizer is None and not (plan.schema is not None and "tokens" in plan.schema.names):

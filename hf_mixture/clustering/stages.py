@@ -284,6 +284,7 @@ class FitCentroids(PipelineStep):
 
         from .embed import compute_threads
         from .kmeans import KMeansClusterer
+        from .language import language_fingerprint
         from .lexical import LexicalFeaturizer
 
         s = self.config
@@ -319,15 +320,7 @@ class FitCentroids(PipelineStep):
             "num_docs": num_docs, "k": int(k), "sample": len(x), "backend": clusterer.backend,
             "used_gpu": bool(clusterer.used_gpu), "dim": int(x.shape[1]),
             "lexical": lexical.fingerprint if lexical is not None else None,
-            "language": _language_fingerprint(s)})
-
-
-def _language_fingerprint(config) -> dict | None:
-    if config.language_weight <= 0:
-        return None
-    from .language import LanguageView
-
-    return LanguageView().fingerprint
+            "language": language_fingerprint(s.language_weight)})
 
 
 def _sample_order(r: tuple) -> tuple:
@@ -429,6 +422,14 @@ class AssignClusters(PipelineStep):
         work = Path(self.work_dir)
         lexical, centroids, model = _load_model(work)
         k, dim = len(centroids), centroids.shape[1]
+        from .language import language_fingerprint
+
+        if model.get("language") != language_fingerprint(s.language_weight):
+            raise HFMixtureError(
+                f"Task {rank}: the centroids were fit with language view "
+                f"{model.get('language')}, but this process has "
+                f"{language_fingerprint(s.language_weight)}; install the same py3langid "
+                "everywhere, or delete the work folder and rerun.")
         emb = task_embeddings(work, rank)
         labels = np.empty(len(emb), dtype=np.int32)
         count = np.zeros(k, np.int64)

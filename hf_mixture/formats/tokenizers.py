@@ -43,9 +43,15 @@ def load_tokenizer(tokenizer: Any):
     return tok
 
 
+# what AutoTokenizer reads from a folder: a change to any of them is a different tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
 def task_tokenizer(tokenizer: Any):
     """``load_tokenizer`` for a stage's tasks: one load per process for the same name and
-    ``tokenizer.json`` (its size and modification time), shared by the tasks a pool worker runs.
+    files (the sizes and modification times of ``TOKENIZER_FILES`` in the folder), shared by
+    the tasks a worker runs.
 
     A tokenizer loaded anew for each task and used to encode a shard leaves its process about
     7 MB larger every task (the Rust side's memory is not given back), so a worker that runs
@@ -53,12 +59,14 @@ def task_tokenizer(tokenizer: Any):
     """
     if not isinstance(tokenizer, (str, os.PathLike)):
         return load_tokenizer(tokenizer)
-    path = os.path.join(os.path.expanduser(str(tokenizer)), "tokenizer.json")
-    try:
-        st = os.stat(path)
-        stamp: tuple = (st.st_size, st.st_mtime_ns)
-    except OSError:
-        stamp = ()  # a Hub id (or no tokenizer.json): its name alone
+    folder = os.path.abspath(os.path.expanduser(str(tokenizer)))
+    stamp: tuple = ()
+    for name in TOKENIZER_FILES:
+        try:
+            st = os.stat(os.path.join(folder, name))
+            stamp += (name, st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass  # absent here (or a Hub id: its name alone)
     return _load_once(str(tokenizer), stamp)
 
 
