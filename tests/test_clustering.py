@@ -699,3 +699,17 @@ def test_language_view_separates_one_manual_in_three_languages(tmp_path, tiny_to
     report = (tmp_path / "w1.0" / "report.md").read_text()
     assert "Language view: py3langid" in report
     assert "Language view: off" in (tmp_path / "w0.0" / "report.md").read_text()
+
+
+def test_language_view_refuses_another_py3langid_model_format(monkeypatch):
+    """A py3langid whose model format the view does not read is one sentence, before work."""
+    import importlib.metadata
+
+    from hf_mixture.clustering.language import check_language_view
+
+    assert check_language_view().startswith("0.4")
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.3.2" if name == "py3langid" else real(name))
+    with pytest.raises(HFMixtureError, match=r"py3langid 0\.3\.2 is installed: run `pip install"):
+        check_language_view()
