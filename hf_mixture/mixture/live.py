@@ -216,7 +216,11 @@ class LiveMixture:
         if not total > 0:
             raise HFMixtureError(f"The weights {dict(zip(self.names, values))} are all zero; at "
                                  "least one must be positive.")
-        return w / total
+        out = w / total
+        # a positive weight stays positive: one far below the others (5e-324 beside 2) would
+        # underflow to 0, and the component would end when the others' caps run out
+        out[(w > 0) & (out == 0)] = np.finfo(np.float64).smallest_subnormal
+        return out
 
     # -- changing --------------------------------------------------------------------------
     def set_weights(self, weights: Mapping[str, float] | Sequence[float] | np.ndarray, *,
