@@ -150,7 +150,8 @@ def test_tokenize_local_executor(tmp_path, tiny_tokenizer_path):
     from hf_mixture.formats.writer import write_clustered_corpus
 
     texts = _make_texts(n_per_domain=400)
-    ds = datasets.Dataset.from_dict({"text": [t * 4 for _, t in texts],
+    # long enough that a task takes a moment: the SIGINT must find the rerun with tasks left
+    ds = datasets.Dataset.from_dict({"text": [t * 16 for _, t in texts],
                                      "cluster_id": [i % 8 for i in range(len(texts))]})
     write_clustered_corpus(ds, tmp_path / "corpus", tokenizer=str(tiny_tokenizer_path))
     store = tmp_path / "store"
