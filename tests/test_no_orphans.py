@@ -52,12 +52,16 @@ def interrupt(cmd: list[str], sig: int, ready, log: Path, timeout: float = 400) 
     token = uuid.uuid4().hex
     env = dict(os.environ, **{MARK: token, "HF_HUB_OFFLINE": "1"})
     with open(log, "w") as out:
-        # SIGINT's default restored in the child: a suite started in the background by a
-        # non-interactive shell ignores SIGINT, and a command inherits that (Python then
-        # installs no KeyboardInterrupt handler), which is not what is under test here
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        # SIGINT handled while the command starts: a suite started in the background by a
+        # non-interactive shell ignores SIGINT, a command would inherit that (and Python then
+        # installs no KeyboardInterrupt handler), which is not what is under test here; a
+        # handled signal is reset to its default in the child
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        finally:
+            signal.signal(signal.SIGINT, before)
     try:
         deadline = time.time() + timeout
         while not ready(run_processes(token)):
