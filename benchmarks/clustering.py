@@ -214,7 +214,7 @@ def main() -> None:
     try:
         if not args.skip_quality:
             for corpus in args.corpus:
-                name = "playground" if corpus == "playground" else Path(corpus).stem
+                name = Path(corpus).stem  # "playground" for the playground
                 print(f"## {name}")
                 got = quality(work / name, args.seed, None if corpus == "playground" else corpus,
                               args.label_column)

@@ -105,15 +105,14 @@ class PeakMemory:
                     one = p.memory_full_info().pss
                 except (psutil.Error, AttributeError):
                     one = rss
-                label = _label(p)
                 pss += one
-                detail.append((label, one))
+                detail.append((p, one))
             except psutil.Error:
                 pass
         self.peak = max(self.peak, total)
-        if pss > self.peak_pss:
+        if pss > self.peak_pss:  # processes named only at a new peak, not at every sample
             self.peak_pss = pss
-            self.peak_pss_detail = sorted(detail, key=lambda d: -d[1])
+            self.peak_pss_detail = [(_label(p), b) for p, b in sorted(detail, key=lambda d: -d[1])]
             self.peak_pss_at = time.monotonic() - self._started
         return total
 

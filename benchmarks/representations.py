@@ -135,8 +135,7 @@ def main() -> None:
     args = ap.parse_args()
     everything = []
     for corpus in args.corpus:
-        texts_name = "playground" if corpus == "playground" else Path(corpus).stem
-        print(f"## {texts_name}", flush=True)
+        print(f"## {Path(corpus).stem}", flush=True)  # "playground" for the playground
         everything += study(corpus, args.label_column, args.work_dir, args.seed)
     # what a default must do: well on every corpus (mean), and its worst corpus beside it
     import collections

@@ -55,6 +55,11 @@ def _identifier():
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _columns() -> tuple[str, ...]:
+    return tuple(sorted(set(_identifier().nb_classes)))
+
+
 def language_fingerprint(weight: float) -> dict | None:
     """What the view depends on (``None`` when it is off): in the work folder's key and in
     ``model.json``, so a resumed run never mixes views of two identifier versions."""
@@ -75,7 +80,7 @@ class LanguageView:
     @property
     def languages(self) -> list[str]:
         """The view's columns: the identifier's labels, sorted (one column per label)."""
-        return sorted(set(_identifier().nb_classes))
+        return list(_columns())
 
     @property
     def fingerprint(self) -> dict:
@@ -84,7 +89,7 @@ class LanguageView:
 
     def transform(self, texts: list[str]) -> np.ndarray:
         model = _identifier()
-        column = {lang: j for j, lang in enumerate(self.languages)}
+        column = {lang: j for j, lang in enumerate(_columns())}
         out = np.zeros((len(texts), len(column)), dtype=np.float32)
         for i, text in enumerate(texts):
             for lang, p in model.rank(text[: self.max_chars]):

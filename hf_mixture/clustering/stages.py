@@ -424,12 +424,12 @@ class AssignClusters(PipelineStep):
         k, dim = len(centroids), centroids.shape[1]
         from .language import language_fingerprint
 
-        if model.get("language") != language_fingerprint(s.language_weight):
+        here = language_fingerprint(s.language_weight)
+        if model.get("language") != here:
             raise HFMixtureError(
                 f"Task {rank}: the centroids were fit with language view "
-                f"{model.get('language')}, but this process has "
-                f"{language_fingerprint(s.language_weight)}; install the same py3langid "
-                "everywhere, or delete the work folder and rerun.")
+                f"{model.get('language')}, but this process has {here}; install the same "
+                "py3langid everywhere, or delete the work folder and rerun.")
         emb = task_embeddings(work, rank)
         labels = np.empty(len(emb), dtype=np.int32)
         count = np.zeros(k, np.int64)
