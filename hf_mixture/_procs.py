@@ -19,6 +19,9 @@ call (where)               what the kernel does
 (in a worker)              SIGINT ignored (Ctrl-C in a terminal reaches the whole process group;
                            the command stops its workers itself, and a worker's own
                            KeyboardInterrupt would only print a traceback).
+``quiet_forkserver()``     before a local pool starts: a worker that the fork server had forked
+(in the parent)            but the command, interrupted, never sent its data ends silently
+                           instead of printing ``EOFError`` (``hf_mixture._forkserver``).
 ``reaped_on_exit()``       around code that starts processes which start their own (a local Ray
 (in the parent)            instance: its raylet starts workers and agents): they inherit a
                            marker in their environment, and a watchdog holding a pipe from this
@@ -177,6 +180,17 @@ def children_die_with_me() -> Iterator[None]:
         yield
     finally:
         _fork_parent = outer
+
+
+def quiet_forkserver() -> None:
+    """Have multiprocess's fork server import ``hf_mixture._forkserver`` when it starts (it
+    starts once per process, at the first forkserver pool): see that module."""
+    from multiprocess import forkserver
+
+    server = forkserver._forkserver
+    modules = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    if "hf_mixture._forkserver" not in modules:
+        server.set_forkserver_preload(modules + ["hf_mixture._forkserver"])
 
 
 @contextlib.contextmanager

@@ -213,6 +213,7 @@ def _make(config: ExecutorConfig, stage: Stage, logging_dir: Path, depends):
     workers = min(config.resolved_workers(), stage.tasks) if config.resolved_workers() > 0 \
         else -1
     if config.executor == "local":
+        _procs.quiet_forkserver()
         return _bound_class("BoundLocalPipelineExecutor")(
             stage.pipeline, tasks=stage.tasks, workers=workers, logging_dir=str(logging_dir),
             depends=depends)

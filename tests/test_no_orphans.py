@@ -270,3 +270,30 @@ def test_a_parent_that_died_before_the_call_kills_at_once():
             "_procs.die_with_parent(os.getppid() + 1 if os.getppid() > 1 else 2); time.sleep(30)")
     proc = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
     assert proc.returncode == -signal.SIGKILL
+
+
+ABANDONED = """
+import os, sys, time
+from multiprocess import forkserver
+{setup}
+status_r, data_w = forkserver._forkserver.connect_to_new_process([])
+pid = forkserver.read_signed(status_r)  # the fork server has forked the worker
+os.close(data_w)                        # and the command leaves before sending its data
+code = forkserver.read_signed(status_r)
+print("worker exit", code)
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_worker_abandoned_while_starting_prints_no_traceback(quiet):
+    """Ctrl-C while a local pool starts a worker (seen in CI): the fork server's half-born child
+    reads end-of-file where its preparation data should be.  Without ``quiet_forkserver`` the
+    fork server prints that EOFError's traceback; with it, nothing."""
+    setup = "from hf_mixture import _procs; _procs.quiet_forkserver()" if quiet else ""
+    done = subprocess.run([sys.executable, "-c", ABANDONED.format(setup=setup)],
+                          capture_output=True, text=True, timeout=120)
+    assert "worker exit 1" in done.stdout, done.stdout + done.stderr
+    if quiet:
+        assert done.stderr == "", done.stderr
+    else:  # the check sees the failure it guards against
+        assert "EOFError" in done.stderr
