@@ -58,6 +58,7 @@ CHILD = """
 import sys, types
 from hf_mixture.clustering.stages import AssignClusters
 cfg = types.SimpleNamespace(num_threads=1, lexical_weight=0.0, language_weight=0.0,
+                            layout_weight=0.0,
                             quality_flags=False)
 AssignClusters(sys.argv[1], cfg).run(rank=0)
 """

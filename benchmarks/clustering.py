@@ -6,7 +6,8 @@ Three measurements, each against its peer in the same run:
    ``--final-clusters`` = the number of sources (7); the ``source`` column (``--label-column``)
    is removed before the pipeline sees the data.  Printed: NMI and purity
    of the final cluster ids against ``source`` (target NMI >= 0.75), for the default
-   pipeline (embedding + lexical view) and for embeddings alone (``lexical_weight=0``,
+   pipeline (embedding + lexical and layout views) and for embeddings alone
+   (``lexical_weight=0``, ``layout_weight=0``,
    CLIMB's representation), both from the same cached embeddings.
 2. **Embedding speed.** The default path (truncation to 128 tokens, length-sorted
    batches of 16, bf16 autocast where the CPU has bf16 instructions) against plain
@@ -61,7 +62,7 @@ def quality(work: Path, seed: int, corpus: str | None, label_column: str) -> dic
     data = data.remove_columns(label_column)
     num_labels = len(set(labels.tolist()))
     out: dict[str, float] = {}
-    for tag, options in (("", {}), ("_embedding_only", {"lexical_weight": 0.0})):
+    for tag, options in (("", {}), ("_embedding_only", {"lexical_weight": 0.0, "layout_weight": 0.0})):
         start = time.perf_counter()
         result = cluster_corpus(
             data,
@@ -77,16 +78,16 @@ def quality(work: Path, seed: int, corpus: str | None, label_column: str) -> dic
         kept = result.labels >= 0
         truth = labels[result.kept_rows][kept]
         scores = clustering_scores(result.labels[kept], truth)
-        name = "default (embedding + lexical)" if not tag else "embeddings only"
+        name = "default (embedding + lexical + layout)" if not tag else "embeddings only"
         print(
-            f"{name:30s} k={result.num_clusters} -> {result.final_clusters}: "
+            f"{name:38s} k={result.num_clusters} -> {result.final_clusters}: "
             f"NMI {scores['nmi']:.3f}  purity {scores['purity']:.3f}  "
             f"({result.kept_docs}/{result.num_docs} docs kept, {seconds:.0f} s; "
             + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
             + ")"
         )
         stages = {k: v for k, v in result.timings.items() if k != "total" and v > 0}
-        print(" " * 31 + "docs/s per stage: " + ", ".join(
+        print(" " * 39 + "docs/s per stage: " + ", ".join(
             f"{k} {result.num_docs / v:,.0f}" for k, v in stages.items()))
         out[f"nmi{tag}"] = scores["nmi"]
         out[f"purity{tag}"] = scores["purity"]

@@ -10,7 +10,8 @@ that variant's k-means clusters (each given its majority source: the best purity
 reach; its NMI is a guide, not a bound): when it is low, the representation fails, not the merge.
 
 Variants: the lexical view's weight (0 = embeddings only, CLIMB's representation) and
-dimensions, the language view's weight (:class:`LanguageView`), and the merge's linkage.  No pruning and no deduplication: the representation alone.
+dimensions, the language view's weight (:class:`LanguageView`), the layout view's weight and
+dimensions (:class:`LayoutFeaturizer`), and the merge's linkage.  No pruning and no deduplication: the representation alone.
 
     python benchmarks/representations.py --work-dir runs/repr
     python benchmarks/representations.py --work-dir runs/repr --corpus playground runs/corpora/code.parquet
@@ -31,6 +32,8 @@ WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 DIMS = (64, 128)
 LINKAGES = ("ward", "average", "complete")
 LANGUAGE_WEIGHTS = (0.0, 0.5, 1.0)  # the language view (tried with ward only)
+LAYOUT = ((0.0, 64), (0.5, 64), (1.0, 32), (1.0, 64), (1.5, 64))  # (weight, dims), ward only,
+# language view off
 
 
 def load(corpus: str, label_column: str):
@@ -80,6 +83,11 @@ def majority_vote(labels, truth) -> dict[str, float]:
     return clustering_scores(best.astype(str), truth)
 
 
+def not_default_lexical(weight: float, dims: int) -> bool:
+    """Not the default lexical view (weight 1, 64 dims): the layout view is not tried there."""
+    return (weight, dims) != (1.0, 64)
+
+
 def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
     import numpy as np
 
@@ -90,6 +98,7 @@ def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
         clustering_scores,
     )
     from hf_mixture.clustering.language import LanguageView
+    from hf_mixture.clustering.layout import LayoutFeaturizer
     from hf_mixture.clustering.lexical import LexicalFeaturizer, combine_views
 
     texts, truth = load(corpus, label_column)
@@ -102,25 +111,31 @@ def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
     for dims in DIMS:
         lexical_views[dims] = LexicalFeaturizer(dims, seed=seed).transform(texts)  # fits too
     language = LanguageView().transform(texts)
-    for weight, dims, lang_w in itertools.product(WEIGHTS, DIMS, LANGUAGE_WEIGHTS):
+    layouts = {d: LayoutFeaturizer(d, seed=seed).transform(texts) for d in {d for _, d in LAYOUT}}
+    for weight, dims, lang_w, (page_w, page_d) in itertools.product(WEIGHTS, DIMS,
+                                                                    LANGUAGE_WEIGHTS, LAYOUT):
         if weight == 0 and dims != DIMS[0]:
             continue  # the lexical view's size does not matter without it
-        x = combine_views(emb, lexical_views[dims], weight, language, lang_w)
+        if page_w and (lang_w or not_default_lexical(weight, dims)):
+            continue  # the layout view is tried beside the default lexical view, language off
+        x = combine_views(emb, lexical_views[dims], weight, language, lang_w,
+                          layouts[page_d], page_w)
         labels, centroids = KMeansClusterer(k, seed=seed).fit(x)
         sizes = np.bincount(labels, minlength=k)
         alive = np.flatnonzero(sizes)
         top = majority_vote(labels, truth)
-        for linkage in LINKAGES if lang_w == 0 else ("ward",):
+        for linkage in LINKAGES if lang_w == 0 and page_w == 0 else ("ward",):
             merged = CentroidMerger(final_clusters=sources, linkage=linkage).merge(
                 centroids[alive], sizes[alive])
             lookup = np.full(k, -1)
             lookup[alive] = merged
             s = clustering_scores(lookup[labels], truth)
             rows.append({"corpus": Path(corpus).stem, "weight": weight, "dims": dims,
-                         "language": lang_w, "linkage": linkage, "nmi": s["nmi"], "purity": s["purity"],
+                         "language": lang_w, "layout": page_w, "layout_dims": page_d,
+                         "linkage": linkage, "nmi": s["nmi"], "purity": s["purity"],
                          "majority_vote_nmi": top["nmi"], "k": k, "sources": sources})
             print(f"  lexical weight {weight:<3} dims {dims:<4} language {lang_w:<3} "
-                  f"{linkage:<9} NMI "
+                  f"layout {page_w:<3} ({page_d:<2} dims) {linkage:<9} NMI "
                   f"{s['nmi']:.3f} purity {s['purity']:.3f}   (majority-vote merge of its k-means "
                   f"clusters: NMI {top['nmi']:.3f})", flush=True)
     return rows

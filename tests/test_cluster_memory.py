@@ -61,6 +61,7 @@ def test_assign_description_sample_is_the_smallest_keys_per_cluster(tmp_path, mo
     np.save(work / "model" / "centroids.npy", centroids)
     (work / "model" / "model.json").write_text(json.dumps({"backend": "sklearn"}))
     cfg = types.SimpleNamespace(num_threads=1, lexical_weight=0.0, language_weight=0.0,
+                                layout_weight=0.0,
                                 quality_flags=False)
     stages.AssignClusters(str(work), cfg).run(rank=0)
 

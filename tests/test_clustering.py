@@ -685,7 +685,7 @@ def test_language_view_separates_one_manual_in_three_languages(tmp_path, tiny_to
     assert np.allclose(np.linalg.norm(three[:2], axis=1), 1, atol=1e-5)
 
     options = {"num_clusters": 6, "final_clusters": 3, "shard_rows": 50, "lexical_weight": 0.0,
-               "quality_flags": False, "prune_threshold": 0.0}
+               "layout_weight": 0.0, "quality_flags": False, "prune_threshold": 0.0}
     scores = {}
     for weight in (0.0, 1.0):
         out = tmp_path / f"w{weight}"
@@ -713,3 +713,64 @@ def test_language_view_refuses_another_py3langid_model_format(monkeypatch):
                         lambda name: "0.3.2" if name == "py3langid" else real(name))
     with pytest.raises(HFMixtureError, match=r"py3langid 0\.3\.2 is installed: run `pip install"):
         check_language_view()
+
+
+def _one_manual_in_two_layouts(n: int = 30, seed: int = 0) -> datasets.Dataset:
+    """The English manual's sentences as a man page (capital heads, body indented by seven)
+    and as an Info node (the same heads in title case, underlined, body at the margin): the
+    same words in both, only the page differs."""
+    import textwrap
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        order = rng.sample(range(5), 4)
+        heads = ("Description", "Options")
+        body = [" ".join(_MANUAL["en"][j] for j in order[:2]),
+                " ".join(_MANUAL["en"][j] for j in order[2:])]
+        man = "\n\n".join(f"{h.upper()}\n" + textwrap.fill(b, 60, initial_indent=" " * 7,
+                                                             subsequent_indent=" " * 7)
+                            for h, b in zip(heads, body))
+        info = "\n\n".join(f"{h}\n{'=' * len(h)}\n" + textwrap.fill(b, 72)
+                             for h, b in zip(heads, body))
+        rows += [{"text": man, "source": "man"}, {"text": info, "source": "info"}]
+    rng.shuffle(rows)
+    return datasets.Dataset.from_list(rows)
+
+
+def test_layout_view_separates_one_manual_in_two_layouts(tmp_path, tiny_tokenizer_path):
+    from hf_mixture.clustering.layout import LayoutFeaturizer
+
+    data = _one_manual_in_two_layouts()
+    truth = np.array(data["source"])
+    view = LayoutFeaturizer(dims=8, seed=0)
+    x = view.transform(data["text"])
+    assert x.shape == (60, 8) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    assert (truth[sims.argmax(axis=1)] == truth).all()  # the page alone tells them apart
+    view.save(tmp_path / "layout.npz")  # what the assign tasks load: the same rows, no pickle
+    again = LayoutFeaturizer.load(tmp_path / "layout.npz")
+    assert again.fingerprint == view.fingerprint
+    assert again.fingerprint["method"] == "line-shape-hashing-tfidf-svd"
+    assert np.array_equal(again.transform_fitted(data["text"]), view.transform_fitted(data["text"]))
+
+    # The pipeline, with an embedder that sees only which sentences a document holds: without
+    # the layout view the two layouts cannot be told apart; with it they are.
+    options = {"num_clusters": 6, "final_clusters": 2, "shard_rows": 50, "lexical_weight": 0.0,
+               "quality_flags": False, "prune_threshold": 0.0, "layout_dims": 8}
+    scores = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"w{weight}"
+        result = cluster_corpus(data, out, embedder=TranslationInvariantEmbedder(),
+                                executor=ONE_WORKER, progress=False,
+                                tokenizer=str(tiny_tokenizer_path), layout_weight=weight,
+                                **options)
+        scores[weight] = clustering_scores(result.labels, truth[result.kept_rows])["nmi"]
+    assert scores[1.0] > 0.95, scores
+    assert scores[1.0] > scores[0.0] + 0.5, scores
+    manifest = json.loads((tmp_path / "w1.0" / "clusters.json").read_text())["clustering"]
+    assert manifest["layout"]["dims"] == 8
+    assert "Layout view: line-shape-hashing-tfidf-svd (8 dims), weight 1.0" in \
+        (tmp_path / "w1.0" / "report.md").read_text()
+    assert "Layout view: off" in (tmp_path / "w0.0" / "report.md").read_text()

@@ -128,6 +128,17 @@ class ClusterConfig:
     lexical_dims: int = field(
         default=64, metadata=_help("Dimensions of the lexical view (SVD components).")
     )
+    layout_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "Weight of the layout view (each line's indentation, first and last character, "
+            "length, and consecutive pairs -> TF-IDF -> SVD: the *page* of a text) "
+            "concatenated to the others; 0 = no layout view."
+        ),
+    )
+    layout_dims: int = field(
+        default=64, metadata=_help("Dimensions of the layout view (SVD components).")
+    )
     language_weight: float = field(
         default=0.0,
         metadata=_help(
@@ -237,6 +248,7 @@ class ClusterConfig:
             "kmeans_restarts",
             "top_terms",
             "lexical_dims",
+            "layout_dims",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -258,7 +270,7 @@ class ClusterConfig:
             raise HFMixtureError(
                 f"ClusterConfig field 'merge_threshold' must be a positive number, got {self.merge_threshold!r}."
             )
-        for name in ("lexical_weight", "language_weight"):
+        for name in ("lexical_weight", "layout_weight", "language_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                     and math.isfinite(value) and value >= 0):

@@ -157,15 +157,17 @@ class LexicalFeaturizer:
 
 
 def combine_views(embeddings: np.ndarray, lexical: np.ndarray | None, weight: float,
-                  language: np.ndarray | None = None, language_weight: float = 0.0) -> np.ndarray:
-    """``[e, w * l, v * g] / sqrt(1 + w^2 + v^2)``: unit rows when every view has unit rows
-    (``l`` the lexical view with weight ``w``, ``g`` the language view with weight ``v``).
+                  language: np.ndarray | None = None, language_weight: float = 0.0,
+                  layout: np.ndarray | None = None, layout_weight: float = 0.0) -> np.ndarray:
+    """``[e, w * l, v * g, u * p] / sqrt(1 + w^2 + v^2 + u^2)``: unit rows when every view has
+    unit rows (``l`` the lexical view with weight ``w``, ``g`` the language view with weight
+    ``v``, ``p`` the layout view with weight ``u``).
 
     >>> combine_views(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), 1.0).astype(float).round(3).tolist()
     [[0.707, 0.0, 0.0, 0.707]]
     """
     parts, norm = [np.asarray(embeddings, dtype=np.float32)], 1.0
-    for view, w in ((lexical, weight), (language, language_weight)):
+    for view, w in ((lexical, weight), (language, language_weight), (layout, layout_weight)):
         if view is not None and w != 0:
             parts.append(w * np.asarray(view, dtype=np.float32))
             norm += w**2

@@ -67,7 +67,7 @@ def collect_summary(work: Path, tasks: int, base: dict[str, Any]) -> dict[str, A
             "timings": {k: round(v, 2) for k, v in timings.items()},
             "num_clusters": model["k"], "kmeans_backend": model["backend"],
             "kmeans_sample": model["sample"], "lexical": model["lexical"],
-            "language": model.get("language")}
+            "layout": model.get("layout"), "language": model.get("language")}
 
 
 # ----------------------------------------------------------------------------- report
@@ -91,6 +91,8 @@ def render_report(facts: dict[int, dict[str, Any]], summary: dict[str, Any],
         (f"- Lexical view: {summary['lexical']['method']} ({summary['lexical']['dims']} dims), "
          f"weight {cfg['lexical_weight']} beside the embedding." if summary.get("lexical")
          else "- Lexical view: off (embeddings only)."),
+        (f"- Layout view: {summary['layout']['method']} ({summary['layout']['dims']} dims), "
+         f"weight {cfg['layout_weight']}." if summary.get("layout") else "- Layout view: off."),
         (f"- Language view: {summary['language']['method']} {summary['language']['version']} "
          f"language probabilities, weight {cfg['language_weight']}."
          if summary.get("language") else "- Language view: off."),

@@ -249,24 +249,26 @@ def task_embeddings(work: Path, rank: int) -> np.ndarray:
                      shape=(meta["rows"], meta["dim"]))
 
 
-def _features(emb: np.ndarray, texts: list[str], lexical, config) -> np.ndarray:
-    """The rows k-means sees: the embedding, the lexical view and the language view, each
+def _features(emb: np.ndarray, texts: list[str], lexical, config, layout=None) -> np.ndarray:
+    """The rows k-means sees: the embedding, the lexical, language and layout views, each
     with its weight from ``config`` (:func:`~hf_mixture.clustering.lexical.combine_views`)."""
     from .lexical import combine_views
 
     lex = lexical.transform_fitted(texts) if lexical is not None else None
+    page = layout.transform_fitted(texts) if layout is not None else None
     language = None
     if config.language_weight > 0:
         from .language import LanguageView
 
         language = LanguageView().transform(texts)
     return combine_views(np.asarray(emb, dtype=np.float32), lex, config.lexical_weight,
-                         language, config.language_weight)
+                         language, config.language_weight, page, config.layout_weight)
 
 
 # ----------------------------------------------------------------------------- centroids
 class FitCentroids(PipelineStep):
-    """Global sample (smallest keys over every task) -> lexical basis -> k-means centroids."""
+    """Global sample (smallest keys over every task) -> lexical and layout bases -> k-means
+    centroids."""
 
     type = "hf_mixture"
     name = "centroids"
@@ -285,6 +287,7 @@ class FitCentroids(PipelineStep):
         from .embed import compute_threads
         from .kmeans import KMeansClusterer
         from .language import language_fingerprint
+        from .layout import LayoutFeaturizer
         from .lexical import LexicalFeaturizer
 
         s = self.config
@@ -308,8 +311,12 @@ class FitCentroids(PipelineStep):
                 lexical = self.lexical or LexicalFeaturizer(s.lexical_dims, seed=s.seed)
                 lexical.fit(texts)
                 lexical.save(model / "lexical.npz")
-            x = np.concatenate([_features(emb[lo: lo + 8192], texts[lo: lo + 8192], lexical, s)
-                                for lo in range(0, len(texts), 8192)])
+            layout = None
+            if s.layout_weight > 0:
+                layout = LayoutFeaturizer(s.layout_dims, seed=s.seed).fit(texts)
+                layout.save(model / "layout.npz")
+            x = np.concatenate([_features(emb[lo: lo + 8192], texts[lo: lo + 8192], lexical, s,
+                                          layout) for lo in range(0, len(texts), 8192)])
             del emb
             clusterer = self.clusterer or KMeansClusterer(
                 k, backend=s.kmeans_backend, sample=len(x), iterations=s.kmeans_iterations,
@@ -320,6 +327,7 @@ class FitCentroids(PipelineStep):
             "num_docs": num_docs, "k": int(k), "sample": len(x), "backend": clusterer.backend,
             "used_gpu": bool(clusterer.used_gpu), "dim": int(x.shape[1]),
             "lexical": lexical.fingerprint if lexical is not None else None,
+            "layout": layout.fingerprint if layout is not None else None,
             "language": language_fingerprint(s.language_weight)})
 
 
@@ -378,12 +386,16 @@ def _global_sample(work: Path, tasks: int, m: int) -> tuple[list[str], np.ndarra
 
 
 def _load_model(work: Path):
+    """``(lexical, layout, centroids, model.json)`` of the centroids stage."""
+    from .layout import LayoutFeaturizer
     from .lexical import LexicalFeaturizer
 
     model = work / "model"
     lexical = LexicalFeaturizer.load(model / "lexical.npz") \
         if (model / "lexical.npz").is_file() else None
-    return lexical, np.load(model / "centroids.npy", allow_pickle=False), \
+    layout = LayoutFeaturizer.load(model / "layout.npz") \
+        if (model / "layout.npz").is_file() else None
+    return lexical, layout, np.load(model / "centroids.npy", allow_pickle=False), \
         _read_json(model / "model.json")
 
 
@@ -420,7 +432,7 @@ class AssignClusters(PipelineStep):
 
         s = self.config
         work = Path(self.work_dir)
-        lexical, centroids, model = _load_model(work)
+        lexical, layout, centroids, model = _load_model(work)
         k, dim = len(centroids), centroids.shape[1]
         from .language import language_fingerprint
 
@@ -453,7 +465,7 @@ class AssignClusters(PipelineStep):
                     keys = batch.column("_key").to_numpy()
                     q = batch.column("quality").to_numpy()
                     hi = lo + len(texts)
-                    x = _features(emb[lo:hi], texts, lexical, s)
+                    x = _features(emb[lo:hi], texts, lexical, s, layout)
                     lab = nearest(x, centroids, model["backend"]).astype(np.int32)
                     labels[lo:hi] = lab
                     np.add.at(count, lab, 1)
@@ -596,7 +608,7 @@ class MergeClusters(PipelineStep):
 
         s = self.config
         work = Path(self.work_dir)
-        _, centroids, _ = _load_model(work)
+        _, _, centroids, _ = _load_model(work)
         k = len(centroids)
         count = np.zeros(k, np.int64)
         sums = np.zeros((k, centroids.shape[1]), np.float64)
