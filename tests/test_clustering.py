@@ -522,6 +522,10 @@ def test_default_rules_documented_in_config():
     assert ClusterConfig(merge_threshold=0.5).resolved_final_clusters(100) is None
     with pytest.raises(HFMixtureError, match="final_clusters"):
         ClusterConfig(num_clusters=5, final_clusters=9)
+    with pytest.raises(HFMixtureError, match=r"'layout_weight' must be a number >= 0, got -1"):
+        ClusterConfig(layout_weight=-1)
+    with pytest.raises(HFMixtureError, match=r"'layout_dims' must be a positive integer, got 0"):
+        ClusterConfig(layout_dims=0)
 
 
 # ----------------------------------------------------------------------------- bad input (CLI)
