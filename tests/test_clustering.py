@@ -778,3 +778,12 @@ def test_layout_view_separates_one_manual_in_two_layouts(tmp_path, tiny_tokenize
     assert "Layout view: line-shape-hashing-tfidf-svd (8 dims), weight 1.0" in \
         (tmp_path / "w1.0" / "report.md").read_text()
     assert "Layout view: off" in (tmp_path / "w0.0" / "report.md").read_text()
+
+    # an assign task whose model folder lacks the view its config asks for: one sentence
+    from hf_mixture.clustering.stages import AssignClusters
+
+    model = next((tmp_path / "w1.0.work").glob("*/model"))
+    (model / "layout.npz").unlink()
+    with pytest.raises(HFMixtureError, match=r"fit without the layout view, but this run has "
+                                             r"layout_weight=1\.0; delete the work folder"):
+        AssignClusters(str(model.parent), ClusterConfig(**options, layout_weight=1.0)).run(rank=0)

@@ -442,6 +442,13 @@ class AssignClusters(PipelineStep):
                 f"Task {rank}: the centroids were fit with language view "
                 f"{model.get('language')}, but this process has {here}; install the same "
                 "py3langid everywhere, or delete the work folder and rerun.")
+        for name, view in (("lexical", lexical), ("layout", layout)):
+            if (getattr(s, f"{name}_weight") > 0) != (view is not None):
+                raise HFMixtureError(
+                    f"Task {rank}: {work / 'model'} was fit "
+                    f"{'with' if view is not None else 'without'} the {name} view, but this run "
+                    f"has {name}_weight={getattr(s, f'{name}_weight')}; delete the work folder "
+                    "and rerun.")
         emb = task_embeddings(work, rank)
         labels = np.empty(len(emb), dtype=np.int32)
         count = np.zeros(k, np.int64)
