@@ -157,12 +157,14 @@ def main() -> None:
 
     by = collections.defaultdict(list)
     for r in everything:
-        by[(r["weight"], r["dims"], r["language"], r["linkage"])].append(r["nmi"])
+        by[(r["weight"], r["dims"], r["language"], r["layout"], r["layout_dims"],
+            r["linkage"])].append(r["nmi"])
     ranked = sorted(by.items(), key=lambda kv: -sum(kv[1]) / len(kv[1]))
     print("## variants by their mean NMI over the corpora")
-    for (w, d, lang_w, link), nmis in ranked[:8]:
-        print(f"  weight {w:<3} dims {d:<4} language {lang_w:<3} {link:<9} mean "
-              f"{sum(nmis) / len(nmis):.3f} worst {min(nmis):.3f}")
+    for (w, d, lang_w, page_w, page_d, link), nmis in ranked[:8]:
+        print(f"  weight {w:<3} dims {d:<4} language {lang_w:<3} layout {page_w:<3} "
+              f"({page_d:<2} dims) {link:<9} mean {sum(nmis) / len(nmis):.3f} "
+              f"worst {min(nmis):.3f}")
 
 
 if __name__ == "__main__":
