@@ -4,7 +4,7 @@ Imports inside functions count as much as those at the top (a lazy import is sti
 dependency); only ``if TYPE_CHECKING:`` imports are left out of the cycle check, since
 they never run.  The layers (docs: "Who may import whom" in the design brief):
 
-    ground     errors, _io, _procs, _dist, _imports, _lazy, _checks, _markdown, _yaml, power_law, config,
+    ground     errors, _io, _procs, _forkserver, _dist, _imports, _lazy, _checks, _markdown, _yaml, power_law, config,
                executors (datatrove executors), models (the model shapes)
     formats    formats, playground                      (import the ground only)
     clustering clustering                               (formats; nothing of mixtures)
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"hf_mixture": ROOT / "hf_mixture", "hf_mixture.callbacks": ROOT / "callbacks",
                 "hf_mixture.hub_cards": ROOT / "hub_cards"}
 
-GROUND = {"", "errors", "_io", "_procs", "_dist", "_imports", "_lazy", "_checks", "_markdown", "_progress",
+GROUND = {"", "errors", "_io", "_procs", "_forkserver", "_dist", "_imports", "_lazy", "_checks", "_markdown", "_progress",
           "power_law", "config", "hub_cards", "metrics", "_yaml", "executors", "models"}
 GROUPS = {name: "ground" for name in GROUND}
 GROUPS.update({"formats": "formats", "playground": "formats", "clustering": "clustering",
