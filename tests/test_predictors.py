@@ -57,6 +57,31 @@ def test_mixing_law_fits_with_fewer_runs_than_parameters():
     assert np.abs(law.predict(X) - y).max() < 0.05
 
 
+def test_mixing_law_with_a_component_near_zero_in_every_run_stays_finite():
+    """A climb search's proxies (eight clusters, the last one ~0 in every run): curve_fit left
+    that component's t free to run off, and the normalization k * exp(mean t) overflowed
+    (OverflowError out of `hf-mixture climb`).  The fit falls back to the ridge law instead."""
+    X = np.array([
+        [0.185, 0.291, 0.019, 0.227, 0.025, 0.038, 0.216, 0.0],
+        [0.29, 0.282, 0.0, 0.02, 0.336, 0.062, 0.008, 0.001],
+        [0.107, 0.316, 0.012, 0.003, 0.088, 0.04, 0.432, 0.001],
+        [0.228, 0.211, 0.029, 0.124, 0.091, 0.009, 0.307, 0.0],
+        [0.044, 0.243, 0.15, 0.365, 0.061, 0.088, 0.048, 0.0],
+        [0.374, 0.202, 0.122, 0.135, 0.038, 0.008, 0.12, 0.0],
+        [0.027, 0.444, 0.007, 0.005, 0.308, 0.029, 0.18, 0.0],
+        [0.009, 0.328, 0.096, 0.027, 0.153, 0.001, 0.386, 0.0],
+        [0.077, 0.071, 0.06, 0.041, 0.405, 0.005, 0.341, 0.0],
+        [0.058, 0.301, 0.024, 0.365, 0.116, 0.066, 0.07, 0.0],
+        [0.089, 0.239, 0.038, 0.299, 0.254, 0.061, 0.018, 0.002]])
+    y = np.array([6.983, 7.068, 7.05, 6.929, 6.837, 7.13, 6.929, 7.09, 7.0, 7.019, 7.009])
+    law = make_predictor("mixing_law").fit(X, y)
+    params = law.params()
+    assert np.isfinite([params["c"], params["k"], *params["t"]]).all()
+    assert np.abs(law.predict(X) - y).max() < 0.2  # still a law of these runs
+    mixed = np.full((1, 8), 1 / 8)  # a mixture that does use the last component: finite
+    assert np.isfinite(law.predict(mixed)).all()
+
+
 def test_lightgbm_ranks_held_out_runs_of_a_smooth_relationship():
     X = _mixtures(80, 5, seed=6)
     y = 4.0 - 1.5 * X[:, 0] + np.exp(-3 * X[:, 1]) + 0.5 * X[:, 2] ** 2

@@ -265,13 +265,16 @@ class LogLinearPredictor(LinearPredictor):
         return np.exp(z)
 
 
+EXP_CLIP = 50.0  # |X @ t| beyond this is clipped: exp(50) ~ 5e21, far past any loss
+
+
 def mixing_law(X: np.ndarray, c: float, k: float, t: np.ndarray) -> np.ndarray:
     """``c + k * exp(X @ t)``: the data mixing law of Ye et al. (2024) for one metric.
 
     >>> float(mixing_law(np.array([[0.5, 0.5]]), 1.0, 2.0, np.array([0.0, 0.0]))[0])
     3.0
     """
-    return c + k * np.exp(np.clip(X @ t, -50.0, 50.0))
+    return c + k * np.exp(np.clip(X @ t, -EXP_CLIP, EXP_CLIP))
 
 
 @register_predictor("mixing_law")
@@ -325,32 +328,46 @@ class MixingLawPredictor(Predictor):
 
         def jac(Xd, *p):
             # Analytic derivatives: numerical ones cost D + 2 model evaluations per step.
-            e = np.exp(np.clip(Xd @ np.asarray(p[2:]), -50.0, 50.0))
+            e = np.exp(np.clip(Xd @ np.asarray(p[2:]), -EXP_CLIP, EXP_CLIP))
             return np.hstack([np.ones((len(Xd), 1)), e[:, None], p[1] * e[:, None] * Xd])
 
         def sse(p):
             return float(((model(X, *p) - y) ** 2).sum())
 
+        def ridge_fit():
+            # The ridge on t picks the smallest law that fits: for an under-determined fit, and
+            # where curve_fit's law is degenerate (a component near 0 in every run leaves its
+            # t free to run off).
+            scale = float(np.std(y)) or 1.0
+            ridge = np.hstack([np.zeros((d, 2)), np.sqrt(self.alpha) * np.eye(d)])
+            return least_squares(
+                lambda p: np.concatenate([(model(X, *p) - y) / scale,
+                                          np.sqrt(self.alpha) * np.asarray(p[2:])]),
+                p0, jac=lambda p: np.vstack([jac(X, *p) / scale, ridge]),
+                method="trf", max_nfev=5000).x
+
+        def usable(p) -> bool:
+            # finite, and the centred exponents inside the clip of mixing_law, where shifting
+            # t by its mean (below) leaves the law unchanged for every mixture
+            t = np.asarray(p[2:], dtype=np.float64)
+            return bool(np.all(np.isfinite(p)) and np.abs(t - t.mean()).max() <= EXP_CLIP
+                        and abs(t.mean()) <= EXP_CLIP)
+
         best = p0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (OptimizeWarning, RuntimeWarning))
-            try:
-                if len(y) >= d + 3:
-                    p, _ = curve_fit(model, X, y, p0=p0, jac=jac, maxfev=20000)
-                else:
-                    # Under-determined: the ridge on t picks the smallest law that fits.
-                    scale = float(np.std(y)) or 1.0
-                    ridge = np.hstack([np.zeros((d, 2)), np.sqrt(self.alpha) * np.eye(d)])
-                    res = least_squares(
-                        lambda p: np.concatenate([(model(X, *p) - y) / scale,
-                                                  np.sqrt(self.alpha) * np.asarray(p[2:])]),
-                        p0, jac=lambda p: np.vstack([jac(X, *p) / scale, ridge]),
-                        method="trf", max_nfev=5000)
-                    p = res.x
-                if np.all(np.isfinite(p)) and sse(p) <= sse(best):
-                    best = p
-            except (RuntimeError, ValueError, np.linalg.LinAlgError):
-                pass  # the closed-form start is a valid (if coarser) fit
+            for fit in ((lambda: curve_fit(model, X, y, p0=p0, jac=jac, maxfev=20000)[0])
+                        if len(y) >= d + 3 else None, ridge_fit):
+                if fit is None:
+                    continue
+                try:
+                    p = fit()
+                except (RuntimeError, ValueError, np.linalg.LinAlgError):
+                    continue  # the closed-form start is a valid (if coarser) fit
+                if usable(p):
+                    if sse(p) <= sse(best):
+                        best = p
+                    break
         c, k, t = float(best[0]), float(best[1]), np.asarray(best[2:], dtype=np.float64)
         shift = float(t.mean())
         self.c_, self.k_, self.t_ = c, k * math.exp(shift), t - shift
