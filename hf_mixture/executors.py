@@ -43,6 +43,10 @@ EXECUTORS = ("local", "slurm", "ray")
 # datatrove prints every task's INFO lines (pipeline, stats) on stderr; they stay in each
 # task's log file, and the console shows warnings unless HF_MIXTURE_VERBOSE=1 (`-v`).
 CONSOLE_LEVEL_ENV = "HF_MIXTURE_VERBOSE"
+# Set in a local worker while its task runs: how many tasks of the stage run at once on this
+# machine, so that each takes its share of the cores for torch/OpenMP threads
+# (hf_mixture.clustering.embed.default_num_threads) instead of all of them.
+CONCURRENT_TASKS_ENV = "HF_MIXTURE_CONCURRENT_TASKS"
 
 
 def _console_level(task: bool = False) -> str:
@@ -201,7 +205,17 @@ def _bound_class(name: str) -> type:
         # its pid means nothing, and the Ray worker is then the process to die with.
         _procs.worker_started(self.owner_pid if self.owner_pid in _procs.ancestors() else
                               os.getppid())
-        return base._run_for_rank(self, rank, local_rank, node_rank)
+        if _BOUND[name] != "LocalPipelineExecutor":  # Ray and Slurm give each task its CPUs
+            return base._run_for_rank(self, rank, local_rank, node_rank)
+        before = os.environ.get(CONCURRENT_TASKS_ENV)
+        os.environ[CONCURRENT_TASKS_ENV] = str(max(1, min(self.workers, self.local_tasks)))
+        try:
+            return base._run_for_rank(self, rank, local_rank, node_rank)
+        finally:  # one worker runs the tasks in the command's own process: leave it as it was
+            if before is None:
+                os.environ.pop(CONCURRENT_TASKS_ENV, None)
+            else:
+                os.environ[CONCURRENT_TASKS_ENV] = before
 
     cls = type(name, (base,), {"__init__": __init__, "_run_for_rank": _run_for_rank,
                                "__module__": __name__, "__doc__": base.__doc__})

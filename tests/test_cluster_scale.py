@@ -232,3 +232,41 @@ def test_tokenize_as_datatrove_tasks_equals_one_process(tmp_path, make_climblab,
             assert np.array_equal(a.tokens(c, split), b.tokens(c, split))
             assert np.array_equal(a.offsets(c, split), b.offsets(c, split))
     assert not (tmp_path / "tasks.work").exists() or not any((tmp_path / "tasks.work").iterdir())
+
+
+def test_local_workers_share_the_cores(tmp_path, monkeypatch):
+    """Each task of a local pool knows how many run at once and takes its share of the cores
+    for torch/OpenMP: two workers that each took both cores of an idle 2-core machine were
+    oversubscribed (48 docs/s where one thread each embeds faster)."""
+    from hf_mixture.clustering.embed import default_num_threads
+    from hf_mixture.executors import CONCURRENT_TASKS_ENV, ExecutorConfig, Stage, run_stages
+
+    monkeypatch.delenv(CONCURRENT_TASKS_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+
+    def record(data, rank: int = 0, world_size: int = 1):
+        import os
+
+        (seen / f"{rank}").write_text(os.environ.get(CONCURRENT_TASKS_ENV, "unset"))
+        yield from ()
+
+    for workers, tasks in ((2, 2), (1, 2), (2, 1)):
+        for f in seen.iterdir():
+            f.unlink()
+        run_stages(ExecutorConfig(workers=workers), [Stage("record", [record], tasks)],
+                   tmp_path / f"work{workers}{tasks}")
+        expected = str(min(workers, tasks))
+        assert {f.read_text() for f in seen.iterdir()} == {expected}, (workers, tasks)
+        assert len(list(seen.iterdir())) == tasks
+    # one worker runs its tasks in this process: the variable is gone afterwards
+    assert CONCURRENT_TASKS_ENV not in os.environ
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert default_num_threads() == 4
+    monkeypatch.setenv(CONCURRENT_TASKS_ENV, "2")
+    assert default_num_threads() == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 0.0, 0.0))  # one core idle, two tasks
+    assert default_num_threads() == 1
