@@ -16,7 +16,9 @@ _default_hook = sys.excepthook
 
 
 def _quiet_when_abandoned(kind, value, traceback) -> None:
-    if issubclass(kind, EOFError):  # the command left before the worker got its data
+    # the command left before the worker got its data: the first read found nothing at all
+    # (C pickle: "Ran out of input"; the Python reader's bare EOFError)
+    if issubclass(kind, EOFError) and getattr(value, "args", None) in ((), ("Ran out of input",)):
         return
     _default_hook(kind, value, traceback)
 

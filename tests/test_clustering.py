@@ -758,6 +758,13 @@ def test_layout_view_separates_one_manual_in_two_layouts(tmp_path, tiny_tokenize
     assert again.fingerprint == view.fingerprint
     assert again.fingerprint["method"] == "line-shape-hashing-tfidf-svd"
     assert np.array_equal(again.transform_fitted(data["text"]), view.transform_fitted(data["text"]))
+    # a basis of another analyzer (here the lexical view's) is refused, not read with this one
+    from hf_mixture.clustering.lexical import LexicalFeaturizer
+
+    LexicalFeaturizer(dims=8, seed=0).fit(data["text"]).save(tmp_path / "lexical.npz")
+    with pytest.raises(HFMixtureError, match=r"holds a char_wb-hashing-tfidf-svd basis .* but "
+                                             r"this code's layout view is"):
+        LayoutFeaturizer.load(tmp_path / "lexical.npz")
 
     # The pipeline, with an embedder that sees only which sentences a document holds: without
     # the layout view the two layouts cannot be told apart; with it they are.
@@ -778,6 +785,11 @@ def test_layout_view_separates_one_manual_in_two_layouts(tmp_path, tiny_tokenize
     assert "Layout view: line-shape-hashing-tfidf-svd (8 dims), weight 1.0" in \
         (tmp_path / "w1.0" / "report.md").read_text()
     assert "Layout view: off" in (tmp_path / "w0.0" / "report.md").read_text()
+    # with the view off its size is not in the work folder's key: the same folder is resumed
+    cluster_corpus(data, tmp_path / "w0.0", embedder=TranslationInvariantEmbedder(),
+                   executor=ONE_WORKER, progress=False, tokenizer=str(tiny_tokenizer_path),
+                   layout_weight=0.0, overwrite=True, **{**options, "layout_dims": 16})
+    assert len(list((tmp_path / "w0.0.work").glob("*/model"))) == 1
 
     # an assign task whose model folder lacks the view its config asks for: one sentence
     from hf_mixture.clustering.stages import AssignClusters

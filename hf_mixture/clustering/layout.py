@@ -82,6 +82,8 @@ class LayoutFeaturizer(LexicalFeaturizer):
     (``ngram_range`` is unused); the fingerprint names the analyzer and its buckets.
     """
 
+    view = "layout"
+
     @property
     def fingerprint(self) -> dict:
         return {**super().fingerprint, "method": "line-shape-hashing-tfidf-svd",

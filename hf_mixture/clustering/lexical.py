@@ -39,6 +39,8 @@ class LexicalFeaturizer:
     word boundaries (``char_wb``).
     """
 
+    view = "lexical"  # the view's name in errors and options (``<view>_dims``)
+
     def __init__(
         self,
         dims: int = 64,
@@ -50,7 +52,7 @@ class LexicalFeaturizer:
         seed: int = 0,
     ):
         if dims < 1:
-            raise HFMixtureError(f"lexical_dims must be a positive integer, got {dims}.")
+            raise HFMixtureError(f"{self.view}_dims must be a positive integer, got {dims}.")
         self.dims = int(dims)
         self.sample = int(sample)
         self.max_chars = int(max_chars)
@@ -89,7 +91,7 @@ class LexicalFeaturizer:
 
         n = len(texts)
         if n == 0:
-            raise HFMixtureError("The lexical view needs at least one document to fit on.")
+            raise HFMixtureError(f"The {self.view} view needs at least one document to fit on.")
         rng = np.random.default_rng(self.seed)
         rows = np.arange(n) if n <= self.sample else np.sort(rng.choice(n, self.sample,
                                                                          replace=False))
@@ -114,7 +116,8 @@ class LexicalFeaturizer:
         from sklearn.preprocessing import normalize
 
         if not hasattr(self, "components_"):
-            raise HFMixtureError("The lexical view is not fitted: call fit() or load() first.")
+            raise HFMixtureError(f"The {self.view} view is not fitted: call fit() or load() "
+                                 "first.")
         out = np.zeros((len(texts), self.dims), dtype=np.float32)
         if not texts:
             return out
@@ -134,12 +137,18 @@ class LexicalFeaturizer:
 
     @classmethod
     def load(cls, path) -> LexicalFeaturizer:
+        """A basis saved by :meth:`save`, checked against this code's view: a basis fitted by
+        another analyzer (another class, or another version of its buckets) is refused."""
         with np.load(path, allow_pickle=False) as z:
             fp = json.loads(z["settings"].tobytes().decode())
             out = cls(fp["dims"], sample=fp["sample"], max_chars=fp["max_chars"],
                       ngram_range=tuple(fp["ngram_range"]), n_features=fp["n_features"],
                       seed=fp["seed"])
             out.cols_, out.idf_, out.components_ = z["cols"], z["idf"], z["components"]
+        if out.fingerprint != fp:
+            raise HFMixtureError(
+                f"{path} holds a {fp.get('method')} basis fitted with {fp}, but this code's "
+                f"{cls.view} view is {out.fingerprint}; delete the work folder and rerun.")
         return out
 
     def transform(self, texts: list[str], progress: bool = False) -> np.ndarray:

@@ -389,7 +389,9 @@ def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: Exe
         "custom": custom,
         "scorer": getattr(getattr(pruner, "scorer", None), "__name__", None),
         "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY
-                   and not (k == "language_weight" and v == 0)},  # off: the key as before
+                   # a view that is off: the key as before the view existed
+                   and not (k == "language_weight" and v == 0)
+                   and not (k in ("layout_weight", "layout_dims") and config.layout_weight == 0)},
         **({"language": language_fingerprint(config.language_weight)}
            if config.language_weight > 0 else {}),
     })
