@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_json, atomic_write_text, short_hash
-from ._progress import quiet_deepspeed_detection, say
+from ._progress import say
 from .clustering.config import ClusterConfig
 from .config import dataclass_from_dict
 from .errors import HFMixtureError
@@ -261,9 +261,6 @@ def run_climb(cfg: ClimbConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     cluster_cfg, settings, search_cfg = cfg.cluster, cfg.tokenize, cfg.search
     _check_before_work(cfg)
-    # Before the cluster stage starts the local pool's fork server: the search's proxy
-    # workers are forked from it later and see its environment, not this process's then.
-    quiet_deepspeed_detection()
     markers = _Markers(out)
     clusters = _cluster_stage(cfg, cluster_cfg, out, markers)
     store_path = _tokenize_stage(cfg, settings, clusters, out, markers)

@@ -582,9 +582,8 @@ def _run_search(store: Any, target: Any, output_dir: str | os.PathLike,
             return _queued(output_dir, jobs, submitted=True)
         return _finish(ctx)  # every stage had finished: the result is on disk
     stages = _stages(ctx, executor, target_fn, finish=False)
-    from .._progress import quiet_deepspeed_detection, stage_progress
+    from .._progress import stage_progress
 
-    quiet_deepspeed_detection()  # before a proxy run imports accelerate (and DeepSpeed)
     for i, stage in enumerate(stages, start=1):
         runs = stage.name.startswith("proxies-")  # the bar counts proxy runs, else the time
         with stage_progress(f"search [{i}/{len(stages)}] {stage.name}", "run" if runs else None,

@@ -97,6 +97,12 @@ class PlanStep(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1
             ) -> DocumentsPipeline:
+        from .._progress import quiet_deepspeed_detection
+
+        # Here, in the process that runs the step (a local pool's worker forked long before,
+        # from a fork server whose environment is older than the command's; a Ray or Slurm
+        # task), before a proxy run imports accelerate and with it DeepSpeed.
+        quiet_deepspeed_detection()
         with self.track_time(self.phase):
             self.step(self.store, self.target, self.output_dir, self.config, self.phase,
                         self.k)
