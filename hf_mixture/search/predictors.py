@@ -356,14 +356,14 @@ class MixingLawPredictor(Predictor):
         best = p0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (OptimizeWarning, RuntimeWarning))
-            for fit in ((lambda: curve_fit(model, X, y, p0=p0, jac=jac, maxfev=20000)[0])
-                        if len(y) >= d + 3 else None, ridge_fit):
-                if fit is None:
-                    continue
+            fits = [ridge_fit]
+            if len(y) >= d + 3:
+                fits.insert(0, lambda: curve_fit(model, X, y, p0=p0, jac=jac, maxfev=20000)[0])
+            for fit in fits:
                 try:
                     p = fit()
                 except (RuntimeError, ValueError, np.linalg.LinAlgError):
-                    continue  # the closed-form start is a valid (if coarser) fit
+                    continue  # the next fit; after the last, the closed-form start (coarser)
                 if usable(p):
                     if sse(p) <= sse(best):
                         best = p
