@@ -10,8 +10,11 @@ that variant's k-means clusters (each given its majority source: the best purity
 reach; its NMI is a guide, not a bound): when it is low, the representation fails, not the merge.
 
 Variants: the lexical view's weight (0 = embeddings only, CLIMB's representation) and
-dimensions, the language view's weight (:class:`LanguageView`), the layout view's weight and
-dimensions (:class:`LayoutFeaturizer`), and the merge's linkage.  No pruning and no deduplication: the representation alone.
+dimensions, the language view's weight (:class:`LanguageView`; the pipeline turns it on by
+itself where the corpus holds several languages), the layout view's weight and dimensions
+(:class:`LayoutFeaturizer`), and the merge's linkage (``boundary``: the graph of documents
+between clusters that the assign stage counts, :mod:`hf_mixture.clustering.merge`).  No
+pruning and no deduplication: the representation alone.
 
     python benchmarks/representations.py --work-dir runs/repr
     python benchmarks/representations.py --work-dir runs/repr --corpus playground runs/corpora/code.parquet
@@ -30,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 DIMS = (64, 128)
-LINKAGES = ("ward", "average", "complete")
+LINKAGES = ("boundary", "ward", "average", "complete")
 LANGUAGE_WEIGHTS = (0.0, 0.5, 1.0)  # the language view (tried with ward only)
 LAYOUT = ((0.0, 64), (0.5, 64), (1.0, 32), (1.0, 64), (1.5, 64))  # (weight, dims), ward only,
 # language view off
@@ -100,6 +103,7 @@ def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
     from hf_mixture.clustering.language import LanguageView
     from hf_mixture.clustering.layout import LayoutFeaturizer
     from hf_mixture.clustering.lexical import LexicalFeaturizer, combine_views
+    from hf_mixture.clustering.merge import BoundaryCounter, boundary_matrix, boundary_neighbours
 
     texts, truth = load(corpus, label_column)
     truth = np.asarray(truth)
@@ -120,13 +124,17 @@ def study(corpus: str, label_column: str, work: Path, seed: int) -> list[dict]:
             continue  # the layout view is tried beside the default lexical view, language off
         x = combine_views(emb, lexical_views[dims], weight, language, lang_w,
                           layouts[page_d], page_w)
-        labels, centroids = KMeansClusterer(k, seed=seed).fit(x)
+        km = KMeansClusterer(k, seed=seed)
+        labels, centroids = km.fit(x)
         sizes = np.bincount(labels, minlength=k)
         alive = np.flatnonzero(sizes)
         top = majority_vote(labels, truth)
-        for linkage in LINKAGES if lang_w == 0 and page_w == 0 else ("ward",):
+        counter = BoundaryCounter(k)  # as the assign stage counts it
+        counter.add(km.assign(x, centroids, neighbours=1 + boundary_neighbours(k)))
+        graph = boundary_matrix([counter.edges()], k)[np.ix_(alive, alive)]
+        for linkage in LINKAGES if lang_w == 0 and page_w == 0 else ("boundary", "ward"):
             merged = CentroidMerger(final_clusters=sources, linkage=linkage).merge(
-                centroids[alive], sizes[alive])
+                centroids[alive], sizes[alive], graph if linkage == "boundary" else None)
             lookup = np.full(k, -1)
             lookup[alive] = merged
             s = clustering_scores(lookup[labels], truth)

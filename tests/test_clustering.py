@@ -7,6 +7,7 @@ short documents of three clearly different kinds, with short inputs
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -363,13 +364,25 @@ def test_kmeans_k_larger_than_docs():
         KMeansClusterer(50, backend="sklearn").fit(_blobs(5, 2))
 
 
-@pytest.mark.parametrize("linkage", ["ward", "ward-unweighted", "average", "complete"])
+def _boundary_of(x: np.ndarray, km: KMeansClusterer, centroids: np.ndarray) -> np.ndarray:
+    """The boundary graph the assign stage counts, for documents ``x``."""
+    from hf_mixture.clustering.merge import BoundaryCounter, boundary_matrix, boundary_neighbours
+
+    counter = BoundaryCounter(len(centroids))
+    counter.add(km.assign(x, centroids, neighbours=1 + boundary_neighbours(len(centroids))))
+    return boundary_matrix([counter.edges()], len(centroids))
+
+
+@pytest.mark.parametrize("linkage", ["boundary", "ward", "ward-unweighted", "average", "complete"])
 def test_merge_reaches_final_count(linkage):
     x = _blobs(10, 4)
-    labels, centroids = KMeansClusterer(20, backend="sklearn", seed=0).fit(x)
+    km = KMeansClusterer(20, backend="sklearn", seed=0)
+    labels, centroids = km.fit(x)
     sizes = np.bincount(labels, minlength=20)
     alive = sizes > 0
-    merged = CentroidMerger(final_clusters=4, linkage=linkage).merge(centroids[alive], sizes[alive])
+    graph = _boundary_of(x, km, centroids)[np.ix_(alive, alive)] if linkage == "boundary" else None
+    merged = CentroidMerger(final_clusters=4, linkage=linkage).merge(centroids[alive], sizes[alive],
+                                                                     graph)
     assert sorted(set(merged.tolist())) == [0, 1, 2, 3]
     # each final cluster is one blob: the blobs are far apart
     doc_final = merged[np.searchsorted(np.flatnonzero(alive), labels)]
@@ -377,13 +390,61 @@ def test_merge_reaches_final_count(linkage):
     assert clustering_scores(doc_final, truth)["nmi"] > 0.99
 
 
+def test_boundary_merge_keeps_a_spread_source_together():
+    # One source spread along a line 20 long (a chain of k-means clusters whose ends lie
+    # further apart than either lies from the second source), and a compact second source
+    # 4 beside the chain's middle with a gap of no documents between.  Centroid distances
+    # split the chain; the documents between the clusters do not.
+    rng = np.random.default_rng(0)
+    chain = np.c_[rng.uniform(0, 20, 1200), rng.normal(0, 0.3, 1200)]
+    blob = np.c_[rng.normal(10, 1.5, 400), rng.normal(4, 0.3, 400)]
+    x = np.r_[chain, blob].astype(np.float32)
+    truth = np.r_[np.zeros(1200), np.ones(400)]
+    km = KMeansClusterer(30, backend="sklearn", seed=0)
+    labels, centroids = km.fit(x)
+    sizes = np.bincount(labels, minlength=30)
+    graph = _boundary_of(x, km, centroids)
+    boundary = CentroidMerger(final_clusters=2).merge(centroids, sizes, graph)
+    ward = CentroidMerger(final_clusters=2, linkage="ward").merge(centroids, sizes)
+    assert clustering_scores(boundary[labels], truth)["nmi"] == 1.0
+    assert clustering_scores(ward[labels], truth)["nmi"] < 0.5
+    # the merge is a function of its inputs: the same graph, the same answer
+    assert CentroidMerger(final_clusters=2).merge(centroids, sizes, graph).tolist() == \
+        boundary.tolist()
+
+
+def test_boundary_counter_compacts_without_losing_weight():
+    from hf_mixture.clustering.merge import BoundaryCounter
+
+    rng = np.random.default_rng(0)
+    batches = [np.argsort(rng.random((50, 9)), axis=1)[:, :6] for _ in range(4)]
+    whole, parts = BoundaryCounter(9), BoundaryCounter(9)
+    whole.add(np.concatenate(batches))
+    for b in batches:
+        parts.add(b)
+        parts._compact()  # as when the pending pairs outgrow their bound
+    for (a, wa), (b, wb) in [(whole.edges(), parts.edges())]:
+        assert a.tolist() == b.tolist() and np.allclose(wa, wb)
+    assert np.isclose(whole.edges()[1].sum(), 200 * sum(1 / r for r in range(1, 6)))
+
+
 def test_merge_threshold_and_floor():
     c = np.array([[0.0, 0.0], [0.0, 0.1], [5.0, 0.0], [5.0, 0.1], [10.0, 0.0]])
     sizes = np.ones(5)
     by_threshold = CentroidMerger(merge_threshold=1.0, linkage="ward").merge(c, sizes)
     assert by_threshold.tolist() == [0, 0, 1, 1, 2]
-    floored = CentroidMerger(final_clusters=4, merge_threshold=100.0).merge(c, sizes)
+    floored = CentroidMerger(final_clusters=4, merge_threshold=100.0, linkage="ward").merge(c, sizes)
     assert len(set(floored.tolist())) == 4
+    # boundary: the threshold sets how many (Ward's count), the graph which go together
+    graph = np.array([[0, 9, 0, 0, 0], [9, 0, 1, 0, 0], [0, 1, 0, 9, 0], [0, 0, 9, 0, 1],
+                      [0, 0, 0, 1, 0]], dtype=float)
+    assert CentroidMerger(merge_threshold=1.0).merge(c, sizes, graph).tolist() == [0, 0, 1, 1, 2]
+
+
+def test_boundary_linkage_needs_the_graph():
+    c = np.array([[0.0, 0.0], [0.0, 0.1], [5.0, 0.0]])
+    with pytest.raises(HFMixtureError, match=r"boundary linkage needs the \(3, 3\) boundary graph"):
+        CentroidMerger(final_clusters=2).merge(c, np.ones(3))
 
 
 def test_weighted_ward_folds_small_outlier_into_neighbour():
@@ -691,7 +752,7 @@ def test_language_view_separates_one_manual_in_three_languages(tmp_path, tiny_to
     options = {"num_clusters": 6, "final_clusters": 3, "shard_rows": 50, "lexical_weight": 0.0,
                "layout_weight": 0.0, "quality_flags": False, "prune_threshold": 0.0}
     scores = {}
-    for weight in (0.0, 1.0):
+    for weight in (0.0, 1.0, None):  # None: automatic
         out = tmp_path / f"w{weight}"
         result = cluster_corpus(data, out, embedder=TranslationInvariantEmbedder(),
                                 executor=ONE_WORKER,
@@ -702,7 +763,28 @@ def test_language_view_separates_one_manual_in_three_languages(tmp_path, tiny_to
     assert scores[1.0] > scores[0.0] + 0.2, scores  # the language view is what separates them
     report = (tmp_path / "w1.0" / "report.md").read_text()
     assert "Language view: py3langid" in report
-    assert "Language view: off" in (tmp_path / "w0.0" / "report.md").read_text()
+    assert "Language view: off." in (tmp_path / "w0.0" / "report.md").read_text()
+    # unset, the view turns itself on: three languages hold a third of the sample each
+    assert scores[None] == scores[1.0], scores
+    auto = (tmp_path / "wNone" / "report.md").read_text()
+    assert "Language view: py3langid" in auto and "weight 1.0 (automatic:" in auto, auto
+    model = json.loads((tmp_path / "wNone" / "clusters.json").read_text())["clustering"]
+    assert model["language_weight"] == 1.0 and model["language_auto"], model
+
+
+def test_automatic_language_view_stays_off_for_one_language():
+    from hf_mixture.clustering.language import AUTO_MIN_SHARE, resolve_language_weight
+
+    english = [" ".join(s) for s in itertools.permutations(_MANUAL["en"], 3)][:40]
+    weight, shares = resolve_language_weight(None, english)
+    assert weight == 0.0 and shares == {"en": 1.0}, shares
+    # a few German pages among them (under AUTO_MIN_SHARE) do not turn it on; more do
+    few = english + [" ".join(_MANUAL["de"][:3])] * int(AUTO_MIN_SHARE * 40 - 1)
+    assert resolve_language_weight(None, few)[0] == 0.0
+    many = english + [" ".join(_MANUAL["de"][:3])] * 10
+    assert resolve_language_weight(None, many) == (1.0, {"en": 0.8, "de": 0.2})
+    # a weight that is set is used as it is, without reading the texts
+    assert resolve_language_weight(0.5, []) == (0.5, None)
 
 
 def test_language_view_refuses_another_py3langid_model_format(monkeypatch):

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import HFMixtureError
 from .kmeans import POINTS_PER_CENTROID
+from .merge import LINKAGES
 
 # CLIMB used 1000 initial clusters on a corpus of hundreds of millions of documents.
 MAX_DEFAULT_CLUSTERS = 1000
@@ -139,11 +140,13 @@ class ClusterConfig:
     layout_dims: int = field(
         default=64, metadata=_help("Dimensions of the layout view (SVD components).")
     )
-    language_weight: float = field(
-        default=0.0,
+    language_weight: float | None = field(
+        default=None,
         metadata=_help(
             "Weight of the language view (an offline language identifier's probabilities, "
-            "py3langid) concatenated to the others; 0 = no language view."
+            "py3langid) concatenated to the others; 0 = no language view. Unset (default): "
+            "1 when at least two languages are each the first guess for 5% of the k-means "
+            "sample, else 0 (the report says which and why)."
         ),
     )
     # --- k-means
@@ -203,15 +206,19 @@ class ClusterConfig:
     merge_threshold: float | None = field(
         default=None,
         metadata=_help(
-            "Merge clusters while the linkage distance of the closest pair is below this."
+            "Merge clusters while the linkage distance of the closest pair is below this "
+            "(with --linkage boundary: the number of domains the size-weighted Ward tree "
+            "leaves at this distance)."
         ),
     )
     linkage: str = field(
-        default="ward",
+        default="boundary",
         metadata=_help(
-            "Agglomerative linkage on centroids: ward (weighted by cluster size), "
+            "How k-means clusters merge: boundary (spectral clustering of the graph of "
+            "documents between clusters: each document links its nearest centroid to the "
+            "next five), or agglomerative on centroids: ward (weighted by cluster size), "
             "ward-unweighted, average or complete (cosine).",
-            choices=("ward", "ward-unweighted", "average", "complete"),
+            choices=LINKAGES,
         ),
     )
     # --- describe / write
@@ -272,6 +279,8 @@ class ClusterConfig:
             )
         for name in ("lexical_weight", "layout_weight", "language_weight"):
             value = getattr(self, name)
+            if name == "language_weight" and value is None:
+                continue  # auto
             if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                     and math.isfinite(value) and value >= 0):
                 raise HFMixtureError(

@@ -143,22 +143,26 @@ class KMeansClusterer:
         km.fit(train)
         return km.cluster_centers_.astype(np.float32)
 
-    def assign(self, x: np.ndarray, centroids: np.ndarray, batch: int = 65536) -> np.ndarray:
-        """Index of the nearest centroid (squared L2) for every row, in batches."""
+    def assign(self, x: np.ndarray, centroids: np.ndarray, batch: int = 65536,
+               neighbours: int = 1) -> np.ndarray:
+        """Index of the nearest centroid (squared L2) for every row, in batches; with
+        ``neighbours > 1``, the ``(rows, neighbours)`` indices of the nearest centroids,
+        nearest first (ties by index)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        n = min(int(neighbours), len(centroids))
+        out = np.empty((len(x), n), dtype=np.int64)
         if self.backend == "faiss":
             faiss = require("faiss", "faiss", "The faiss k-means backend")
             index = faiss.IndexFlatL2(centroids.shape[1])
             index.add(centroids)
-            out = np.empty(len(x), dtype=np.int64)
             for lo in range(0, len(x), batch):
-                out[lo : lo + batch] = index.search(x[lo : lo + batch], 1)[1][:, 0]
-            return out
-        c2 = (centroids**2).sum(1)
-        out = np.empty(len(x), dtype=np.int64)
-        for lo in range(0, len(x), batch):
-            xb = x[lo : lo + batch]
-            # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin.
-            out[lo : lo + batch] = np.argmin(c2[None, :] - 2.0 * xb @ centroids.T, axis=1)
-        return out
+                out[lo : lo + batch] = index.search(x[lo : lo + batch], n)[1]
+        else:
+            c2 = (centroids**2).sum(1)
+            for lo in range(0, len(x), batch):
+                # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the order.
+                d = c2[None, :] - 2.0 * x[lo : lo + batch] @ centroids.T
+                out[lo : lo + batch] = (np.argmin(d, axis=1)[:, None] if n == 1 else
+                                        np.argsort(d, axis=1, kind="stable")[:, :n])
+        return out[:, 0] if neighbours == 1 else out

@@ -60,12 +60,43 @@ def _columns() -> tuple[str, ...]:
     return tuple(sorted(set(_identifier().nb_classes)))
 
 
-def language_fingerprint(weight: float) -> dict | None:
-    """What the view depends on (``None`` when it is off): in the work folder's key and in
-    ``model.json``, so a resumed run never mixes views of two identifier versions."""
-    if weight <= 0:
+def language_fingerprint(weight: float | None) -> dict | None:
+    """What the view depends on (``None`` when it is off; ``weight=None`` is *auto*, which
+    reads the identifier to decide): in the work folder's key and in ``model.json``, so a
+    resumed run never mixes views of two identifier versions."""
+    if weight is not None and weight <= 0:
         return None
     return LanguageView().fingerprint
+
+
+# language_weight unset (auto): the view is on, with AUTO_WEIGHT, when at least two
+# languages are each the identifier's first guess for AUTO_MIN_SHARE of the k-means sample.
+# Measured (benchmarks/representations.py): the translated manual's second language holds
+# 20% of it; on the English corpora (code and markup included) no second label reaches 2%.
+AUTO_MIN_SHARE = 0.05
+AUTO_WEIGHT = 1.0
+
+
+def language_shares(probabilities: np.ndarray, top: int = 5) -> dict[str, float]:
+    """The ``top`` most frequent first guesses of :meth:`LanguageView.transform` rows and the
+    share of rows each is first for, largest first."""
+    if len(probabilities) == 0:
+        return {}
+    counts = np.bincount(np.argmax(probabilities, axis=1), minlength=probabilities.shape[1])
+    order = np.lexsort((np.arange(len(counts)), -counts))[:top]
+    columns = _columns()
+    return {columns[j]: round(float(counts[j]) / len(probabilities), 4)
+            for j in order if counts[j] > 0}
+
+
+def resolve_language_weight(weight: float | None, texts: list[str]) -> tuple[float, dict | None]:
+    """``(weight, shares)``: a set weight as it is (``shares`` None); unset (auto), the
+    sample ``texts``' language shares decide (:data:`AUTO_MIN_SHARE`)."""
+    if weight is not None:
+        return float(weight), None
+    shares = language_shares(LanguageView().transform(texts))
+    several = sum(share >= AUTO_MIN_SHARE for share in shares.values()) >= 2
+    return (AUTO_WEIGHT if several else 0.0), shares
 
 
 class LanguageView:

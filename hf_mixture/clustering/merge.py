@@ -1,15 +1,29 @@
-"""Merge k-means clusters into fewer domains by agglomerative clustering of their centroids.
+"""Merge k-means clusters into fewer domains.
 
-CLIMB merges 1000 k-means clusters down to ~21.  Here the full merge tree over
-the surviving centroids is built once (scikit-learn's ``AgglomerativeClustering``,
-or the size-weighted Ward loop below, which scikit-learn cannot weight) and then
-cut at ``final_clusters`` and/or at
-``merge_threshold`` (merges whose linkage distance is below the threshold are
-applied; with both, the count is a floor).
+CLIMB merges 1000 k-means clusters down to ~21 by agglomerative clustering of their
+centroids.  A centroid says where a cluster's middle is, not how far its documents reach:
+a source whose documents spread over many topics (copyright files: GPL, BSD, DEP-5) lies
+as a chain of k-means clusters whose far ends are further apart than from another source.
+The default linkage therefore looks at the documents between the clusters instead:
 
-Linkages:
+- ``boundary`` (default): each document adds weight to the edges between its nearest
+  centroid and its 2nd to 6th nearest ones (1, 1/2, ..., 1/5: :data:`BOUNDARY_NEIGHBOURS`;
+  fewer below k = 50, :func:`boundary_neighbours`),
+  counted by the assign stage over every document; clusters that share many boundary
+  documents lie side by side, and a gap with few is a border between domains.  The
+  surviving clusters are cut into ``final_clusters`` by normalized spectral clustering of
+  that graph, each cluster also linked to itself by its size (:func:`_spectral`: LAPACK
+  eigenvectors and CPQR labels, no random start).  With ``merge_threshold``, the number of domains is the
+  one the size-weighted Ward tree gives at that distance (a floor of ``final_clusters``);
+  the boundaries decide which clusters go together.
 
-- ``ward`` (default): Ward's criterion with each centroid weighted by its
+The other linkages build the full merge tree over the surviving centroids once
+(scikit-learn's ``AgglomerativeClustering``, or the size-weighted Ward loop below, which
+scikit-learn cannot weight) and cut it at ``final_clusters`` and/or at ``merge_threshold``
+(merges whose linkage distance is below the threshold are applied; with both, the count
+is a floor):
+
+- ``ward``: Ward's criterion with each centroid weighted by its
   cluster's size -- merging A and B costs ``n_A n_B / (n_A + n_B) * |c_A - c_B|^2``,
   the increase of the within-cluster sum of squares of the *documents*.  A small
   outlying cluster therefore joins its neighbour cheaply instead of surviving as
@@ -19,7 +33,10 @@ Linkages:
 
 >>> import numpy as np
 >>> c = np.array([[0, 0], [0, 1], [10, 0], [10, 1]], dtype=float)
->>> CentroidMerger(final_clusters=2).merge(c, np.array([5, 5, 5, 5])).tolist()
+>>> CentroidMerger(final_clusters=2, linkage="ward").merge(c, np.array([5, 5, 5, 5])).tolist()
+[0, 0, 1, 1]
+>>> b = np.array([[0, 9, 1, 0], [9, 0, 0, 1], [1, 0, 0, 9], [0, 1, 9, 0]])  # boundary weights
+>>> CentroidMerger(final_clusters=2).merge(c, np.array([5, 5, 5, 5]), b).tolist()
 [0, 0, 1, 1]
 """
 
@@ -29,7 +46,73 @@ import numpy as np
 
 from ..errors import HFMixtureError
 
-LINKAGES = ("ward", "ward-unweighted", "average", "complete")
+LINKAGES = ("boundary", "ward", "ward-unweighted", "average", "complete")
+# A document's 2nd to (1 + BOUNDARY_NEIGHBOURS)th nearest centroids get boundary weight
+# 1, 1/2, ..., 1/BOUNDARY_NEIGHBOURS (chosen on the tuning corpora: benchmarks/representations.py),
+# and never more than a tenth of the clusters: with few clusters, five neighbours would link
+# each document to nearly all of them and the graph would say nothing.
+BOUNDARY_NEIGHBOURS = 5
+
+
+def boundary_neighbours(k: int) -> int:
+    """How many next-nearest centroids a document links to, with ``k`` clusters."""
+    return max(1, min(BOUNDARY_NEIGHBOURS, int(k) // 10))
+
+
+class BoundaryCounter:
+    """The boundary graph of one task's documents, kept sparse: ``add(nearest)`` takes the
+    ``(docs, 1 + BOUNDARY_NEIGHBOURS)`` nearest-centroid indices of a batch (nearest first);
+    :meth:`edges` returns ``(codes, weights)`` with ``code = nearest * k + other``.  Memory
+    is the number of distinct pairs, at most ``k * BOUNDARY_NEIGHBOURS`` per cluster seen.
+
+    >>> b = BoundaryCounter(3)
+    >>> b.add(np.array([[0, 1, 2], [0, 1, 2]]))
+    >>> [(int(c), float(w)) for c, w in zip(*b.edges())]
+    [(1, 2.0), (2, 1.0)]
+    """
+
+    def __init__(self, k: int):
+        self.k = int(k)
+        self.codes = np.zeros(0, dtype=np.int64)
+        self.weights = np.zeros(0, dtype=np.float64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_len = 0
+
+    def add(self, nearest: np.ndarray) -> None:
+        nearest = np.asarray(nearest, dtype=np.int64)
+        if nearest.ndim != 2 or nearest.shape[1] < 2 or len(nearest) == 0:
+            return
+        others = nearest[:, 1:]
+        codes = (nearest[:, :1] * self.k + others).ravel()
+        weights = np.broadcast_to(1.0 / np.arange(1, others.shape[1] + 1), others.shape).ravel()
+        self._pending.append((codes, weights))
+        self._pending_len += len(codes)
+        if self._pending_len > (1 << 20):
+            self._compact()
+
+    def _compact(self) -> None:
+        if not self._pending:
+            return
+        codes = np.concatenate([self.codes] + [c for c, _ in self._pending])
+        weights = np.concatenate([self.weights] + [w for _, w in self._pending])
+        self._pending, self._pending_len = [], 0
+        self.codes, inverse = np.unique(codes, return_inverse=True)
+        self.weights = np.bincount(inverse, weights=weights, minlength=len(self.codes))
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        self._compact()
+        return self.codes, self.weights
+
+
+def boundary_matrix(parts, k: int) -> np.ndarray:
+    """The symmetric ``(k, k)`` boundary graph of ``(codes, weights)`` parts (one per task)."""
+    b = np.zeros(k * k, dtype=np.float64)
+    for codes, weights in parts:
+        np.add.at(b, np.asarray(codes, dtype=np.int64), np.asarray(weights, dtype=np.float64))
+    b = b.reshape(k, k)
+    b = b + b.T
+    np.fill_diagonal(b, 0.0)
+    return b
 
 
 def _cut(children: np.ndarray, n_leaves: int, n_merges: int) -> np.ndarray:
@@ -64,7 +147,7 @@ class CentroidMerger:
         self,
         final_clusters: int | None = None,
         merge_threshold: float | None = None,
-        linkage: str = "ward",
+        linkage: str = "boundary",
     ):
         if final_clusters is None and merge_threshold is None:
             raise HFMixtureError("Merging needs final_clusters or merge_threshold (or both).")
@@ -93,24 +176,70 @@ class CentroidMerger:
         ).fit(centroids)
         return model.children_, model.distances_
 
-    def merge(self, centroids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    def merge(self, centroids: np.ndarray, sizes: np.ndarray,
+              boundary: np.ndarray | None = None) -> np.ndarray:
+        """Label per centroid.  ``boundary``: the ``(n, n)`` boundary graph between these
+        clusters (:func:`boundary_matrix`), needed by the ``boundary`` linkage only."""
         centroids = np.asarray(centroids, dtype=np.float64)
         sizes = np.asarray(sizes, dtype=np.float64)
         n = len(centroids)
         if n == 0:
             raise HFMixtureError("There are no clusters left to merge.")
         target = n if self.final_clusters is None else min(self.final_clusters, n)
+        if self.linkage == "boundary" and (boundary is None or np.shape(boundary) != (n, n)):
+            raise HFMixtureError(
+                f"The boundary linkage needs the ({n}, {n}) boundary graph between the "
+                f"clusters, got {None if boundary is None else np.shape(boundary)}.")
         if n == 1:
             self.distances_ = np.zeros(0)
             return np.zeros(1, dtype=np.int64)
-        children, distances = self._tree(centroids, sizes)
+        ward = self.linkage in ("ward", "boundary")
+        children, distances = (_weighted_ward_tree(centroids, sizes) if ward
+                               else self._tree(centroids, sizes))
         self.distances_ = np.asarray(distances, dtype=np.float64)
         n_merges = n - target
         if self.merge_threshold is not None:
             below = int(np.searchsorted(self.distances_, self.merge_threshold, side="left"))
             # Ward/average/complete distances are monotone along the tree.
             n_merges = below if self.final_clusters is None else min(below, n - target)
-        return _cut(children, n, n_merges)
+        if self.linkage != "boundary":
+            return _cut(children, n, n_merges)
+        return _spectral(np.asarray(boundary, dtype=np.float64), n - n_merges, sizes)
+
+
+def _spectral(boundary: np.ndarray, count: int, sizes: np.ndarray,
+              home: float = 1.0) -> np.ndarray:
+    """``count`` groups of the boundary graph's nodes by normalized spectral clustering,
+    numbered by first node.
+
+    Each cluster also links to itself with ``home`` per document (its documents' nearest
+    centroid is its own): without that, a domain that k-means left in one cluster has no
+    edges inside it and looks no more cohesive than a stray cluster of one document.
+    scikit-learn's spectral clustering drops such self-loops, so the embedding is computed
+    here: the top ``count`` eigenvectors of ``D^-1/2 A D^-1/2`` (LAPACK, no random start),
+    labelled by CPQR (Damle, Minden & Ying 2019, what scikit-learn's ``cluster_qr`` does).
+    """
+    import scipy.linalg
+
+    n = len(boundary)
+    if count >= n:
+        return np.arange(n, dtype=np.int64)
+    if count <= 1:
+        return np.zeros(n, dtype=np.int64)
+    a = np.maximum(boundary, boundary.T).astype(np.float64)
+    np.fill_diagonal(a, home * np.asarray(sizes, dtype=np.float64))
+    # a whisker of weight everywhere: the graph is connected even where pruning cut a
+    # cluster off from every neighbour
+    a += 1e-9 * max(1.0, float(a.max()))
+    d = 1.0 / np.sqrt(a.sum(axis=1))
+    _, vectors = scipy.linalg.eigh(d[:, None] * a * d[None, :], subset_by_index=[n - count, n - 1])
+    vectors = vectors * d[:, None]
+    _, _, pivots = scipy.linalg.qr(vectors.T, pivoting=True)
+    u, _, vt = scipy.linalg.svd(vectors[pivots[:count], :].T)
+    labels = np.abs(vectors @ (u @ vt)).argmax(axis=1)
+    _, first = np.unique(labels, return_index=True)
+    order = {labels[i]: r for r, i in enumerate(sorted(first))}
+    return np.array([order[v] for v in labels], dtype=np.int64)
 
 
 def _weighted_ward_tree(centroids: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -331,7 +331,7 @@ def _check_before_work(plan, config: ClusterConfig, embedder, tokenizer, cluster
         from .kmeans import resolve_backend
 
         resolve_backend(config.kmeans_backend)  # faiss asked for but not installed
-    if config.language_weight > 0:
+    if config.language_weight is None or config.language_weight > 0:
         from .language import check_language_view
 
         check_language_view()
@@ -382,10 +382,13 @@ def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: Exe
         embedder_id = getattr(embedder, "fingerprint", None) or type(embedder).__name__
     custom = [type(o).__name__ for o in (lexical, clusterer, pruner, merger, describer) if o]
     from .language import language_fingerprint
+    from .merge import BOUNDARY_NEIGHBOURS
 
     key = short_hash({
         # "order": what keys and orders documents; a work folder of another scheme is not resumed
-        "order": "content", "input": plan.fingerprint, "tasks": tasks, "embedder": embedder_id,
+        "order": "content", "input": plan.fingerprint,
+        # the assign stage counts each document's next nearest centroids (the merge's graph)
+        "boundary_neighbours": BOUNDARY_NEIGHBOURS, "tasks": tasks, "embedder": embedder_id,
         "custom": custom,
         "scorer": getattr(getattr(pruner, "scorer", None), "__name__", None),
         "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY
@@ -393,7 +396,7 @@ def _run(dataset_or_path, output_dir: Path, config: ClusterConfig, executor: Exe
                    and not (k == "language_weight" and v == 0)
                    and not (k in ("layout_weight", "layout_dims") and config.layout_weight == 0)},
         **({"language": language_fingerprint(config.language_weight)}
-           if config.language_weight > 0 else {}),
+           if config.language_weight is None or config.language_weight > 0 else {}),
     })
     tokenizer = config.tokenizer
     if tokenizer is None and not (plan.schema is not None and "tokens" in plan.schema.names):

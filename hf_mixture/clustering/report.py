@@ -67,10 +67,28 @@ def collect_summary(work: Path, tasks: int, base: dict[str, Any]) -> dict[str, A
             "timings": {k: round(v, 2) for k, v in timings.items()},
             "num_clusters": model["k"], "kmeans_backend": model["backend"],
             "kmeans_sample": model["sample"], "lexical": model["lexical"],
-            "layout": model.get("layout"), "language": model.get("language")}
+            "layout": model.get("layout"), "language": model.get("language"),
+            "language_weight": model.get("language_weight"),
+            "language_auto": model.get("language_auto", False),
+            "language_shares": model.get("language_shares")}
 
 
 # ----------------------------------------------------------------------------- report
+def _language_line(summary: dict[str, Any]) -> str:
+    """The report's language view line; an automatic choice names the shares behind it."""
+    shares = summary.get("language_shares") or {}
+    why = ""
+    if summary.get("language_auto"):
+        guesses = ", ".join(f"{lang} {share:.0%}" for lang, share in shares.items())
+        why = (f" (automatic: the k-means sample's first guesses {guesses}; on when two "
+               "languages reach 5% each)")
+    if summary.get("language"):
+        lang = summary["language"]
+        return (f"- Language view: {lang['method']} {lang['version']} language probabilities, "
+                f"weight {summary.get('language_weight')}{why}.")
+    return f"- Language view: off{why}."
+
+
 def render_report(facts: dict[int, dict[str, Any]], summary: dict[str, Any],
                   prune: dict[str, Any] | None, stats: dict | None = None) -> str:
     """The Markdown report: what was clustered, how, what was dropped, and each cluster."""
@@ -93,9 +111,7 @@ def render_report(facts: dict[int, dict[str, Any]], summary: dict[str, Any],
          else "- Lexical view: off (embeddings only)."),
         (f"- Layout view: {summary['layout']['method']} ({summary['layout']['dims']} dims), "
          f"weight {cfg['layout_weight']}." if summary.get("layout") else "- Layout view: off."),
-        (f"- Language view: {summary['language']['method']} {summary['language']['version']} "
-         f"language probabilities, weight {cfg['language_weight']}."
-         if summary.get("language") else "- Language view: off."),
+        _language_line(summary),
         (f"- k-means: k = {summary['num_clusters']} ({summary['kmeans_backend']}, seed "
          f"{cfg['seed']}), centroids trained on a {summary['kmeans_sample']}-document sample, "
          "every document assigned."),

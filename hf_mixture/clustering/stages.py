@@ -249,20 +249,22 @@ def task_embeddings(work: Path, rank: int) -> np.ndarray:
                      shape=(meta["rows"], meta["dim"]))
 
 
-def _features(emb: np.ndarray, texts: list[str], lexical, config, layout=None) -> np.ndarray:
+def _features(emb: np.ndarray, texts: list[str], lexical, config, layout=None,
+              language_weight: float = 0.0) -> np.ndarray:
     """The rows k-means sees: the embedding, the lexical, language and layout views, each
-    with its weight from ``config`` (:func:`~hf_mixture.clustering.lexical.combine_views`)."""
+    with its weight from ``config`` (:func:`~hf_mixture.clustering.lexical.combine_views`),
+    the language view's as the centroids stage resolved it (``model.json``)."""
     from .lexical import combine_views
 
     lex = lexical.transform_fitted(texts) if lexical is not None else None
     page = layout.transform_fitted(texts) if layout is not None else None
     language = None
-    if config.language_weight > 0:
+    if language_weight > 0:
         from .language import LanguageView
 
         language = LanguageView().transform(texts)
     return combine_views(np.asarray(emb, dtype=np.float32), lex, config.lexical_weight,
-                         language, config.language_weight, page, config.layout_weight)
+                         language, language_weight, page, config.layout_weight)
 
 
 # ----------------------------------------------------------------------------- centroids
@@ -286,7 +288,7 @@ class FitCentroids(PipelineStep):
 
         from .embed import compute_threads
         from .kmeans import KMeansClusterer
-        from .language import language_fingerprint
+        from .language import language_fingerprint, resolve_language_weight
         from .layout import LayoutFeaturizer
         from .lexical import LexicalFeaturizer
 
@@ -315,8 +317,10 @@ class FitCentroids(PipelineStep):
             if s.layout_weight > 0:
                 layout = LayoutFeaturizer(s.layout_dims, seed=s.seed).fit(texts)
                 layout.save(model / "layout.npz")
+            language_weight, shares = resolve_language_weight(s.language_weight, texts)
             x = np.concatenate([_features(emb[lo: lo + 8192], texts[lo: lo + 8192], lexical, s,
-                                          layout) for lo in range(0, len(texts), 8192)])
+                                          layout, language_weight)
+                                for lo in range(0, len(texts), 8192)])
             del emb
             clusterer = self.clusterer or KMeansClusterer(
                 k, backend=s.kmeans_backend, sample=len(x), iterations=s.kmeans_iterations,
@@ -328,7 +332,9 @@ class FitCentroids(PipelineStep):
             "used_gpu": bool(clusterer.used_gpu), "dim": int(x.shape[1]),
             "lexical": lexical.fingerprint if lexical is not None else None,
             "layout": layout.fingerprint if layout is not None else None,
-            "language": language_fingerprint(s.language_weight)})
+            "language": language_fingerprint(language_weight),
+            "language_weight": language_weight, "language_auto": s.language_weight is None,
+            "language_shares": shares})
 
 
 def _sample_order(r: tuple) -> tuple:
@@ -399,11 +405,14 @@ def _load_model(work: Path):
         _read_json(model / "model.json")
 
 
-def nearest(x: np.ndarray, centroids: np.ndarray, backend: str) -> np.ndarray:
-    """Index of the nearest centroid (squared L2) of every row."""
+def nearest(x: np.ndarray, centroids: np.ndarray, backend: str,
+            neighbours: int = 1) -> np.ndarray:
+    """Index of the nearest centroid (squared L2) of every row; with ``neighbours > 1``, the
+    ``(rows, neighbours)`` nearest, nearest first."""
     from .kmeans import KMeansClusterer
 
-    return KMeansClusterer(len(centroids), backend=backend).assign(x, centroids)
+    return KMeansClusterer(len(centroids), backend=backend).assign(x, centroids,
+                                                                   neighbours=neighbours)
 
 
 def _iter_doc_batches(work: Path, rank: int, columns: list[str] | None = None, size: int = BATCH):
@@ -429,6 +438,7 @@ class AssignClusters(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         from .embed import compute_threads
+        from .merge import BoundaryCounter, boundary_neighbours
 
         s = self.config
         work = Path(self.work_dir)
@@ -436,7 +446,8 @@ class AssignClusters(PipelineStep):
         k, dim = len(centroids), centroids.shape[1]
         from .language import language_fingerprint
 
-        here = language_fingerprint(s.language_weight)
+        language_weight = float(model.get("language_weight") or 0.0)
+        here = language_fingerprint(language_weight)
         if model.get("language") != here:
             raise HFMixtureError(
                 f"Task {rank}: the centroids were fit with language view "
@@ -455,6 +466,7 @@ class AssignClusters(PipelineStep):
         sums = np.zeros((k, dim), np.float64)
         quality = np.zeros(k, np.float64)
         flags = np.zeros((k, len(QUALITY_FLAGS)), np.float64)
+        boundary = BoundaryCounter(k)  # the merge's graph: who lies next to whom
         # Per cluster, the DESCRIBE_PER_CLUSTER smallest keys as (-key, row): a few ints, so
         # memory stays flat at any k; a document's text and features go to a spill file on
         # disk when it enters a heap, and only the heaps' survivors are copied out at the end.
@@ -472,8 +484,10 @@ class AssignClusters(PipelineStep):
                     keys = batch.column("_key").to_numpy()
                     q = batch.column("quality").to_numpy()
                     hi = lo + len(texts)
-                    x = _features(emb[lo:hi], texts, lexical, s, layout)
-                    lab = nearest(x, centroids, model["backend"]).astype(np.int32)
+                    x = _features(emb[lo:hi], texts, lexical, s, layout, language_weight)
+                    near = nearest(x, centroids, model["backend"], 1 + boundary_neighbours(k))
+                    boundary.add(near)
+                    lab = near[:, 0].astype(np.int32)
                     labels[lo:hi] = lab
                     np.add.at(count, lab, 1)
                     np.add.at(sums, lab, x)
@@ -495,8 +509,9 @@ class AssignClusters(PipelineStep):
                 raise HFMixtureError(f"Task {rank}: {lo} documents but {len(emb)} embeddings; "
                                      "the work folder is damaged: delete it and rerun.")
             with atomic_path(work / "assign" / f"{rank:05d}.npz") as tmp, open(tmp, "wb") as fh:
+                codes, weights = boundary.edges()
                 np.savez(fh, labels=labels, count=count, sums=sums, quality=quality,
-                         flags=flags)
+                         flags=flags, boundary_codes=codes, boundary_weights=weights)
             survivors = np.sort(np.array([row for h in keep for _, row in h], dtype=np.int64))
             with atomic_path(work / "assign" / f"{rank:05d}.sample.parquet") as tmp:
                 spill.copy_rows(survivors, tmp)
@@ -609,8 +624,10 @@ class MergeClusters(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
 
+        import inspect
+
         from .describe import ClusterDescriber, _snippet
-        from .merge import CentroidMerger
+        from .merge import CentroidMerger, boundary_matrix
         from .quality import main_failure
 
         s = self.config
@@ -621,12 +638,16 @@ class MergeClusters(PipelineStep):
         sums = np.zeros((k, centroids.shape[1]), np.float64)
         quality = np.zeros(k, np.float64)
         flags = np.zeros((k, len(QUALITY_FLAGS)), np.float64)
+        edges = []
         for t in range(self.tasks):
             with np.load(work / "assign" / f"{t:05d}.npz", allow_pickle=False) as z:
                 count += z["count"]
                 sums += z["sums"]
                 quality += z["quality"]
                 flags += z["flags"]
+                edges.append((z["boundary_codes"], z["boundary_weights"]))
+        boundary = boundary_matrix(edges, k)
+        del edges
         s_cluster, s_text, s_quality, s_feat = _reduce_describe_samples(
             work, self.tasks, k, centroids.shape[1])
 
@@ -662,7 +683,10 @@ class MergeClusters(PipelineStep):
         merger = self.merger or CentroidMerger(
             final_clusters=s.resolved_final_clusters(len(alive)), merge_threshold=s.merge_threshold,
             linkage=s.linkage)
-        merged = merger.merge(means_x, count[alive])
+        # a merger of the user's gets the boundary graph when its merge takes one
+        given = ({"boundary": boundary[np.ix_(alive, alive)]}
+                 if "boundary" in inspect.signature(merger.merge).parameters else {})
+        merged = merger.merge(means_x, count[alive], **given)
         # Final ids by size, largest first (ties: lowest merged id): "cluster_0 is the biggest".
         merged_sizes = np.bincount(merged, weights=count[alive])
         order = np.lexsort((np.arange(len(merged_sizes)), -merged_sizes))
