@@ -441,6 +441,32 @@ def test_merge_threshold_and_floor():
     assert CentroidMerger(merge_threshold=1.0).merge(c, sizes, graph).tolist() == [0, 0, 1, 1, 2]
 
 
+def test_spectral_labels_keep_the_count_on_a_degenerate_embedding():
+    from hf_mixture.clustering.merge import _cpqr_labels
+
+    # three rows, two of them identical: CPQR's rotation can send every row to one axis;
+    # the count asked for is still what comes back
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1e-12]])
+    labels = _cpqr_labels(vectors, 2)
+    assert sorted(set(labels.tolist())) == [0, 1] and labels[0] == labels[1]
+
+
+def test_a_merger_of_the_users_gets_the_boundary_graph_when_it_asks():
+    from hf_mixture.clustering.merge import takes_boundary
+
+    class Sizes:
+        def merge(self, centroids, sizes):
+            return np.zeros(len(sizes), dtype=np.int64)
+
+    class Wrapper:
+        def merge(self, *args, **kwargs):
+            return CentroidMerger(final_clusters=2).merge(*args, **kwargs)
+
+    assert not takes_boundary(Sizes()) and takes_boundary(Wrapper())
+    assert takes_boundary(CentroidMerger(final_clusters=2))
+    assert not takes_boundary(CentroidMerger(final_clusters=2, linkage="ward"))
+
+
 def test_boundary_linkage_needs_the_graph():
     c = np.array([[0.0, 0.0], [0.0, 0.1], [5.0, 0.0]])
     with pytest.raises(HFMixtureError, match=r"boundary linkage needs the \(3, 3\) boundary graph"):
@@ -773,18 +799,24 @@ def test_language_view_separates_one_manual_in_three_languages(tmp_path, tiny_to
 
 
 def test_automatic_language_view_stays_off_for_one_language():
-    from hf_mixture.clustering.language import AUTO_MIN_SHARE, resolve_language_weight
+    from hf_mixture.clustering.language import (
+        AUTO_MIN_SHARE,
+        LanguageView,
+        resolve_language_weight,
+    )
+
+    def auto(texts):
+        return resolve_language_weight(None, LanguageView().transform(texts))
 
     english = [" ".join(s) for s in itertools.permutations(_MANUAL["en"], 3)][:40]
-    weight, shares = resolve_language_weight(None, english)
+    weight, shares = auto(english)
     assert weight == 0.0 and shares == {"en": 1.0}, shares
     # a few German pages among them (under AUTO_MIN_SHARE) do not turn it on; more do
-    few = english + [" ".join(_MANUAL["de"][:3])] * int(AUTO_MIN_SHARE * 40 - 1)
-    assert resolve_language_weight(None, few)[0] == 0.0
-    many = english + [" ".join(_MANUAL["de"][:3])] * 10
-    assert resolve_language_weight(None, many) == (1.0, {"en": 0.8, "de": 0.2})
+    german = " ".join(_MANUAL["de"][:3])
+    assert auto(english + [german] * int(AUTO_MIN_SHARE * 40 - 1))[0] == 0.0
+    assert auto(english + [german] * 10) == (1.0, {"en": 0.8, "de": 0.2})
     # a weight that is set is used as it is, without reading the texts
-    assert resolve_language_weight(0.5, []) == (0.5, None)
+    assert resolve_language_weight(0.5, None) == (0.5, None)
 
 
 def test_language_view_refuses_another_py3langid_model_format(monkeypatch):

@@ -25,8 +25,8 @@ import functools
 
 import numpy as np
 
-from .._imports import require
-from ..errors import HFMixtureError
+from .._imports import is_available
+from ..errors import HFMixtureError, MissingDependencyError
 
 # the py3langid releases whose model format and API this view reads (0.4: npz model,
 # ``nb_classes``; 0.5 changes both)
@@ -37,12 +37,15 @@ def check_language_view() -> str:
     """The installed py3langid's version, or one sentence saying why the view cannot run."""
     from importlib.metadata import version
 
-    require("py3langid", "language", "The language view (language_weight > 0)")
+    if not is_available("py3langid"):
+        raise MissingDependencyError(
+            "The clustering's language view needs py3langid, a dependency of hf_mixture that "
+            "is not installed: run `pip install 'py3langid>=0.4,<0.5'`.")
     found = version("py3langid")
     parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
     if not SUPPORTED[0] <= parts < SUPPORTED[1]:
         raise HFMixtureError(
-            f"The language view (language_weight > 0) reads py3langid 0.4's model, but "
+            f"The clustering's language view reads py3langid 0.4's model, but "
             f"py3langid {found} is installed: run `pip install 'py3langid>=0.4,<0.5'`.")
     return found
 
@@ -77,26 +80,35 @@ AUTO_MIN_SHARE = 0.05
 AUTO_WEIGHT = 1.0
 
 
+def _first_guess_counts(probabilities: np.ndarray) -> np.ndarray:
+    return np.bincount(np.argmax(probabilities, axis=1), minlength=probabilities.shape[1])
+
+
 def language_shares(probabilities: np.ndarray, top: int = 5) -> dict[str, float]:
     """The ``top`` most frequent first guesses of :meth:`LanguageView.transform` rows and the
-    share of rows each is first for, largest first."""
+    share of rows each is first for (rounded to 4 places), largest first."""
     if len(probabilities) == 0:
         return {}
-    counts = np.bincount(np.argmax(probabilities, axis=1), minlength=probabilities.shape[1])
+    counts = _first_guess_counts(probabilities)
     order = np.lexsort((np.arange(len(counts)), -counts))[:top]
     columns = _columns()
     return {columns[j]: round(float(counts[j]) / len(probabilities), 4)
             for j in order if counts[j] > 0}
 
 
-def resolve_language_weight(weight: float | None, texts: list[str]) -> tuple[float, dict | None]:
+def resolve_language_weight(weight: float | None, probabilities: np.ndarray | None
+                            ) -> tuple[float, dict | None]:
     """``(weight, shares)``: a set weight as it is (``shares`` None); unset (auto), the
-    sample ``texts``' language shares decide (:data:`AUTO_MIN_SHARE`)."""
+    k-means sample's language ``probabilities`` (:meth:`LanguageView.transform`) decide:
+    :data:`AUTO_WEIGHT` when two languages are each the first guess for at least
+    :data:`AUTO_MIN_SHARE` of the rows, else 0."""
     if weight is not None:
         return float(weight), None
-    shares = language_shares(LanguageView().transform(texts))
-    several = sum(share >= AUTO_MIN_SHARE for share in shares.values()) >= 2
-    return (AUTO_WEIGHT if several else 0.0), shares
+    if probabilities is None or len(probabilities) == 0:
+        return 0.0, {}
+    counts = _first_guess_counts(probabilities)
+    several = int((counts >= AUTO_MIN_SHARE * len(probabilities)).sum()) >= 2
+    return (AUTO_WEIGHT if several else 0.0), language_shares(probabilities)
 
 
 class LanguageView:

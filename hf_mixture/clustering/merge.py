@@ -49,8 +49,8 @@ from ..errors import HFMixtureError
 LINKAGES = ("boundary", "ward", "ward-unweighted", "average", "complete")
 # A document's 2nd to (1 + BOUNDARY_NEIGHBOURS)th nearest centroids get boundary weight
 # 1, 1/2, ..., 1/BOUNDARY_NEIGHBOURS (chosen on the tuning corpora: benchmarks/representations.py),
-# and never more than a tenth of the clusters: with few clusters, five neighbours would link
-# each document to nearly all of them and the graph would say nothing.
+# and no more than a tenth of the clusters (but at least one): with few clusters, five
+# neighbours would link each document to nearly all of them and the graph would say nothing.
 BOUNDARY_NEIGHBOURS = 5
 
 
@@ -105,7 +105,8 @@ class BoundaryCounter:
 
 
 def boundary_matrix(parts, k: int) -> np.ndarray:
-    """The symmetric ``(k, k)`` boundary graph of ``(codes, weights)`` parts (one per task)."""
+    """The symmetric ``(k, k)`` boundary graph of an iterable of ``(codes, weights)`` parts
+    (one per task, read one at a time): ``k * k`` floats, 8 MB at k = 1000."""
     b = np.zeros(k * k, dtype=np.float64)
     for codes, weights in parts:
         np.add.at(b, np.asarray(codes, dtype=np.int64), np.asarray(weights, dtype=np.float64))
@@ -189,15 +190,20 @@ class CentroidMerger:
         if self.linkage == "boundary" and (boundary is None or np.shape(boundary) != (n, n)):
             raise HFMixtureError(
                 f"The boundary linkage needs the ({n}, {n}) boundary graph between the "
-                f"clusters, got {None if boundary is None else np.shape(boundary)}.")
+                f"clusters (merge(..., boundary=), as the assign stage counts it: "
+                f"BoundaryCounter, boundary_matrix), got "
+                f"{None if boundary is None else np.shape(boundary)}; or pass linkage='ward'.")
         if n == 1:
             self.distances_ = np.zeros(0)
             return np.zeros(1, dtype=np.int64)
+        n_merges = n - target
+        if self.linkage == "boundary" and self.merge_threshold is None:
+            self.distances_ = None  # no tree: the graph is cut directly
+            return _spectral(np.asarray(boundary, dtype=np.float64), target, sizes)
         ward = self.linkage in ("ward", "boundary")
         children, distances = (_weighted_ward_tree(centroids, sizes) if ward
                                else self._tree(centroids, sizes))
         self.distances_ = np.asarray(distances, dtype=np.float64)
-        n_merges = n - target
         if self.merge_threshold is not None:
             below = int(np.searchsorted(self.distances_, self.merge_threshold, side="left"))
             # Ward/average/complete distances are monotone along the tree.
@@ -220,6 +226,7 @@ def _spectral(boundary: np.ndarray, count: int, sizes: np.ndarray,
     labelled by CPQR (Damle, Minden & Ying 2019, what scikit-learn's ``cluster_qr`` does).
     """
     import scipy.linalg
+    from threadpoolctl import threadpool_limits
 
     n = len(boundary)
     if count >= n:
@@ -232,14 +239,40 @@ def _spectral(boundary: np.ndarray, count: int, sizes: np.ndarray,
     # cluster off from every neighbour
     a += 1e-9 * max(1.0, float(a.max()))
     d = 1.0 / np.sqrt(a.sum(axis=1))
-    _, vectors = scipy.linalg.eigh(d[:, None] * a * d[None, :], subset_by_index=[n - count, n - 1])
-    vectors = vectors * d[:, None]
+    # one BLAS thread: the same eigenvectors, bit for bit, whatever --num-threads says
+    with threadpool_limits(1):
+        _, vectors = scipy.linalg.eigh(d[:, None] * a * d[None, :],
+                                       subset_by_index=[n - count, n - 1])
+        return _cpqr_labels(vectors * d[:, None], count)
+
+
+def _cpqr_labels(vectors: np.ndarray, count: int) -> np.ndarray:
+    """Group labels of spectral embedding rows by CPQR, numbered by first row; where that
+    leaves a group empty (a degenerate embedding), size-free Ward on the rows instead, so
+    the count is always ``count``."""
+    import scipy.linalg
+
     _, _, pivots = scipy.linalg.qr(vectors.T, pivoting=True)
     u, _, vt = scipy.linalg.svd(vectors[pivots[:count], :].T)
     labels = np.abs(vectors @ (u @ vt)).argmax(axis=1)
+    if len(np.unique(labels)) < count:
+        from sklearn.cluster import AgglomerativeClustering
+
+        labels = AgglomerativeClustering(n_clusters=count, linkage="ward").fit_predict(vectors)
     _, first = np.unique(labels, return_index=True)
     order = {labels[i]: r for r, i in enumerate(sorted(first))}
     return np.array([order[v] for v in labels], dtype=np.int64)
+
+
+def takes_boundary(merger) -> bool:
+    """Whether ``merger.merge`` wants the boundary graph: a :class:`CentroidMerger` with the
+    ``boundary`` linkage, or any merger whose ``merge`` names ``boundary`` or takes ``**kw``."""
+    import inspect
+
+    if isinstance(merger, CentroidMerger):
+        return merger.linkage == "boundary"
+    params = inspect.signature(merger.merge).parameters.values()
+    return any(p.name == "boundary" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _weighted_ward_tree(centroids: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

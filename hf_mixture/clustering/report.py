@@ -122,8 +122,10 @@ def render_report(facts: dict[int, dict[str, Any]], summary: dict[str, Any],
         lines.append(
             f"- Quality pruning ({prune['scorer']}, threshold {prune['threshold']}): "
             f"{len(prune['dropped'])} clusters ({summary['pruned_docs']} documents) dropped.")
-    lines.append(f"- Merge: {cfg['linkage']} linkage on centroids -> "
-                 f"{summary['final_clusters']} clusters.")
+    lines.append(("- Merge: spectral clustering of the boundary graph (the documents between "
+                  "k-means clusters)" if cfg["linkage"] == "boundary" else
+                  f"- Merge: {cfg['linkage']} linkage on centroids")
+                 + f" -> {summary['final_clusters']} clusters.")
     lines.append("- Time: " + ", ".join(f"{name} {sec:.1f} s"
                                         for name, sec in summary["timings"].items()) + ".")
     lines += ["", f"![cluster sizes]({REPORT_DIR}/{SIZES_PNG})", "",

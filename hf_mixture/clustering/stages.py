@@ -250,16 +250,18 @@ def task_embeddings(work: Path, rank: int) -> np.ndarray:
 
 
 def _features(emb: np.ndarray, texts: list[str], lexical, config, layout=None,
-              language_weight: float = 0.0) -> np.ndarray:
+              language_weight: float = 0.0, language: np.ndarray | None = None) -> np.ndarray:
     """The rows k-means sees: the embedding, the lexical, language and layout views, each
     with its weight from ``config`` (:func:`~hf_mixture.clustering.lexical.combine_views`),
-    the language view's as the centroids stage resolved it (``model.json``)."""
+    the language view's as the centroids stage resolved it (``model.json``); ``language``:
+    the texts' language view when it was read already."""
     from .lexical import combine_views
 
     lex = lexical.transform_fitted(texts) if lexical is not None else None
     page = layout.transform_fitted(texts) if layout is not None else None
-    language = None
-    if language_weight > 0:
+    if language_weight <= 0:
+        language = None
+    elif language is None:
         from .language import LanguageView
 
         language = LanguageView().transform(texts)
@@ -288,7 +290,7 @@ class FitCentroids(PipelineStep):
 
         from .embed import compute_threads
         from .kmeans import KMeansClusterer
-        from .language import language_fingerprint, resolve_language_weight
+        from .language import LanguageView, language_fingerprint, resolve_language_weight
         from .layout import LayoutFeaturizer
         from .lexical import LexicalFeaturizer
 
@@ -317,10 +319,15 @@ class FitCentroids(PipelineStep):
             if s.layout_weight > 0:
                 layout = LayoutFeaturizer(s.layout_dims, seed=s.seed).fit(texts)
                 layout.save(model / "layout.npz")
-            language_weight, shares = resolve_language_weight(s.language_weight, texts)
-            x = np.concatenate([_features(emb[lo: lo + 8192], texts[lo: lo + 8192], lexical, s,
-                                          layout, language_weight)
-                                for lo in range(0, len(texts), 8192)])
+            # the language view of the sample: read once, to decide (auto) and to cluster
+            language = (LanguageView().transform(texts)
+                        if s.language_weight is None or s.language_weight > 0 else None)
+            language_weight, shares = resolve_language_weight(s.language_weight, language)
+            x = np.concatenate([
+                _features(emb[lo: lo + 8192], texts[lo: lo + 8192], lexical, s, layout,
+                          language_weight, None if language is None else language[lo: lo + 8192])
+                for lo in range(0, len(texts), 8192)])
+            del language
             del emb
             clusterer = self.clusterer or KMeansClusterer(
                 k, backend=s.kmeans_backend, sample=len(x), iterations=s.kmeans_iterations,
@@ -606,6 +613,13 @@ def _reduce_describe_samples(work: Path, tasks: int, k: int, dim: int):
     return cluster, [r[2] for r in rows], np.array([r[3] for r in rows], dtype=np.float64), feat
 
 
+def _task_boundaries(work: Path, tasks: int):
+    """Each assign task's boundary pairs ``(codes, weights)``, one task at a time."""
+    for t in range(tasks):
+        with np.load(work / "assign" / f"{t:05d}.npz", allow_pickle=False) as z:
+            yield z["boundary_codes"], z["boundary_weights"]
+
+
 class MergeClusters(PipelineStep):
     """Reduce the task summaries; prune low-quality clusters; merge; describe."""
 
@@ -624,10 +638,8 @@ class MergeClusters(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
 
-        import inspect
-
         from .describe import ClusterDescriber, _snippet
-        from .merge import CentroidMerger, boundary_matrix
+        from .merge import CentroidMerger, boundary_matrix, takes_boundary
         from .quality import main_failure
 
         s = self.config
@@ -638,16 +650,12 @@ class MergeClusters(PipelineStep):
         sums = np.zeros((k, centroids.shape[1]), np.float64)
         quality = np.zeros(k, np.float64)
         flags = np.zeros((k, len(QUALITY_FLAGS)), np.float64)
-        edges = []
         for t in range(self.tasks):
             with np.load(work / "assign" / f"{t:05d}.npz", allow_pickle=False) as z:
                 count += z["count"]
                 sums += z["sums"]
                 quality += z["quality"]
                 flags += z["flags"]
-                edges.append((z["boundary_codes"], z["boundary_weights"]))
-        boundary = boundary_matrix(edges, k)
-        del edges
         s_cluster, s_text, s_quality, s_feat = _reduce_describe_samples(
             work, self.tasks, k, centroids.shape[1])
 
@@ -683,9 +691,11 @@ class MergeClusters(PipelineStep):
         merger = self.merger or CentroidMerger(
             final_clusters=s.resolved_final_clusters(len(alive)), merge_threshold=s.merge_threshold,
             linkage=s.linkage)
-        # a merger of the user's gets the boundary graph when its merge takes one
-        given = ({"boundary": boundary[np.ix_(alive, alive)]}
-                 if "boundary" in inspect.signature(merger.merge).parameters else {})
+        given = {}
+        if takes_boundary(merger):  # the graph, summed one task at a time: k x k floats
+            graph = boundary_matrix(_task_boundaries(work, self.tasks), k)
+            given["boundary"] = graph[np.ix_(alive, alive)]
+            del graph
         merged = merger.merge(means_x, count[alive], **given)
         # Final ids by size, largest first (ties: lowest merged id): "cluster_0 is the biggest".
         merged_sizes = np.bincount(merged, weights=count[alive])
