@@ -211,7 +211,9 @@ def test_100mb_single_document_stays_small(tmp_path, tiny_tokenizer_path):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     # 100M characters in pieces of at most 100k, cut at a space near the end of each
     assert 1000 + 50 <= got["docs"] <= 1002 + 50
-    assert got["peak_mb"] < 2500, got
+    # measured 1.0-2.5 GB on 2 cores (the tokenizer's threads follow the idle cores, and each
+    # holds its own buffers): the bound is there to catch the 12.8 GB of the one-process run
+    assert got["peak_mb"] < 3000, got
 
 
 @pytest.mark.slow

@@ -241,3 +241,29 @@ def test_climb_screen_matches_the_readme(tmp_path, tiny_texts, tiny_tokenizer_pa
     _check_bars_and_log_lines(lines, raw)
     assert "other" not in line_kinds(lines), [ln for ln in lines if line_kinds([ln]) == ["other"]]
     assert line_kinds(lines) == line_kinds(readme_climb_screen())
+
+
+def test_a_proxy_task_sets_deepspeeds_cpu_accelerator_in_its_own_process(tmp_path):
+    """A proxy task (a local pool's worker, a Ray or Slurm task) sets ``DS_ACCELERATOR=cpu``
+    itself before its run imports accelerate, so DeepSpeed's "Setting accelerator to CPU"
+    line never reaches the search's bar; the command's own environment is not enough."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    code = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from hf_mixture.search.stages import ProxyTask\n"
+        "task = ProxyTask(sys.argv[1], 'round-1', lambda out, listing: [])\n"
+        "list(task.run(rank=0))\n"
+        "print(os.environ.get('DS_ACCELERATOR'))\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DS_ACCELERATOR", "HF_MIXTURE_VERBOSE", "CUDA_VISIBLE_DEVICES")}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=False,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import torch
+
+    expected = "None" if torch.cuda.is_available() else "cpu"
+    assert out.stdout.strip().splitlines()[-1] == expected, out.stdout

@@ -73,11 +73,15 @@ def language_fingerprint(weight: float | None) -> dict | None:
 
 
 # language_weight unset (auto): the view is on, with AUTO_WEIGHT, when at least two
-# languages are each the identifier's first guess for AUTO_MIN_SHARE of the k-means sample.
+# languages are each the identifier's first guess for AUTO_MIN_SHARE of the k-means sample
+# (its first AUTO_SAMPLE documents).
 # Measured (benchmarks/representations.py): the translated manual's second language holds
 # 20% of it; on the English corpora (code and markup included) no second label reaches 2%.
 AUTO_MIN_SHARE = 0.05
 AUTO_WEIGHT = 1.0
+# documents of the k-means sample (in key order: a seeded random draw) read to decide; a 5%
+# share is then known to about +-0.3%
+AUTO_SAMPLE = 4096
 
 
 def _first_guess_counts(probabilities: np.ndarray) -> np.ndarray:

@@ -79,7 +79,7 @@ def _language_line(summary: dict[str, Any]) -> str:
     shares = summary.get("language_shares") or {}
     why = ""
     if summary.get("language_auto"):
-        guesses = ", ".join(f"{lang} {share:.0%}" for lang, share in shares.items())
+        guesses = ", ".join(f"{lang} {share:.1%}" for lang, share in shares.items())
         why = (f" (automatic: the k-means sample's first guesses {guesses}; on when two "
                "languages reach 5% each)")
     if summary.get("language"):

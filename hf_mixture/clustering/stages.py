@@ -290,7 +290,12 @@ class FitCentroids(PipelineStep):
 
         from .embed import compute_threads
         from .kmeans import KMeansClusterer
-        from .language import LanguageView, language_fingerprint, resolve_language_weight
+        from .language import (
+            AUTO_SAMPLE,
+            LanguageView,
+            language_fingerprint,
+            resolve_language_weight,
+        )
         from .layout import LayoutFeaturizer
         from .lexical import LexicalFeaturizer
 
@@ -319,10 +324,15 @@ class FitCentroids(PipelineStep):
             if s.layout_weight > 0:
                 layout = LayoutFeaturizer(s.layout_dims, seed=s.seed).fit(texts)
                 layout.save(model / "layout.npz")
-            # the language view of the sample: read once, to decide (auto) and to cluster
-            language = (LanguageView().transform(texts)
-                        if s.language_weight is None or s.language_weight > 0 else None)
+            # the language view of the sample, read once: its first AUTO_SAMPLE rows (in key
+            # order: a random draw) decide when the weight is unset, the rest only if it is on
+            language = None
+            if s.language_weight is None or s.language_weight > 0:
+                view = LanguageView()
+                language = view.transform(texts[:AUTO_SAMPLE])
             language_weight, shares = resolve_language_weight(s.language_weight, language)
+            if language_weight > 0 and len(texts) > AUTO_SAMPLE:
+                language = np.concatenate([language, view.transform(texts[AUTO_SAMPLE:])])
             x = np.concatenate([
                 _features(emb[lo: lo + 8192], texts[lo: lo + 8192], lexical, s, layout,
                           language_weight, None if language is None else language[lo: lo + 8192])

@@ -60,8 +60,12 @@ class ProxyTask(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1
             ) -> DocumentsPipeline:
+        from .._progress import quiet_deepspeed_detection
         from .proxy import run_proxy
 
+        # the proxy run imports accelerate and with it DeepSpeed: its "Setting accelerator to
+        # CPU" line must not reach the bar (set here, in the task's own process)
+        quiet_deepspeed_detection()
         folders = self.resolve(Path(self.output_dir), self.listing)
         if rank < len(folders):
             with self.track_time("run"):
