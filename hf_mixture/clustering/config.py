@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import HFMixtureError
 from .kmeans import POINTS_PER_CENTROID
+from .language import AUTO_MIN_SHARE, AUTO_WEIGHT
 from .merge import LINKAGES
 
 # CLIMB used 1000 initial clusters on a corpus of hundreds of millions of documents.
@@ -145,8 +146,9 @@ class ClusterConfig:
         metadata=_help(
             "Weight of the language view (an offline language identifier's probabilities, "
             "py3langid) concatenated to the others; 0 = no language view. Unset (default): "
-            "1 when at least two languages are each the first guess for 5% of the k-means "
-            "sample, else 0 (the report says which and why)."
+            f"{AUTO_WEIGHT:g} when at least two languages are each the first guess for "
+            f"{AUTO_MIN_SHARE:.0%} of the k-means sample, else 0 (the report says which "
+            "and why)."
         ),
     )
     # --- k-means

@@ -75,8 +75,8 @@ def language_fingerprint(weight: float | None) -> dict | None:
 # language_weight unset (auto): the view is on, with AUTO_WEIGHT, when at least two
 # languages are each the identifier's first guess for AUTO_MIN_SHARE of the k-means sample
 # (its first AUTO_SAMPLE documents).
-# Measured (benchmarks/representations.py): the translated manual's second language holds
-# 20% of it; on the English corpora (code and markup included) no second label reaches 2%.
+# Measured (docs/benchmarks.md, 2026-12-08): the translated manual's second language holds
+# 20% of it; on the English corpora (code and markup included) no second label reaches 2.2%.
 AUTO_MIN_SHARE = 0.05
 AUTO_WEIGHT = 1.0
 # documents of the k-means sample (in key order: a seeded random draw) read to decide; a 5%
@@ -88,16 +88,17 @@ def _first_guess_counts(probabilities: np.ndarray) -> np.ndarray:
     return np.bincount(np.argmax(probabilities, axis=1), minlength=probabilities.shape[1])
 
 
-def language_shares(probabilities: np.ndarray, top: int = 5) -> dict[str, float]:
-    """The ``top`` most frequent first guesses of :meth:`LanguageView.transform` rows and the
-    share of rows each is first for (rounded to 4 places), largest first."""
-    if len(probabilities) == 0:
-        return {}
-    counts = _first_guess_counts(probabilities)
+def _shares(counts: np.ndarray, top: int = 5) -> dict[str, float]:
+    """The ``top`` most frequent first guesses and the share of rows each is first for
+    (rounded to 4 places), largest first."""
     order = np.lexsort((np.arange(len(counts)), -counts))[:top]
     columns = _columns()
-    return {columns[j]: round(float(counts[j]) / len(probabilities), 4)
-            for j in order if counts[j] > 0}
+    return {columns[j]: round(float(counts[j]) / counts.sum(), 4) for j in order if counts[j] > 0}
+
+
+def language_shares(probabilities: np.ndarray, top: int = 5) -> dict[str, float]:
+    """:func:`_shares` of :meth:`LanguageView.transform` rows."""
+    return _shares(_first_guess_counts(probabilities), top) if len(probabilities) else {}
 
 
 def resolve_language_weight(weight: float | None, probabilities: np.ndarray | None
@@ -112,7 +113,7 @@ def resolve_language_weight(weight: float | None, probabilities: np.ndarray | No
         return 0.0, {}
     counts = _first_guess_counts(probabilities)
     several = int((counts >= AUTO_MIN_SHARE * len(probabilities)).sum()) >= 2
-    return (AUTO_WEIGHT if several else 0.0), language_shares(probabilities)
+    return (AUTO_WEIGHT if several else 0.0), _shares(counts)
 
 
 class LanguageView:

@@ -13,9 +13,9 @@ The default linkage therefore looks at the documents between the clusters instea
   documents lie side by side, and a gap with few is a border between domains.  The
   surviving clusters are cut into ``final_clusters`` by normalized spectral clustering of
   that graph, each cluster also linked to itself by its size (:func:`_spectral`: LAPACK
-  eigenvectors and CPQR labels, no random start).  With ``merge_threshold``, the number of domains is the
-  one the size-weighted Ward tree gives at that distance (a floor of ``final_clusters``);
-  the boundaries decide which clusters go together.
+  eigenvectors and CPQR labels, no random start).  With ``merge_threshold``, the number of
+  domains is the one the size-weighted Ward tree gives at that distance (a floor of
+  ``final_clusters``); the boundaries decide which clusters go together.
 
 The other linkages build the full merge tree over the surviving centroids once
 (scikit-learn's ``AgglomerativeClustering``, or the size-weighted Ward loop below, which
@@ -63,7 +63,8 @@ class BoundaryCounter:
     """The boundary graph of one task's documents, kept sparse: ``add(nearest)`` takes the
     ``(docs, 1 + BOUNDARY_NEIGHBOURS)`` nearest-centroid indices of a batch (nearest first);
     :meth:`edges` returns ``(codes, weights)`` with ``code = nearest * k + other``.  Memory
-    is the number of distinct pairs, at most ``k * BOUNDARY_NEIGHBOURS`` per cluster seen.
+    is the number of distinct pairs: at most ``BOUNDARY_NEIGHBOURS`` per document and
+    ``k - 1`` per cluster seen.
 
     >>> b = BoundaryCounter(3)
     >>> b.add(np.array([[0, 1, 2], [0, 1, 2]]))
@@ -165,7 +166,7 @@ class CentroidMerger:
         """(children, distances) of the complete merge tree over the centroids."""
         from sklearn.cluster import AgglomerativeClustering
 
-        if self.linkage == "ward":
+        if self.linkage in ("ward", "boundary"):  # boundary: the tree sets a threshold's count
             return _weighted_ward_tree(centroids, sizes)
         unweighted_ward = self.linkage == "ward-unweighted"
         model = AgglomerativeClustering(
@@ -200,9 +201,7 @@ class CentroidMerger:
         if self.linkage == "boundary" and self.merge_threshold is None:
             self.distances_ = None  # no tree: the graph is cut directly
             return _spectral(np.asarray(boundary, dtype=np.float64), target, sizes)
-        ward = self.linkage in ("ward", "boundary")
-        children, distances = (_weighted_ward_tree(centroids, sizes) if ward
-                               else self._tree(centroids, sizes))
+        children, distances = self._tree(centroids, sizes)
         self.distances_ = np.asarray(distances, dtype=np.float64)
         if self.merge_threshold is not None:
             below = int(np.searchsorted(self.distances_, self.merge_threshold, side="left"))

@@ -76,12 +76,14 @@ def collect_summary(work: Path, tasks: int, base: dict[str, Any]) -> dict[str, A
 # ----------------------------------------------------------------------------- report
 def _language_line(summary: dict[str, Any]) -> str:
     """The report's language view line; an automatic choice names the shares behind it."""
+    from .language import AUTO_MIN_SHARE
+
     shares = summary.get("language_shares") or {}
     why = ""
     if summary.get("language_auto"):
         guesses = ", ".join(f"{lang} {share:.1%}" for lang, share in shares.items())
         why = (f" (automatic: the k-means sample's first guesses {guesses}; on when two "
-               "languages reach 5% each)")
+               f"languages reach {AUTO_MIN_SHARE:.0%} each)")
     if summary.get("language"):
         lang = summary["language"]
         return (f"- Language view: {lang['method']} {lang['version']} language probabilities, "
